@@ -1,0 +1,240 @@
+"""Pending sends <-> notifications. Pure logic: no I/O, no clock of its own.
+
+The rules (README, "Correlation"):
+1. A send is registered *before* it is forwarded to GWS, so a notification
+   that overtakes the Send's HTTP answer still finds it (by email id).
+2. When the answer carried a referenceId, a notification with that
+   referenceId resolves the send, provided its email id is the one sent
+   (referenceIds are small per-session counters and get reused).
+3. Otherwise the first outcome for that email after the Send resolves it:
+   an Error, or a StatusChange to state Sent. Its referenceId is learned.
+4. A repeat of an outcome for a send resolved a moment ago is matched to the
+   same send again (so it gets the same event id and receivers can dedupe).
+5. Anything else is unmatched and forwarded with `correlated: false`.
+6. A pending send past its deadline is handed out for a GET; the caller then
+   resolves it, times it out, or postpones the next check.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import structlog
+
+from daemon.gws.messages import EmailStateChange
+from daemon.sends import SendRecord, SendStatus
+
+log = structlog.get_logger(logger="daemon.correlator")
+
+SENT = "Sent"
+ERROR = "Error"
+# GET of an email in this state says the Send has not happened (yet).
+NOT_SENT_STATES = frozenset({"Composing"})
+
+
+@dataclass(frozen=True, slots=True)
+class Matched:
+    send: SendRecord
+    change: EmailStateChange
+    repeat: bool = False  # the send was already resolved: a late or repeated outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Unmatched:
+    change: EmailStateChange
+
+
+Decision = Matched | Unmatched
+
+
+class Correlator:
+    def __init__(self, *, send_timeout_seconds: float, recent_capacity: int = 10_000) -> None:
+        self.send_timeout_seconds = send_timeout_seconds
+        self._pending: dict[str, SendRecord] = {}
+        self._by_email: dict[str, list[SendRecord]] = {}
+        self._by_reference: dict[int, SendRecord] = {}
+        self._deadlines: list[tuple[float, str]] = []
+        self._due_at: dict[str, float] = {}  # the live heap entry of each send
+        self._checking: set[str] = set()
+        self._recent: OrderedDict[str, SendRecord] = OrderedDict()
+        self._recent_capacity = recent_capacity
+
+    # -- sends -------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def pending(self) -> list[SendRecord]:
+        return list(self._pending.values())
+
+    def get(self, send_id: str) -> SendRecord | None:
+        return self._pending.get(send_id)
+
+    def add(self, send: SendRecord) -> None:
+        """Register a send (new, or restored from the store after a restart)."""
+        self._pending[send.send_id] = send
+        self._by_email.setdefault(send.email_id, []).append(send)
+        if send.reference_id is not None:
+            self._by_reference[send.reference_id] = send
+        if send.status is not SendStatus.IN_FLIGHT:
+            self._schedule(send)
+
+    def restore(self, sends: Iterable[SendRecord]) -> None:
+        for send in sorted(sends, key=lambda s: s.requested_at):
+            self.add(send)
+
+    def _deadline(self, send: SendRecord) -> float:
+        start = send.answered_at if send.answered_at is not None else send.requested_at
+        return start + self.send_timeout_seconds
+
+    def _schedule(self, send: SendRecord, at: float | None = None) -> None:
+        deadline = at if at is not None else self._deadline(send)
+        self._due_at[send.send_id] = deadline
+        heapq.heappush(self._deadlines, (deadline, send.send_id))
+
+    def accepted(self, send_id: str, reference_id: int | None, now: float) -> SendRecord | None:
+        """GWS answered statusCode 0. Returns the send if it is still pending."""
+        send = self._pending.get(send_id)
+        if send is None:
+            return None
+        send.status = SendStatus.ACCEPTED
+        send.answered_at = now
+        if reference_id is not None:
+            if send.reference_id is not None and send.reference_id != reference_id:
+                log.warning(
+                    "reference_id_disagrees", send_id=send_id, email_id=send.email_id,
+                    answered=reference_id, learned=send.reference_id,
+                )
+            else:
+                self._set_reference(send, reference_id)
+        self._schedule(send)
+        return send
+
+    def answer_lost(self, send_id: str, now: float) -> SendRecord | None:
+        """The Send left but its answer did not come: GWS may have sent it."""
+        send = self._pending.get(send_id)
+        if send is None:
+            return None
+        send.status = SendStatus.UNANSWERED
+        send.answered_at = now
+        self._schedule(send)
+        return send
+
+    def _set_reference(self, send: SendRecord, reference_id: int) -> None:
+        send.reference_id = reference_id
+        previous = self._by_reference.get(reference_id)
+        if previous is not None and previous is not send:
+            # A per-session counter came round again; the newest send owns it.
+            log.info("reference_id_reused", reference_id=reference_id, send_id=send.send_id)
+        self._by_reference[reference_id] = send
+
+    def _remove(self, send: SendRecord) -> None:
+        self._pending.pop(send.send_id, None)
+        self._due_at.pop(send.send_id, None)
+        self._checking.discard(send.send_id)
+        siblings = self._by_email.get(send.email_id)
+        if siblings is not None:
+            siblings[:] = [s for s in siblings if s is not send]
+            if not siblings:
+                del self._by_email[send.email_id]
+        if send.reference_id is not None and self._by_reference.get(send.reference_id) is send:
+            del self._by_reference[send.reference_id]
+
+    def _finish(self, send: SendRecord, status: SendStatus, now: float) -> SendRecord:
+        self._remove(send)
+        send.status = status
+        send.resolved_at = now
+        self._recent[send.email_id] = send
+        self._recent.move_to_end(send.email_id)
+        while len(self._recent) > self._recent_capacity:
+            self._recent.popitem(last=False)
+        return send
+
+    def resolve(self, send_id: str, state: str | None, now: float) -> SendRecord | None:
+        """The outcome is known (by notification or by GET)."""
+        send = self._pending.get(send_id)
+        if send is None:
+            return None
+        send.outcome_state = state
+        return self._finish(send, SendStatus.RESOLVED, now)
+
+    def reject(
+        self, send_id: str, status_code: int | None, status_message: str | None, now: float
+    ) -> SendRecord | None:
+        send = self._pending.get(send_id)
+        if send is None:
+            return None
+        send.status_code = status_code
+        send.status_message = status_message
+        return self._finish(send, SendStatus.REJECTED, now)
+
+    def time_out(self, send_id: str, now: float) -> SendRecord | None:
+        send = self._pending.get(send_id)
+        if send is None:
+            return None
+        return self._finish(send, SendStatus.TIMED_OUT, now)
+
+    # -- notifications -------------------------------------------------------
+
+    def on_notification(self, change: EmailStateChange, now: float) -> Decision:
+        if not change.is_outcome:
+            return Unmatched(change)
+        reference_id = change.reference_id
+        if reference_id is not None:
+            send = self._by_reference.get(reference_id)
+            if send is not None and send.email_id == change.email_id:
+                return self._match(send, change, now)
+        for send in self._by_email.get(change.email_id, ()):
+            if send.reference_id is not None and reference_id is not None:
+                if send.reference_id != reference_id:
+                    continue  # the outcome of another operation on this email
+                return self._match(send, change, now)
+            if change.notification_type == ERROR or change.state == SENT:
+                return self._match(send, change, now)
+        recent = self._recent.get(change.email_id)
+        if recent is not None and (
+            recent.reference_id is None
+            or reference_id is None
+            or recent.reference_id == reference_id
+        ):
+            return Matched(recent, change, repeat=True)
+        return Unmatched(change)
+
+    def _match(self, send: SendRecord, change: EmailStateChange, now: float) -> Matched:
+        if change.reference_id is not None and send.reference_id is None:
+            self._set_reference(send, change.reference_id)
+        send.outcome_state = ERROR if change.notification_type == ERROR else change.state
+        self._finish(send, SendStatus.RESOLVED, now)
+        return Matched(send, change)
+
+    # -- deadlines -------------------------------------------------------------
+
+    def due(self, now: float) -> list[SendRecord]:
+        """Pending sends whose deadline passed and that are not being checked already."""
+        due: list[SendRecord] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, send_id = heapq.heappop(self._deadlines)
+            send = self._pending.get(send_id)
+            if send is None or self._due_at.get(send_id) != deadline:
+                continue  # resolved, or rescheduled since this entry was pushed
+            if send_id in self._checking or send.status is SendStatus.IN_FLIGHT:
+                continue
+            self._checking.add(send_id)
+            due.append(send)
+        return due
+
+    def postpone(self, send_id: str, until: float) -> None:
+        """A check could not be made (GWS unreachable): try again at `until`."""
+        self._checking.discard(send_id)
+        send = self._pending.get(send_id)
+        if send is not None:
+            self._schedule(send, until)
+
+    def checked(self, send_id: str) -> None:
+        self._checking.discard(send_id)
+
+    def next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None

@@ -1,0 +1,260 @@
+"""Drains the outbox into every sink, at least once, each sink at its own pace.
+
+Owns one worker per sink: read the next batch after the sink's cursor, hand it
+over, move the cursor only for what the sink took. Retryable failures back off
+(capped, jittered) and try again; a permanent failure, or a retryable one past
+`give_up_after_seconds`, moves that one event to dead letters for that sink
+only. A slow or dead sink holds back nothing but itself: the listener writes
+to the store, never to a sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from daemon.backoff import Backoff, BackoffPolicy
+from daemon.config import SinkSettings
+from daemon.errors import SinkError
+from daemon.metrics import Metrics
+from daemon.sinks.base import Sink
+from daemon.store import MALFORMED_SINK, AsyncStore, OutboxRow
+
+log = structlog.get_logger(logger="daemon.dispatcher")
+
+# An idle worker still looks at the store this often, to see dead letters
+# replayed by `gws-notifyd dead-letters replay` from another process.
+IDLE_POLL_SECONDS = 1.0
+MAINTENANCE_SECONDS = 1.0
+NEAR_FULL_RATIO = 0.8
+
+
+@dataclass(slots=True)
+class SinkStatus:
+    name: str
+    kind: str
+    cursor: int = 0
+    delivered: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    failing_since: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(slots=True)
+class _Worker:
+    sink: Sink
+    settings: SinkSettings
+    status: SinkStatus
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class Dispatcher:
+    def __init__(self, *, store: AsyncStore, metrics: Metrics, max_outbox_events: int) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._max_outbox = max_outbox_events
+        self._workers: dict[str, _Worker] = {}
+        self._head = 0
+        self._maintenance: asyncio.Task[None] | None = None
+        self._warned_full_at = 0.0
+        self.dead_letter_counts: dict[str, int] = {}
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self, sinks: Sequence[tuple[Sink, SinkSettings]]) -> None:
+        self._head = await self._store.run(self._store.store.head_seq)
+        self._metrics.outbox_capacity.set(self._max_outbox)
+        await self._start_workers(sinks)
+        self._maintenance = asyncio.create_task(self._maintain(), name="outbox-maintenance")
+
+    async def _start_workers(self, sinks: Sequence[tuple[Sink, SinkSettings]]) -> None:
+        cursors = await self._store.run(self._store.store.sync_sinks, [s.name for s, _ in sinks])
+        for sink, settings in sinks:
+            self._metrics.track_sink(sink.name)
+            worker = _Worker(sink, settings, SinkStatus(sink.name, sink.kind, cursors[sink.name]))
+            worker.task = asyncio.create_task(self._run(worker), name=f"sink-{sink.name}")
+            self._workers[sink.name] = worker
+        self._update_backlog()
+
+    async def replace_sinks(self, sinks: Sequence[tuple[Sink, SinkSettings]]) -> None:
+        """SIGHUP: stop the current workers after their batch, start the new ones."""
+        await self._stop_workers()
+        await self._start_workers(sinks)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until every sink has taken what was written so far, or `timeout`."""
+        target = self._head
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(w.status.cursor >= target for w in self._workers.values()):
+                return True
+            await asyncio.sleep(0.05)
+        return all(w.status.cursor >= target for w in self._workers.values())
+
+    async def stop(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        await self._stop_workers()
+
+    async def _stop_workers(self) -> None:
+        workers = list(self._workers.values())
+        self._workers.clear()
+        for worker in workers:
+            worker.stop.set()
+            worker.wake.set()
+        for worker in workers:
+            if worker.task is not None:
+                try:
+                    # A batch in a sink's hands may finish; a retry wait may not.
+                    await asyncio.wait_for(asyncio.shield(worker.task), 2.0)
+                except TimeoutError:
+                    worker.task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await worker.task
+            await worker.sink.close()
+
+    # -- events in ----------------------------------------------------------------
+
+    def notify(self, head: int) -> None:
+        """New events up to seq `head` are in the outbox."""
+        if head > self._head:
+            self._head = head
+        for worker in self._workers.values():
+            worker.wake.set()
+        self._update_backlog()
+
+    def _update_backlog(self) -> None:
+        for worker in self._workers.values():
+            self._metrics.outbox_backlog.labels(worker.sink.name).set(
+                max(0, self._head - worker.status.cursor)
+            )
+
+    def backlog(self) -> dict[str, int]:
+        return {name: max(0, self._head - w.status.cursor) for name, w in self._workers.items()}
+
+    def statuses(self) -> list[SinkStatus]:
+        return [w.status for w in self._workers.values()]
+
+    # -- one sink ---------------------------------------------------------------------
+
+    async def _run(self, worker: _Worker) -> None:
+        status = worker.status
+        store = self._store
+        while not worker.stop.is_set():
+            worker.wake.clear()
+            rows, horizon = await store.run(
+                store.store.read_outbox, worker.sink.name, status.cursor, worker.settings.batch_size
+            )
+            if not rows:
+                if horizon > status.cursor:
+                    await self._advance(worker, horizon)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(worker.wake.wait(), IDLE_POLL_SECONDS)
+                continue
+            await self._deliver(worker, rows)
+
+    async def _advance(self, worker: _Worker, seq: int) -> None:
+        await self._store.run(self._store.store.set_cursor, worker.sink.name, seq)
+        worker.status.cursor = seq
+        self._metrics.outbox_backlog.labels(worker.sink.name).set(max(0, self._head - seq))
+
+    async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> None:
+        sink, status, settings = worker.sink, worker.status, worker.settings
+        backoff = Backoff(BackoffPolicy(initial=0.5, maximum=settings.backoff_max_seconds))
+        metrics = self._metrics
+        while rows and not worker.stop.is_set():
+            started = time.perf_counter()
+            try:
+                await sink.deliver(rows)
+            except SinkError as exc:
+                metrics.sink_delivery_duration.labels(sink.name).observe(
+                    time.perf_counter() - started
+                )
+                if exc.delivered:
+                    taken, rows = rows[: exc.delivered], rows[exc.delivered :]
+                    await self._taken(worker, taken)
+                now = time.time()
+                status.failing_since = status.failing_since or now
+                status.last_error = str(exc)
+                gave_up = (
+                    settings.give_up_after_seconds > 0
+                    and now - status.failing_since >= settings.give_up_after_seconds
+                )
+                if not exc.retryable or gave_up:
+                    await self._dead_letter(worker, rows[0], exc, backoff.attempt + 1)
+                    rows = rows[1:]
+                    backoff.reset()
+                    if not rows:
+                        status.failing_since = None
+                    continue
+                delay = backoff.next_delay()
+                status.retries += 1
+                metrics.sink_deliveries.labels(sink.name, "retried").inc(len(rows))
+                log.warning("sink_retry", sink=sink.name, error=str(exc),
+                            attempt=backoff.attempt, delay_seconds=round(delay, 3),
+                            events=len(rows))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(worker.stop.wait(), delay)
+                continue
+            metrics.sink_delivery_duration.labels(sink.name).observe(time.perf_counter() - started)
+            if status.failing_since is not None:
+                log.info("sink_recovered", sink=sink.name,
+                         after_seconds=round(time.time() - status.failing_since, 3))
+            status.failing_since = None
+            status.last_error = None
+            await self._taken(worker, rows)
+            rows = []
+
+    async def _taken(self, worker: _Worker, rows: list[OutboxRow]) -> None:
+        await self._advance(worker, rows[-1].seq)
+        worker.status.delivered += len(rows)
+        self._metrics.sink_deliveries.labels(worker.sink.name, "delivered").inc(len(rows))
+
+    async def _dead_letter(
+        self, worker: _Worker, row: OutboxRow, error: SinkError, attempts: int
+    ) -> None:
+        name = worker.sink.name
+        await self._store.run(
+            self._store.store.dead_letter, name, row,
+            reason="permanent" if not error.retryable else "gave_up",
+            detail=str(error), attempts=attempts,
+        )
+        worker.status.cursor = max(worker.status.cursor, row.seq)
+        worker.status.dead_lettered += 1
+        self._metrics.sink_deliveries.labels(name, "dead_lettered").inc()
+        self.dead_letter_counts[name] = self.dead_letter_counts.get(name, 0) + 1
+        self._metrics.dead_letters.labels(name).set(self.dead_letter_counts[name])
+        log.error("sink_dead_letter", sink=name, event_id=row.event_id, email_id=row.email_id,
+                  type=row.type, error=str(error), attempts=attempts)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        store = self._store
+        while True:
+            await store.run(store.store.prune_outbox)
+            rows = store.store.outbox_rows
+            self._metrics.outbox_events.set(rows)
+            counts = await store.run(store.store.dead_letter_counts)
+            self.dead_letter_counts = counts
+            for name in {*counts, *self._workers, MALFORMED_SINK}:
+                self._metrics.dead_letters.labels(name).set(counts.get(name, 0))
+            now = time.monotonic()
+            if rows >= NEAR_FULL_RATIO * self._max_outbox and now - self._warned_full_at > 60:
+                self._warned_full_at = now
+                log.warning("outbox_near_full", events=rows, capacity=self._max_outbox,
+                            backlog=self.backlog())
+            await asyncio.sleep(MAINTENANCE_SECONDS)
+
+    def outbox_full(self) -> bool:
+        return self._store.store.outbox_rows >= self._max_outbox

@@ -1,0 +1,200 @@
+"""CloudEvents 1.0 (JSON structured mode): what every sink receives.
+
+Owns the event types, the shape of `data`, and the event id. The id is derived
+from what the event is about, never drawn at random, so the same state change
+redelivered after a crash or a retry carries the same id:
+
+- an outcome of a send:       uuid5(send id, type, notificationType, state)
+  (the same whether it came by notification or was read back by GET);
+- an unmatched notification:  uuid5(email id, referenceId, notificationType,
+  state, digest of the notification's bytes);
+- a rejected / timed-out send: uuid5(send id, type).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from daemon.gws.messages import EmailStateChange
+from daemon.sends import SendRecord, iso_time
+
+STATE_CHANGED = "gws.email.state_changed"
+SEND_REJECTED = "gws.email.send_rejected"
+SEND_TIMED_OUT = "gws.email.send_timed_out"
+EVENT_TYPES = (STATE_CHANGED, SEND_REJECTED, SEND_TIMED_OUT)
+
+# Fixed namespace for this project's event ids (uuid5 of the project URL).
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/gws-notifyd/gws-notifyd/events")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: str
+    type: str
+    email_id: str | None
+    time: float
+    body: bytes  # the whole CloudEvent, serialised once
+
+
+def event_id(*parts: object) -> str:
+    key = "\x1f".join("" if p is None else str(p) for p in parts)
+    return str(uuid.uuid5(_NAMESPACE, key))
+
+
+class EventFactory:
+    """Builds events for one GWS installation (`source`)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def _event(
+        self, *, id_: str, type_: str, email_id: str | None, time: float, data: dict[str, Any]
+    ) -> Event:
+        envelope = {
+            "specversion": "1.0",
+            "id": id_,
+            "source": self.source,
+            "type": type_,
+            "subject": email_id,
+            "time": iso_time(time),
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+        if email_id is None:
+            del envelope["subject"]
+        return Event(id_, type_, email_id, time, orjson.dumps(envelope))
+
+    def state_changed(
+        self,
+        change: EmailStateChange,
+        send: SendRecord | None,
+        *,
+        received_at: float,
+    ) -> Event:
+        """A notification, correlated to `send` or not."""
+        if send is not None:
+            id_ = event_id(send.send_id, STATE_CHANGED, change.notification_type, change.state)
+        else:
+            id_ = event_id(
+                change.email_id,
+                change.reference_id,
+                change.notification_type,
+                change.state,
+                hashlib.sha1(change.raw, usedforsecurity=False).hexdigest(),
+            )
+        data = _outcome_data(
+            send,
+            email_id=change.email_id,
+            reference_id=change.reference_id
+            if change.reference_id is not None
+            else (send.reference_id if send else None),
+            state=change.state,
+            notification_type=change.notification_type,
+            reconciled=False,
+            at=received_at,
+        )
+        data["notification"] = orjson.Fragment(change.raw)
+        data["channel"] = change.channel
+        return self._event(
+            id_=id_, type_=STATE_CHANGED, email_id=change.email_id, time=received_at, data=data
+        )
+
+    def reconciled(self, send: SendRecord, *, state: str | None, at: float) -> Event:
+        """An outcome read back from GWS by GET, because its notification never came."""
+        # notificationType StatusChange on purpose: the id then equals the one
+        # the notification would have produced, so a late notification and
+        # this event are recognisably the same state change.
+        id_ = event_id(send.send_id, STATE_CHANGED, "StatusChange", state)
+        data = _outcome_data(
+            send,
+            email_id=send.email_id,
+            reference_id=send.reference_id,
+            state=state,
+            notification_type="StatusChange",
+            reconciled=True,
+            at=at,
+        )
+        data["notification"] = None
+        return self._event(
+            id_=id_, type_=STATE_CHANGED, email_id=send.email_id, time=at, data=data
+        )
+
+    def rejected(
+        self,
+        send: SendRecord,
+        *,
+        status_code: int | None,
+        status_message: str | None,
+        http_status: int | None,
+        at: float,
+    ) -> Event:
+        data = _outcome_data(
+            send,
+            email_id=send.email_id,
+            reference_id=None,
+            state=None,
+            notification_type=None,
+            reconciled=False,
+            at=at,
+        )
+        data.update(
+            {
+                "statusCode": status_code,
+                "statusMessage": status_message,
+                "httpStatus": http_status,
+                "notification": None,
+            }
+        )
+        return self._event(
+            id_=event_id(send.send_id, SEND_REJECTED),
+            type_=SEND_REJECTED,
+            email_id=send.email_id,
+            time=at,
+            data=data,
+        )
+
+    def timed_out(self, send: SendRecord, *, last_state: str | None, at: float) -> Event:
+        data = _outcome_data(
+            send,
+            email_id=send.email_id,
+            reference_id=send.reference_id,
+            state=last_state,
+            notification_type=None,
+            reconciled=True,
+            at=at,
+        )
+        data["notification"] = None
+        return self._event(
+            id_=event_id(send.send_id, SEND_TIMED_OUT),
+            type_=SEND_TIMED_OUT,
+            email_id=send.email_id,
+            time=at,
+            data=data,
+        )
+
+
+def _outcome_data(
+    send: SendRecord | None,
+    *,
+    email_id: str,
+    reference_id: int | None,
+    state: str | None,
+    notification_type: str | None,
+    reconciled: bool,
+    at: float,
+) -> dict[str, Any]:
+    return {
+        "referenceId": reference_id,
+        "emailId": email_id,
+        "state": state,
+        "notificationType": notification_type,
+        "correlated": send is not None,
+        "reconciled": reconciled,
+        "send": send.summary() if send is not None else None,
+        "latencySeconds": round(at - send.requested_at, 6) if send is not None else None,
+    }

@@ -1,0 +1,168 @@
+"""GWS notifications, parsed once into typed objects. Never trusts its input.
+
+Owns: deciding what a notification is (an email state change, another GWS
+message we ignore, or something malformed) and why. It never raises on bad
+input: a malformed message comes back as `Malformed` with a reason from the
+fixed set `MALFORMED_REASONS`, which is also the metric's label set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from daemon.cometd import Message
+
+EMAIL_STATE_CHANGE = "EmailStateChangeMessage"
+# Notification types that carry the outcome of an operation such as Send.
+OUTCOME_TYPES = frozenset({"StatusChange", "Error"})
+
+# Other GWS message types that may arrive on channels an operator subscribes
+# to (calls, devices, chats...). They are counted and otherwise ignored.
+KNOWN_OTHER_TYPES = frozenset(
+    {
+        "CallStateChangeMessage",
+        "DeviceStateChangeMessage",
+        "ChatStateChangeMessage",
+        "WorkitemStateChangeMessage",
+        "OpenMediaStateChangeMessage",
+        "ServiceStateChangeMessage",
+        "ChannelStateChangeMessage",
+        "UserStateChangeMessage",
+        "WorkbinContentChanged",
+        "CurrentUserStateChangeMessage",
+        "EmailMessage",
+    }
+)
+
+MALFORMED_REASONS = (
+    "not_an_object",
+    "no_message_type",
+    "unknown_message_type",
+    "no_notification_type",
+    "no_email",
+    "no_email_id",
+    "bad_reference_id",
+    "bad_state",
+    "oversized",
+)
+
+# A GWS email notification with a large HTML body is tens of KiB; anything
+# past this is not a notification we should put into every sink.
+DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+# What is kept of a malformed message for inspection.
+KEPT_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EmailStateChange:
+    """One EmailStateChangeMessage. `raw` is the GWS `data` object as JSON bytes."""
+
+    channel: str
+    notification_type: str
+    reference_id: int | None
+    email_id: str
+    state: str | None
+    raw: bytes
+
+    @property
+    def is_outcome(self) -> bool:
+        return self.notification_type in OUTCOME_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A well-formed GWS message of a type the daemon does not forward."""
+
+    channel: str
+    message_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    channel: str
+    reason: str
+    detail: str
+    raw: bytes  # at most KEPT_BYTES of the payload as JSON (or its repr)
+
+
+@dataclass(slots=True)
+class ParsedBatch:
+    changes: list[EmailStateChange] = field(default_factory=list)
+    ignored: list[Ignored] = field(default_factory=list)
+    malformed: list[Malformed] = field(default_factory=list)
+
+
+def _dump(data: object) -> bytes:
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return repr(data).encode("utf-8", "replace")
+
+
+def parse_message(
+    channel: str, data: object, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> EmailStateChange | Ignored | Malformed:
+    """Classify one Bayeux data payload."""
+    raw = _dump(data)
+
+    def malformed(reason: str, detail: str) -> Malformed:
+        return Malformed(channel, reason, detail, raw[:KEPT_BYTES])
+
+    if len(raw) > max_bytes:
+        return malformed("oversized", f"{len(raw)} bytes, limit {max_bytes}")
+    if not isinstance(data, dict):
+        return malformed("not_an_object", f"data is {type(data).__name__}, not an object")
+    message_type = data.get("messageType")
+    if not isinstance(message_type, str) or not message_type:
+        return malformed("no_message_type", "messageType is missing or not a string")
+    if message_type != EMAIL_STATE_CHANGE:
+        if message_type in KNOWN_OTHER_TYPES:
+            return Ignored(channel, message_type)
+        return malformed("unknown_message_type", f"messageType {message_type[:80]!r}")
+    notification_type = data.get("notificationType")
+    if not isinstance(notification_type, str) or not notification_type:
+        return malformed("no_notification_type", "notificationType is missing or not a string")
+    email = data.get("email")
+    if not isinstance(email, dict):
+        return malformed("no_email", "email is missing or not an object")
+    email_id = email.get("id")
+    if not isinstance(email_id, str) or not email_id:
+        return malformed("no_email_id", "email.id is missing or not a non-empty string")
+    state = email.get("state")
+    if state is not None and not isinstance(state, str):
+        return malformed("bad_state", "email.state is not a string")
+    reference_id = data.get("referenceId")
+    if reference_id is not None:
+        # GWS sends small integers; a numeric string is tolerated, anything
+        # else would make correlation guess.
+        if isinstance(reference_id, str) and reference_id.isdigit():
+            reference_id = int(reference_id)
+        if isinstance(reference_id, bool) or not isinstance(reference_id, int):
+            return malformed("bad_reference_id", "referenceId is not an integer")
+    return EmailStateChange(
+        channel=channel,
+        notification_type=notification_type,
+        reference_id=reference_id,
+        email_id=email_id,
+        state=state,
+        raw=raw,
+    )
+
+
+def parse_batch(
+    messages: Iterable[Message], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> ParsedBatch:
+    batch = ParsedBatch()
+    for message in messages:
+        parsed = parse_message(message.channel, message.data, max_bytes=max_bytes)
+        if isinstance(parsed, EmailStateChange):
+            batch.changes.append(parsed)
+        elif isinstance(parsed, Malformed):
+            batch.malformed.append(parsed)
+        else:
+            batch.ignored.append(parsed)
+    return batch

@@ -1,0 +1,132 @@
+"""Email operation bodies as the integration posts them: parsed and validated.
+
+Owns the Send contract of GWS (reference/gws-email-send.txt): `operationName`
+"Send", `queueName` (required), `email` with `to` (non-empty) and `from`
+(required), optional `subject`, `body`, `bodyAsPlainText`, `mime`, `cc`, `bcc`,
+and an optional boolean `saveLAR`. Problems come back as `Invalid` with a
+GWS-style statusCode (1 = required parameter missing, 10 = input validation
+error) and a message naming the field. Never raises on bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+MISSING = 1
+INVALID = 10
+
+_OPTIONAL_TEXT = ("subject", "body", "bodyAsPlainText", "mime")
+_ADDRESS_LISTS = ("cc", "bcc")
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    status_code: int
+    message: str
+    field: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"statusCode": self.status_code, "statusMessage": self.message,
+                "field": self.field}
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """A well-formed JSON object with an operationName that is not Send."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    queue_name: str
+    to: tuple[str, ...]
+    sender: str
+    subject: str | None
+
+
+def _missing(field: str) -> Invalid:
+    return Invalid(MISSING, f"Required parameter '{field}' is missing", field)
+
+
+def _invalid(field: str, what: str) -> Invalid:
+    return Invalid(INVALID, f"Input validation error: '{field}' {what}", field)
+
+
+def _address_list(email: dict[str, Any], key: str, *, required: bool) -> tuple[str, ...] | Invalid:
+    field = f"email.{key}"
+    value = email.get(key)
+    if value is None:
+        return _missing(field) if required else ()
+    # GWS's page says cc/bcc "must be comma delimited" while its samples use
+    # lists; both are accepted.
+    if isinstance(value, str) and not required:
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if not isinstance(value, list):
+        return _invalid(field, "must be a list of addresses")
+    if required and not value:
+        return _invalid(field, "must list at least one address")
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            return _invalid(f"{field}[{index}]", "must be a non-empty string")
+    return tuple(value)
+
+
+def parse_operation(raw: bytes) -> SendRequest | Operation | Invalid:
+    """Classify a POST body for /api/v2/me/emails/{id}."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Invalid(INVALID, f"Input validation error: body is not valid JSON ({exc})", "")
+    if not isinstance(body, dict):
+        return Invalid(INVALID, "Input validation error: body must be a JSON object", "")
+    name = body.get("operationName")
+    if name is None:
+        return _missing("operationName")
+    if not isinstance(name, str) or not name:
+        return _invalid("operationName", "must be a non-empty string")
+    if name != "Send":
+        return Operation(name)
+    return validate_send(body)
+
+
+def validate_send(body: dict[str, Any]) -> SendRequest | Invalid:
+    queue = body.get("queueName")
+    if queue is None:
+        return _missing("queueName")
+    if not isinstance(queue, str) or not queue.strip():
+        return _invalid("queueName", "must be a non-empty string")
+    save_lar = body.get("saveLAR")
+    if save_lar is not None and not isinstance(save_lar, bool):
+        return _invalid("saveLAR", "must be true or false")
+    email = body.get("email")
+    if email is None:
+        return _missing("email")
+    if not isinstance(email, dict):
+        return _invalid("email", "must be an object")
+    to = _address_list(email, "to", required=True)
+    if isinstance(to, Invalid):
+        return to
+    sender = email.get("from")
+    if sender is None:
+        return _missing("email.from")
+    if not isinstance(sender, str) or not sender.strip():
+        return _invalid("email.from", "must be a non-empty string")
+    for key in _OPTIONAL_TEXT:
+        value = email.get(key)
+        if value is not None and not isinstance(value, str):
+            return _invalid(f"email.{key}", "must be a string")
+    for key in _ADDRESS_LISTS:
+        addresses = _address_list(email, key, required=False)
+        if isinstance(addresses, Invalid):
+            return addresses
+    subject = email.get("subject")
+    return SendRequest(
+        queue_name=queue,
+        to=to,
+        sender=sender,
+        subject=subject if isinstance(subject, str) else None,
+    )

@@ -1,0 +1,63 @@
+"""structlog set-up: one JSON object per line on stdout, a console view on a TTY.
+
+Keys: timestamp, level, event, logger, plus context (reference_id, email_id,
+send_id, sink, state ...). A last processor blanks any key that looks like a
+secret, as a net under the rule that secrets are never logged.
+"""
+
+from __future__ import annotations
+
+import logging as stdlib_logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+_SECRET_KEYS = frozenset(
+    {"password", "secret", "token", "authorization", "cookie", "api_key", "credentials"}
+)
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in event:
+        if key.lower() in _SECRET_KEYS:
+            event[key] = "********"
+    return event
+
+
+def _orjson_dumps(event: Any, **_: Any) -> bytes:
+    return orjson.dumps(event, default=str)
+
+
+def configure_logging(
+    *, level: str = "info", fmt: str = "auto", stream: TextIO | None = None
+) -> None:
+    """Configure structlog for the whole process (the CLI calls this once)."""
+    stream = stream or sys.stdout
+    use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _redact,
+    ]
+    factory: Any
+    if use_console:
+        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+        factory = structlog.PrintLoggerFactory(stream)
+    else:
+        # orjson renders bytes; BytesLogger writes them without a decode.
+        processors.append(structlog.processors.JSONRenderer(serializer=_orjson_dumps))
+        factory = structlog.BytesLoggerFactory(stream.buffer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, 20)),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+    # aiohttp's own access log would print a line per request; we log what matters.
+    stdlib_logging.getLogger("aiohttp.access").setLevel(stdlib_logging.WARNING)

@@ -1,0 +1,153 @@
+"""Every Prometheus metric of the daemon, in one registry created once.
+
+Labels come only from small fixed sets (sink names from the config, reasons,
+states, outcomes); never a referenceId, an email id or an address. The
+registry is passed in, never global, so each test builds its own.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import generate_latest
+
+from daemon.gws.messages import MALFORMED_REASONS
+
+PREFIX = "gws_notifyd_"
+SEND_OUTCOMES = ("accepted", "rejected", "error")
+CORRELATION_RESULTS = ("matched", "unmatched", "timed_out", "reconciled")
+DELIVERY_OUTCOMES = ("delivered", "retried", "dead_lettered")
+
+# Send -> outcome takes from tens of milliseconds to minutes.
+_OUTCOME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.build_info = Info(PREFIX + "build", "Version of gws-notifyd.", registry=r)
+        self.notifications_received = Counter(
+            PREFIX + "notifications_received_total",
+            "Notifications received from GWS, by channel and type.",
+            ["channel", "message_type", "notification_type"],
+            registry=r,
+        )
+        self.notifications_malformed = Counter(
+            PREFIX + "notifications_malformed_total",
+            "Notifications that could not be used, by reason; each is kept as a dead letter.",
+            ["reason"],
+            registry=r,
+        )
+        self.sends = Counter(
+            PREFIX + "sends_total",
+            "Sends taken from the integration, by how GWS answered.",
+            ["outcome"],
+            registry=r,
+        )
+        self.pending_sends = Gauge(
+            PREFIX + "pending_sends", "Sends waiting for their outcome.", registry=r
+        )
+        self.correlations = Counter(
+            PREFIX + "correlations_total",
+            "Outcomes by how they were tied to a send.",
+            ["result"],
+            registry=r,
+        )
+        self.outcome_latency = Histogram(
+            PREFIX + "send_outcome_latency_seconds",
+            "Time from a Send to its outcome, by outcome state.",
+            ["state"],
+            buckets=_OUTCOME_BUCKETS,
+            registry=r,
+        )
+        self.sink_deliveries = Counter(
+            PREFIX + "sink_deliveries_total",
+            "Events handed to sinks, by sink and outcome.",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.sink_delivery_duration = Histogram(
+            PREFIX + "sink_delivery_duration_seconds",
+            "Time a sink took to take one batch.",
+            ["sink"],
+            buckets=_DELIVERY_BUCKETS,
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            PREFIX + "outbox_backlog",
+            "Events written but not yet taken by the sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.outbox_events = Gauge(
+            PREFIX + "outbox_events", "Events held in the outbox (all sinks).", registry=r
+        )
+        self.outbox_capacity = Gauge(
+            PREFIX + "outbox_capacity_events",
+            "The outbox size cap (store.max_outbox_events).",
+            registry=r,
+        )
+        self.dead_letters = Gauge(
+            PREFIX + "dead_letters",
+            "Dead letters kept in the store, by sink ((listener) for malformed input).",
+            ["sink"],
+            registry=r,
+        )
+        self.cometd_connected = Gauge(
+            PREFIX + "cometd_connected", "1 while the CometD connection is up.", registry=r
+        )
+        self.cometd_subscribed = Gauge(
+            PREFIX + "cometd_subscribed",
+            "1 once the channels are subscribed on the current CometD session.",
+            registry=r,
+        )
+        self.cometd_handshakes = Counter(
+            PREFIX + "cometd_handshakes",
+            "Successful CometD handshakes (with subscription).",
+            registry=r,
+        )
+        self.cometd_reconnects = Counter(
+            PREFIX + "cometd_reconnects",
+            "Times the CometD connection was lost and had to be re-established.",
+            registry=r,
+        )
+        self.last_notification = Gauge(
+            PREFIX + "last_notification_timestamp_seconds",
+            "Unix time of the last notification received.",
+            registry=r,
+        )
+        self.reconciliations = Counter(
+            PREFIX + "reconciliations_total",
+            "Pending sends read back from GWS by GET, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.gws_requests = Histogram(
+            PREFIX + "gws_request_duration_seconds",
+            "GWS REST requests, by operation and result.",
+            ["operation", "result"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.ready = Gauge(PREFIX + "ready", "1 while /readyz answers 200.", registry=r)
+
+        # Series of the fixed label sets exist from the start, so that rate()
+        # and absent() work before the first event of each kind.
+        for outcome in SEND_OUTCOMES:
+            self.sends.labels(outcome)
+        for result in CORRELATION_RESULTS:
+            self.correlations.labels(result)
+        for reason in MALFORMED_REASONS:
+            self.notifications_malformed.labels(reason)
+
+    def track_sink(self, sink: str) -> None:
+        """Create a sink's series (called for each configured sink)."""
+        for outcome in DELIVERY_OUTCOMES:
+            self.sink_deliveries.labels(sink, outcome)
+        self.outbox_backlog.labels(sink).set(0)
+        self.dead_letters.labels(sink)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

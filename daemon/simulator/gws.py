@@ -1,0 +1,832 @@
+"""The simulated GWS: REST email resources, HTTP sessions, Basic auth, CSRF and fault switches.
+
+This module owns everything GWS-specific in the simulator; it publishes
+notifications through the generic Bayeux server in `bayeux.py`, mounted at
+`/api/v2/notifications`. It exists for tests, demos and benchmarks of
+gws-notifyd, so it follows the public GWS v2 documentation where that says
+something and picks a plausible behaviour where it is silent.
+
+Answers (always `Content-Type: application/json`):
+
+=====  ==========  ====================================================================
+HTTP   statusCode  when
+=====  ==========  ====================================================================
+200    0           success (Send: `{"statusCode":0,"referenceId":N}` or `{"statusCode":0}`)
+400    1           a required parameter is missing or unusable: operationName, queueName,
+                   email, to (a non-empty list of strings), from (a non-empty string)
+400    2           the operation is not valid for the email's state, or the Send's
+                   queueName is not one of `settings.queues` ("Queue 'X' not found")
+403    3           CSRF on and the POST lacks the session's X-CSRF-TOKEN header
+404    6           unknown email id (GET and non-Send operations), or an unknown path
+400    10          body is not a JSON object, an unknown operationName, a bad optional
+                   field (cc, bcc, channels, userData)
+405    10          method not allowed on that path
+401    20          missing or wrong Basic credentials
+=====  ==========  ====================================================================
+
+Sessions: a request without a known `JSESSIONID` cookie gets a new HTTP session
+(Set-Cookie, path=/), with its own CSRF token and its own referenceId counter
+starting at 1. `EndContactCenterSession` and `forget_sessions()` invalidate
+sessions and the Bayeux clients that handshook in them.
+
+Fault switches (all in `SimulatorSettings`, changeable at runtime directly or
+with `POST /control/settings`): `error_emails` (accepted, then an Error
+notification with errorCode "SendFailed"), `drop_emails` (accepted and Sent, no
+notification), `hang_emails` (Sent and notified, but the HTTP answer never comes:
+the connection is closed without one when the client gives up or the simulator
+stops), `notify_before_answer`, `reference_id_in_answer`,
+`follow_up_properties_updated`.
+
+Control endpoints (no auth): `GET|POST /control/settings`, `POST /control/forget`,
+`POST /control/publish`, `GET /control/stats`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, TypeGuard
+
+import orjson
+import structlog
+from aiohttp import hdrs, web
+
+from daemon.simulator.bayeux import BayeuxServer
+
+__all__ = ["EMAILS_CHANNEL", "NOTIFICATIONS_PATH", "Simulator", "SimulatorSettings", "serve"]
+
+NOTIFICATIONS_PATH: Final = "/api/v2/notifications"
+EMAILS_CHANNEL: Final = "/v2/me/emails"
+SESSION_COOKIE: Final = "JSESSIONID"
+CSRF_HEADER: Final = "X-CSRF-TOKEN"
+
+_JSON = "application/json"
+_COMPOSING_CAPABILITIES = ("Save", "Send", "Cancel", "AddAttachment", "RemoveAttachment")
+# Where these operations move an email; the other operations leave its state alone.
+_STATE_AFTER: Final = {
+    "Accept": "Processing",
+    "Cancel": "Canceled",
+    "Complete": "Completed",
+}
+_OPERATIONS_NEEDING_COMPOSING: Final = frozenset({"Save", "Cancel"})
+_OTHER_OPERATIONS: Final = frozenset(
+    {
+        "Accept",
+        "Reject",
+        "Reply",
+        "ReplyAll",
+        "Forward",
+        "Save",
+        "Cancel",
+        "Transfer",
+        "Complete",
+        "PlaceInQueue",
+    }
+)
+_CREATING_OPERATIONS: Final = frozenset({"Reply", "ReplyAll", "Forward"})
+_ME_OPERATIONS: Final = frozenset(
+    {"StartContactCenterSession", "EndContactCenterSession", "Ready", "NotReady"}
+)
+# Long enough to look like a real HTML email in size benchmarks (~400 bytes).
+_SEQ_BODY: Final = (
+    "<html><body><p>Dear customer,</p><p>Thank you for contacting us about your order. "
+    "We have reviewed the details you sent and the replacement part has been dispatched "
+    "today; you will receive a tracking number by separate email within one working day."
+    "</p><p>If anything is still unclear, simply reply to this message and quote your "
+    "case number.</p><p>Kind regards,<br/>Customer Care</p></body></html>"
+)
+_log = structlog.get_logger(__name__)
+
+
+@dataclass
+class SimulatorSettings:
+    """What the simulated GWS accepts and how it misbehaves; mutable at runtime."""
+
+    username: str = "agent1"
+    # The simulator's well-known demo credential, not a secret.
+    password: str = "agent1-password"  # noqa: S105
+    reference_id_in_answer: bool = True
+    notify_delay_seconds: float = 0.02
+    notify_before_answer: bool = False
+    csrf: bool = True
+    long_poll_timeout_ms: int = 25000
+    max_interval_ms: int = 10000
+    queues: tuple[str, ...] = ("Outbound", "Forwarde-mails", "Support")
+    error_emails: set[str] = field(default_factory=set)
+    drop_emails: set[str] = field(default_factory=set)
+    hang_emails: set[str] = field(default_factory=set)
+    follow_up_properties_updated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON-ready values: sets and tuples as lists, no password."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "password":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, set):
+                value = sorted(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def update(self, changes: dict[str, Any]) -> None:
+        """Apply a partial JSON object; all or nothing. Raises ValueError on a bad key/value."""
+        converted: dict[str, object] = {}
+        for key, value in changes.items():
+            kind = _SETTING_KINDS.get(key)
+            if kind is None:
+                raise ValueError(f"unknown setting {key!r}")
+            converted[key] = _convert_setting(key, kind, value)
+        for key, value in converted.items():
+            setattr(self, key, value)
+
+
+_SETTING_KINDS: Final = {
+    "username": "str",
+    "password": "str",
+    "reference_id_in_answer": "bool",
+    "notify_delay_seconds": "float",
+    "notify_before_answer": "bool",
+    "csrf": "bool",
+    "long_poll_timeout_ms": "int",
+    "max_interval_ms": "int",
+    "queues": "tuple",
+    "error_emails": "set",
+    "drop_emails": "set",
+    "hang_emails": "set",
+    "follow_up_properties_updated": "bool",
+}
+
+
+def _convert_setting(key: str, kind: str, value: object) -> object:
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "str" and isinstance(value, str) and value:
+        return value
+    if kind == "int" and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if (
+        kind == "float"
+        and isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and value >= 0
+    ):
+        return float(value)
+    if (
+        kind in ("tuple", "set")
+        and isinstance(value, list)
+        and all(isinstance(v, str) for v in value)
+    ):
+        return tuple(value) if kind == "tuple" else set(value)
+    raise ValueError(f"setting {key!r} needs a {_KIND_NAMES[kind]}, got {value!r}")
+
+
+_KIND_NAMES: Final = {
+    "bool": "boolean",
+    "str": "non-empty string",
+    "int": "non-negative integer",
+    "float": "non-negative number",
+    "tuple": "list of strings",
+    "set": "list of strings",
+}
+
+
+@dataclass(eq=False, slots=True)
+class _HttpSession:
+    session_id: str
+    csrf_token: str
+    next_reference_id: int = 1
+
+    def take_reference_id(self) -> int:
+        reference_id = self.next_reference_id
+        self.next_reference_id += 1
+        return reference_id
+
+
+_SESSION: Final = web.RequestKey("gws_session", _HttpSession)
+
+
+class _GwsFailure(Exception):
+    """A GWS error answer, raised deep in a handler and rendered by the middleware."""
+
+    def __init__(self, http_status: int, status_code: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.status_code = status_code
+        self.message = message
+
+
+class Simulator:
+    """An in-process GWS: REST + Bayeux notifications on one aiohttp application."""
+
+    def __init__(self, settings: SimulatorSettings | None = None) -> None:
+        self.settings = settings if settings is not None else SimulatorSettings()
+        self.emails: dict[str, dict[str, Any]] = {}
+        self.sends_received = 0
+        self.sends_accepted = 0
+        self.notifications_published = 0
+        self.base_url: str | None = None
+        self.user_id = uuid.uuid5(uuid.NAMESPACE_URL, "gws-simulator").hex
+        self._sessions: dict[str, _HttpSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.bayeux = BayeuxServer(
+            long_poll_timeout_ms=lambda: self.settings.long_poll_timeout_ms,
+            max_interval_ms=lambda: self.settings.max_interval_ms,
+            session_of=_session_id_of,
+        )
+        self.app = self._build_app()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen on host:port (0 = a free port); returns the base URL."""
+        if self._runner is not None:
+            raise RuntimeError("simulator already started")
+        runner = web.AppRunner(
+            self.app,
+            # A client that gives up on a hung Send or a held connect cancels
+            # its handler, like a servlet container noticing the socket close.
+            handler_cancellation=True,
+            access_log=None,
+            # on_shutdown answers everything that waits, so this is only a backstop.
+            shutdown_timeout=5.0,
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        bound_port = runner.addresses[0][1]
+        shown_host = f"[{host}]" if ":" in host else host
+        self.base_url = f"http://{shown_host}:{bound_port}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        """Answer held connects, end hung Sends, stop listening."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def forget_sessions(self) -> None:
+        """Drop every HTTP session and every Bayeux client (as a GWS restart would)."""
+        self._sessions.clear()
+        self.bayeux.drop_all()
+
+    async def publish(self, channel: str, data_items: Sequence[object]) -> int:
+        """Publish raw payloads to the subscribers of `channel`; returns how many payloads."""
+        return self.bayeux.publish(channel, data_items)
+
+    def subscriber_count(self, channel: str = EMAILS_CHANNEL) -> int:
+        """How many Bayeux clients a publish on `channel` would reach now."""
+        return self.bayeux.subscriber_count(channel)
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    # -- application ---------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        # /control/publish may carry a large list of payloads.
+        app = web.Application(middlewares=[self._middleware], client_max_size=256 * 1024 * 1024)
+        r = app.router
+        r.add_get("/api/v2/me", self._get_me)
+        r.add_post("/api/v2/me", self._post_me)
+        r.add_get("/api/v2/me/emails", self._get_emails)
+        r.add_post("/api/v2/me/emails", self._create_email)
+        r.add_get("/api/v2/me/emails/{email_id}", self._get_email)
+        r.add_post("/api/v2/me/emails/{email_id}", self._email_operation)
+        self.bayeux.add_routes(app, NOTIFICATIONS_PATH)
+        r.add_get("/control/settings", self._control_get_settings)
+        r.add_post("/control/settings", self._control_post_settings)
+        r.add_post("/control/forget", self._control_forget)
+        r.add_post("/control/publish", self._control_publish)
+        r.add_get("/control/stats", self._control_stats)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        # A fresh event per run: a restarted simulator may live on another loop.
+        self._closing = asyncio.Event()
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        self._closing.set()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    @web.middleware
+    async def _middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            if request.path.startswith("/control/"):
+                return await handler(request)
+            return await self._gws_request(request, handler)
+        except _GwsFailure as failure:
+            return _gws_error(failure.http_status, failure.status_code, failure.message)
+        except web.HTTPException as exc:
+            return _routing_error(request, exc)
+
+    async def _gws_request(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not self._authenticated(request):
+            denied = _gws_error(401, 20, "Not authenticated")
+            denied.headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="GWS"'
+            return denied
+        session_id = request.cookies.get(SESSION_COOKIE)
+        session = self._sessions.get(session_id) if session_id else None
+        is_new = session is None
+        if session is None:
+            session = _HttpSession(
+                session_id=secrets.token_hex(16).upper(), csrf_token=secrets.token_urlsafe(24)
+            )
+            self._sessions[session.session_id] = session
+        request[_SESSION] = session
+
+        csrf_ok = (
+            request.method != hdrs.METH_POST
+            or not self.settings.csrf
+            or request.path.startswith(NOTIFICATIONS_PATH)
+            or not request.path.startswith("/api/v2/")
+            or hmac.compare_digest(
+                request.headers.get(CSRF_HEADER, "").encode(), session.csrf_token.encode()
+            )
+        )
+        response: web.StreamResponse
+        try:
+            if csrf_ok:
+                response = await handler(request)
+            else:
+                response = _gws_error(403, 3, "Missing or invalid Csrf token")
+        except _GwsFailure as failure:
+            response = _gws_error(failure.http_status, failure.status_code, failure.message)
+        except web.HTTPException as exc:
+            response = _routing_error(request, exc)
+        if is_new:
+            response.set_cookie(SESSION_COOKIE, session.session_id, path="/", httponly=True)
+        if request.method == hdrs.METH_GET:
+            response.headers["X-CSRF-HEADER"] = CSRF_HEADER
+            response.headers[CSRF_HEADER] = session.csrf_token
+        return response
+
+    def _authenticated(self, request: web.Request) -> bool:
+        scheme, _, encoded = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            credentials = base64.b64decode(encoded.strip(), validate=True)
+        except (ValueError, binascii.Error):
+            return False
+        expected = f"{self.settings.username}:{self.settings.password}".encode()
+        return hmac.compare_digest(credentials, expected)
+
+    # -- /api/v2/me ----------------------------------------------------------
+
+    async def _get_me(self, request: web.Request) -> web.Response:
+        user: dict[str, Any] = {
+            "id": self.user_id,
+            "userName": self.settings.username,
+            "firstName": "Simulated",
+            "lastName": "Agent",
+            "roles": ["ROLE_AGENT"],
+            "enabled": True,
+        }
+        if "subresources" in request.query:
+            user["emails"] = list(self.emails.values())
+        return _json({"statusCode": 0, "user": user})
+
+    async def _post_me(self, request: web.Request) -> web.Response:
+        body = await _json_object(request)
+        operation = _operation_name(body)
+        if operation not in _ME_OPERATIONS:
+            raise _GwsFailure(400, 10, f"Unsupported operationName '{operation}'")
+        if operation == "StartContactCenterSession":
+            channels = body.get("channels", [])
+            if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+                raise _GwsFailure(400, 10, "Parameter 'channels' must be a list of strings")
+        elif operation == "EndContactCenterSession":
+            session = request[_SESSION]
+            self._sessions.pop(session.session_id, None)
+            self.bayeux.drop_session(session.session_id)
+        return _json({"statusCode": 0})
+
+    # -- /api/v2/me/emails ---------------------------------------------------
+
+    async def _get_emails(self, _request: web.Request) -> web.Response:
+        return _json({"statusCode": 0, "emails": list(self.emails.values())})
+
+    async def _get_email(self, request: web.Request) -> web.Response:
+        email_id = request.match_info["email_id"]
+        email = self.emails.get(email_id)
+        if email is None:
+            raise _GwsFailure(404, 6, f"Email '{email_id}' not found")
+        return _json({"statusCode": 0, "email": email})
+
+    async def _create_email(self, request: web.Request) -> web.Response:
+        body = await _json_object(request, empty_ok=True)
+        user_data = body.get("userData", {})
+        if not isinstance(user_data, dict):
+            raise _GwsFailure(400, 10, "Parameter 'userData' must be an object")
+        email = self._new_email(request, secrets.token_hex(8).upper())
+        email["userData"] = user_data
+        for key in ("queueUri", "parentId"):
+            if isinstance(body.get(key), str):
+                email[key] = body[key]
+        return _json({"statusCode": 0, "id": email["id"]})
+
+    async def _email_operation(self, request: web.Request) -> web.StreamResponse:
+        email_id = request.match_info["email_id"]
+        body = await _json_object(request)
+        operation = _operation_name(body)
+        if operation == "Send":
+            self.sends_received += 1
+            return await self._send(request, email_id, body)
+        if operation not in _OTHER_OPERATIONS:
+            raise _GwsFailure(400, 10, f"Unsupported operationName '{operation}'")
+        return self._other_operation(request, email_id, operation, body)
+
+    async def _send(
+        self, request: web.Request, email_id: str, body: dict[str, Any]
+    ) -> web.StreamResponse:
+        settings = self.settings
+        sent_fields = _validate_send(body, settings.queues)
+        email = self.emails.get(email_id)
+        if email is not None and email["state"] != "Composing":
+            raise _GwsFailure(
+                400, 2, f"Operation Send is not valid for email in state {email['state']}"
+            )
+        if email is None:
+            # Integrators may Send to any id; GWS would have had it from a Reply.
+            email = self._new_email(request, email_id)
+        reference_id = request[_SESSION].take_reference_id()
+        self.sends_accepted += 1
+
+        notifications: list[dict[str, Any]]
+        if email_id in settings.error_emails:
+            notifications = [
+                {
+                    "messageType": "EmailStateChangeMessage",
+                    "notificationType": "Error",
+                    "referenceId": reference_id,
+                    "errorCode": "SendFailed",
+                    "errorMessage": f"Simulated failure: email '{email_id}' was not sent",
+                    "email": _snapshot(email),
+                }
+            ]
+        else:
+            email.update(sent_fields)
+            email["state"] = "Sent"
+            email["capabilities"] = []
+            notifications = [_state_change(email, reference_id)]
+            if settings.follow_up_properties_updated:
+                notifications.append(
+                    {
+                        "messageType": "EmailStateChangeMessage",
+                        "notificationType": "PropertiesUpdated",
+                        "email": _snapshot(email),
+                    }
+                )
+        if email_id in settings.drop_emails:
+            notifications = []
+
+        answer: dict[str, Any] = {"statusCode": 0}
+        if settings.reference_id_in_answer:
+            answer["referenceId"] = reference_id
+        if settings.notify_before_answer:
+            await self._pause(settings.notify_delay_seconds)
+            self._publish_emails(notifications)
+        else:
+            self._publish_emails_later(settings.notify_delay_seconds, notifications)
+        if email_id in settings.hang_emails:
+            await self._hang(request)
+        return _json(answer)
+
+    def _other_operation(
+        self, request: web.Request, email_id: str, operation: str, body: dict[str, Any]
+    ) -> web.Response:
+        email = self.emails.get(email_id)
+        if email is None:
+            raise _GwsFailure(404, 6, f"Email '{email_id}' not found")
+        if operation in _OPERATIONS_NEEDING_COMPOSING and email["state"] != "Composing":
+            raise _GwsFailure(
+                400, 2, f"Operation {operation} is not valid for email in state {email['state']}"
+            )
+        reference_id = request[_SESSION].take_reference_id()
+        changed = email
+        if operation == "Save" and isinstance(body.get("email"), dict):
+            email.update(_optional_email_fields(body["email"]))
+        elif operation in _CREATING_OPERATIONS:
+            changed = self._new_email(request, secrets.token_hex(8).upper())
+            changed["parentId"] = email_id
+        new_state = _STATE_AFTER.get(operation)
+        if new_state is not None:
+            email["state"] = new_state
+            email["capabilities"] = []
+        self._publish_emails_later(
+            self.settings.notify_delay_seconds, [_state_change(changed, reference_id)]
+        )
+        answer: dict[str, Any] = {"statusCode": 0}
+        if self.settings.reference_id_in_answer:
+            answer["referenceId"] = reference_id
+        return _json(answer)
+
+    def _new_email(self, request: web.Request, email_id: str) -> dict[str, Any]:
+        email: dict[str, Any] = {
+            "id": email_id,
+            "state": "Composing",
+            "uri": f"{request.url.origin()}/api/v2/me/emails/{email_id}",
+            "emailType": "Outbound",
+            "capabilities": list(_COMPOSING_CAPABILITIES),
+            "userData": {},
+        }
+        self.emails[email_id] = email
+        return email
+
+    # -- notifications ---------------------------------------------------------
+
+    def _publish_emails(self, payloads: Sequence[dict[str, Any]]) -> None:
+        if payloads:
+            self.notifications_published += len(payloads)
+            self.bayeux.publish(EMAILS_CHANNEL, payloads)
+
+    def _publish_emails_later(self, delay: float, payloads: Sequence[dict[str, Any]]) -> None:
+        if not payloads or self._closing.is_set():
+            return
+        task = asyncio.create_task(self._publish_after(delay, payloads))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_after(self, delay: float, payloads: Sequence[dict[str, Any]]) -> None:
+        await self._pause(delay)
+        if not self._closing.is_set():
+            self._publish_emails(payloads)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait `seconds`, or less if the simulator is stopping."""
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+
+    async def _hang(self, request: web.Request) -> None:
+        """Never answer: wait until the client goes or the simulator stops, then drop the line."""
+        # Polling the transport covers runners without handler_cancellation.
+        while not self._closing.is_set() and not _peer_gone(request):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._closing.wait()
+        if request.transport is not None:
+            request.transport.close()
+
+    # -- /control --------------------------------------------------------------
+
+    async def _control_get_settings(self, _request: web.Request) -> web.Response:
+        return _json(self.settings.to_json())
+
+    async def _control_post_settings(self, request: web.Request) -> web.Response:
+        changes = await _control_object(request)
+        try:
+            self.settings.update(changes)
+        except ValueError as exc:
+            return _json({"error": str(exc)}, 400)
+        return _json(self.settings.to_json())
+
+    async def _control_forget(self, _request: web.Request) -> web.Response:
+        self.forget_sessions()
+        return _json({"forgotten": True})
+
+    async def _control_publish(self, request: web.Request) -> web.Response:
+        order = await _control_object(request)
+        channel = order.get("channel", EMAILS_CHANNEL)
+        if not isinstance(channel, str) or not channel.startswith("/"):
+            return _json({"error": "'channel' must be a channel name"}, 400)
+        if "data" in order:
+            data = order["data"]
+            if not isinstance(data, list):
+                return _json({"error": "'data' must be a list of payloads"}, 400)
+            return _json({"published": await self.publish(channel, data)})
+        count, start = order.get("count"), order.get("start", 0)
+        if not _is_count(count) or not _is_count(start):
+            return _json({"error": "'count' and 'start' must be non-negative integers"}, 400)
+        origin = str(request.url.origin())
+        payloads = _sequence_payloads_json(origin, start, count)
+        published = self.bayeux.publish_json(channel, payloads)
+        return _json({"published": published})
+
+    async def _control_stats(self, _request: web.Request) -> web.Response:
+        return _json(
+            {
+                "sendsReceived": self.sends_received,
+                "sendsAccepted": self.sends_accepted,
+                "notificationsPublished": self.notifications_published,
+                "messagesPublished": self.bayeux.messages_published,
+                "httpSessions": len(self._sessions),
+                "bayeuxClients": len(self.bayeux.client_ids()),
+                "emails": len(self.emails),
+            }
+        )
+
+
+def _sequence_payloads_json(origin: str, start: int, count: int) -> list[bytes]:
+    """`count` realistic serialised Sent notifications, numbered from `start`.
+
+    Formatting one bytes template per message is several times faster than
+    building and serialising a dict each time, which matters for 200k bursts.
+    """
+    sample = {
+        "messageType": "EmailStateChangeMessage",
+        "notificationType": "StatusChange",
+        "referenceId": "@REF@",
+        "email": {
+            "id": "@ID@",
+            "state": "Sent",
+            "uri": f"{origin}/api/v2/me/emails/@ID@",
+            "emailType": "Outbound",
+            "from": "support@example.com",
+            "to": ["customer@example.com"],
+            "subject": "Your case @REF@",
+            "body": _SEQ_BODY,
+            "mime": "text/html",
+            "capabilities": [],
+            "userData": {},
+        },
+    }
+    template = (
+        orjson.dumps(sample)
+        .replace(b"%", b"%%")
+        .replace(b'"@REF@"', b"%(n)d")
+        .replace(b"@REF@", b"%(n)d")
+        .replace(b"@ID@", b"SEQ%(n)010d")
+    )
+    return [template % {b"n": n} for n in range(start, start + count)]
+
+
+def _validate_send(body: dict[str, Any], queues: Iterable[str]) -> dict[str, Any]:
+    """Check a Send body as GWS does; returns the email fields to store."""
+    queue = body.get("queueName")
+    if not isinstance(queue, str) or not queue:
+        raise _GwsFailure(400, 1, "Required parameter 'queueName' is missing")
+    email = body.get("email")
+    if not isinstance(email, dict):
+        raise _GwsFailure(400, 1, "Required parameter 'email' is missing")
+    to = email.get("to")
+    if to is None or to == []:
+        raise _GwsFailure(400, 1, "Required parameter 'to' is missing")
+    if not isinstance(to, list) or not all(isinstance(a, str) and a for a in to):
+        raise _GwsFailure(400, 1, "Required parameter 'to' must be a non-empty list of strings")
+    sender = email.get("from")
+    if sender is None or sender == "":
+        raise _GwsFailure(400, 1, "Required parameter 'from' is missing")
+    if not isinstance(sender, str):
+        raise _GwsFailure(400, 1, "Required parameter 'from' must be a string")
+    if queue not in queues:
+        raise _GwsFailure(400, 2, f"Queue '{queue}' not found")
+    stored = _optional_email_fields(email)
+    stored["to"] = list(to)
+    stored["from"] = sender
+    if "mime" not in stored:
+        has_html = "body" in stored or "bodyAsPlainText" not in stored
+        stored["mime"] = "text/html" if has_html else "text/plain"
+    return stored
+
+
+def _optional_email_fields(email: dict[str, Any]) -> dict[str, Any]:
+    stored: dict[str, Any] = {}
+    for key in ("subject", "body", "bodyAsPlainText", "mime"):
+        value = email.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise _GwsFailure(400, 10, f"Parameter '{key}' must be a string")
+        stored[key] = value
+    for key in ("to", "cc", "bcc"):
+        value = email.get(key)
+        if value is None:
+            continue
+        # The docs say "comma delimited" and show lists; take both.
+        if isinstance(value, str):
+            value = [a.strip() for a in value.split(",") if a.strip()]
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise _GwsFailure(400, 10, f"Parameter '{key}' must be a list of strings")
+        stored[key] = list(value)
+    if isinstance(email.get("from"), str):
+        stored["from"] = email["from"]
+    return stored
+
+
+def _state_change(email: dict[str, Any], reference_id: int) -> dict[str, Any]:
+    return {
+        "messageType": "EmailStateChangeMessage",
+        "notificationType": "StatusChange",
+        "referenceId": reference_id,
+        "email": _snapshot(email),
+    }
+
+
+def _snapshot(email: dict[str, Any]) -> dict[str, Any]:
+    # A deep copy, so that a later change of the resource cannot alter a
+    # notification still waiting for its delay.
+    copy: dict[str, Any] = orjson.loads(orjson.dumps(email))
+    return copy
+
+
+def _session_id_of(request: web.Request) -> str | None:
+    try:
+        return request[_SESSION].session_id
+    except KeyError:
+        return None
+
+
+def _peer_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _is_count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _operation_name(body: dict[str, Any]) -> str:
+    operation = body.get("operationName")
+    if not isinstance(operation, str) or not operation:
+        raise _GwsFailure(400, 1, "Required parameter 'operationName' is missing")
+    return operation
+
+
+async def _json_object(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if empty_ok and not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise _GwsFailure(400, 10, "Request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _GwsFailure(400, 10, "Request body must be a JSON object")
+    return body
+
+
+async def _control_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": "body is not valid JSON"}), content_type=_JSON
+        ) from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            body=orjson.dumps({"error": "body must be a JSON object"}), content_type=_JSON
+        )
+    return body
+
+
+def _routing_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """Routing errors (404/405) answer in GWS form, as JSON like everything else."""
+    if exc.status == 404:
+        return _gws_error(404, 6, f"Resource '{request.path}' not found")
+    if exc.status == 405:
+        return _gws_error(405, 10, f"Method {request.method} not allowed")
+    raise exc
+
+
+def _json(obj: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON)
+
+
+def _gws_error(http_status: int, status_code: int, message: str) -> web.Response:
+    return _json({"statusCode": status_code, "statusMessage": message}, http_status)
+
+
+async def serve(host: str, port: int, settings: SimulatorSettings) -> None:
+    """Run a simulator until cancelled (`gws-notifyd simulate --listen H:P`)."""
+    simulator = Simulator(settings)
+    base_url = await simulator.start(host, port)
+    _log.info(
+        "gws simulator listening",
+        base_url=base_url,
+        notifications=base_url + NOTIFICATIONS_PATH,
+        username=settings.username,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await simulator.stop()
+        _log.info("gws simulator stopped", base_url=base_url)

@@ -1,0 +1,27 @@
+"""The sink interface: a name, `deliver(batch)`, `close()`.
+
+`deliver` takes events in outbox order and either takes them all or raises a
+SinkError whose `delivered` says how many at the head of the batch it took
+(RetryableSinkError: try the rest again later; PermanentSinkError: the first
+event not taken will never be, dead-letter it). Sinks do not retry, sleep or
+dead-letter themselves: the dispatcher does, the same way for every sink.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from daemon.store import OutboxRow
+
+
+class Sink(ABC):
+    name: str
+    kind: str
+
+    @abstractmethod
+    async def deliver(self, batch: Sequence[OutboxRow]) -> None:
+        """Take every event of `batch`, or raise SinkError (see the module doc)."""
+
+    async def close(self) -> None:  # noqa: B027 - most sinks hold nothing
+        """Release files and connections."""

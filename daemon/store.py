@@ -1,0 +1,511 @@
+"""SQLite store: pending sends, the outbox, per-sink cursors, dead letters.
+
+The only module that speaks SQL. `Store` is synchronous (the CLI uses it as
+it is); the daemon uses `AsyncStore`, which runs every call on one dedicated
+thread so that the event loop never waits on disk and calls never interleave.
+
+Rules it keeps:
+- a send is written before it is forwarded to GWS (`insert_send`);
+- resolving sends and writing their events is one transaction
+  (`commit_outcomes`), and a batch of notifications is one transaction;
+- an outbox row is deleted only once every sink's cursor has passed it
+  (`prune_outbox`); a sink that gives up on an event moves it to dead letters
+  first, in the same transaction that moves its cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, ParamSpec, TypeVar
+
+import structlog
+
+from daemon.errors import StoreError
+from daemon.events import Event
+from daemon.gws.messages import Malformed
+from daemon.sends import PENDING_STATUSES, SendRecord, SendStatus
+
+log = structlog.get_logger(logger="daemon.store")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MALFORMED_SINK = "(listener)"
+
+# Each entry upgrades the schema by one version; never edit a released entry.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE sends (
+            send_id TEXT PRIMARY KEY,
+            email_id TEXT NOT NULL,
+            queue_name TEXT NOT NULL,
+            subject TEXT,
+            recipients TEXT NOT NULL,
+            requested_at REAL NOT NULL,
+            status TEXT NOT NULL,
+            reference_id INTEGER,
+            answered_at REAL,
+            resolved_at REAL,
+            outcome_state TEXT,
+            status_code INTEGER,
+            status_message TEXT
+        )""",
+        "CREATE INDEX sends_by_status ON sends(status, requested_at)",
+        """CREATE TABLE outbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            email_id TEXT,
+            created_at REAL NOT NULL,
+            only_sink TEXT,
+            body BLOB NOT NULL
+        )""",
+        "CREATE TABLE sink_cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+        """CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sink TEXT NOT NULL,
+            event_id TEXT,
+            type TEXT,
+            email_id TEXT,
+            reason TEXT NOT NULL,
+            detail TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            failed_at REAL NOT NULL,
+            body BLOB NOT NULL
+        )""",
+        "CREATE INDEX dead_letters_by_sink ON dead_letters(sink, id)",
+    ),
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    event_id: str
+    type: str
+    email_id: str | None
+    created_at: float
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    sink: str
+    event_id: str | None
+    type: str | None
+    email_id: str | None
+    reason: str
+    detail: str | None
+    attempts: int
+    failed_at: float
+    body: bytes
+
+
+_SEND_COLUMNS = (
+    "send_id, email_id, queue_name, subject, recipients, requested_at, status, "
+    "reference_id, answered_at, resolved_at, outcome_state, status_code, status_message"
+)
+
+
+def _send_row(send: SendRecord) -> tuple[Any, ...]:
+    return (
+        send.send_id,
+        send.email_id,
+        send.queue_name,
+        send.subject,
+        "\x1f".join(send.to),
+        send.requested_at,
+        send.status.value,
+        send.reference_id,
+        send.answered_at,
+        send.resolved_at,
+        send.outcome_state,
+        send.status_code,
+        send.status_message,
+    )
+
+
+def _send_from_row(row: Sequence[Any]) -> SendRecord:
+    return SendRecord(
+        send_id=row[0],
+        email_id=row[1],
+        queue_name=row[2],
+        subject=row[3],
+        to=tuple(row[4].split("\x1f")) if row[4] else (),
+        requested_at=row[5],
+        status=SendStatus(row[6]),
+        reference_id=row[7],
+        answered_at=row[8],
+        resolved_at=row[9],
+        outcome_state=row[10],
+        status_code=row[11],
+        status_message=row[12],
+    )
+
+
+class Store:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Literal["normal", "full"] = "normal",
+        max_outbox_events: int = 1_000_000,
+    ) -> None:
+        self.path = path
+        self.max_outbox_events = max_outbox_events
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # synchronous: in WAL mode NORMAL makes a commit reach the OS before
+            # it returns, so it survives kill -9, an OOM kill or a crash of the
+            # daemon (what the README promises); only a power cut or kernel
+            # panic can lose the last commits. FULL adds an fsync per commit
+            # (per Send, per notification batch) for hosts that must survive
+            # power loss too: `store.synchronous = "full"`.
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._migrate()
+            self._outbox_rows = self._scalar("SELECT COUNT(*) FROM outbox")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+
+    # -- plumbing --------------------------------------------------------------
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
+        row = self._db.execute(sql, params).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def _migrate(self) -> None:
+        version = self._scalar("PRAGMA user_version")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"store {self.path} has schema version {version}; this gws-notifyd knows "
+                f"up to {SCHEMA_VERSION} (downgrade is not supported)"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            with self._transaction():
+                for statement in _MIGRATIONS[number]:
+                    self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number + 1}")
+            log.info("store_migrated", path=str(self.path), schema_version=number + 1)
+
+    def _transaction(self, *, write: bool = True) -> _Transaction:
+        return _Transaction(self._db, write=write)
+
+    def close(self) -> None:
+        try:
+            self._db.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot close store {self.path}: {exc}") from None
+
+    def check_writable(self) -> None:
+        """Raise StoreError unless a write transaction can be taken now."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self.path} is not writable: {exc}") from None
+
+    # -- sends -------------------------------------------------------------------
+
+    def insert_send(self, send: SendRecord) -> None:
+        with self._transaction():
+            self._db.execute(
+                f"INSERT INTO sends ({_SEND_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                _send_row(send),
+            )
+
+    def update_send(self, send: SendRecord) -> None:
+        with self._transaction():
+            self._update_sends([send])
+
+    def _update_sends(self, sends: Iterable[SendRecord]) -> None:
+        self._db.executemany(
+            "UPDATE sends SET status=?, reference_id=?, answered_at=?, resolved_at=?, "
+            "outcome_state=?, status_code=?, status_message=? WHERE send_id=?",
+            [
+                (
+                    s.status.value,
+                    s.reference_id,
+                    s.answered_at,
+                    s.resolved_at,
+                    s.outcome_state,
+                    s.status_code,
+                    s.status_message,
+                    s.send_id,
+                )
+                for s in sends
+            ],
+        )
+
+    def load_pending(self) -> list[SendRecord]:
+        marks = ",".join("?" * len(PENDING_STATUSES))
+        rows = self._db.execute(
+            f"SELECT {_SEND_COLUMNS} FROM sends WHERE status IN ({marks}) ORDER BY requested_at",
+            PENDING_STATUSES,
+        ).fetchall()
+        return [_send_from_row(row) for row in rows]
+
+    def get_send(self, send_id: str) -> SendRecord | None:
+        row = self._db.execute(
+            f"SELECT {_SEND_COLUMNS} FROM sends WHERE send_id=?", (send_id,)
+        ).fetchone()
+        return _send_from_row(row) if row else None
+
+    def list_sends(self, statuses: Sequence[str] | None = None, limit: int = 1000) -> list[SendRecord]:
+        if statuses:
+            marks = ",".join("?" * len(statuses))
+            rows = self._db.execute(
+                f"SELECT {_SEND_COLUMNS} FROM sends WHERE status IN ({marks}) "
+                "ORDER BY requested_at DESC LIMIT ?",
+                (*statuses, limit),
+            ).fetchall()
+        else:
+            rows = self._db.execute(
+                f"SELECT {_SEND_COLUMNS} FROM sends ORDER BY requested_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_send_from_row(row) for row in rows]
+
+    def count_pending(self) -> int:
+        marks = ",".join("?" * len(PENDING_STATUSES))
+        return self._scalar(f"SELECT COUNT(*) FROM sends WHERE status IN ({marks})", PENDING_STATUSES)
+
+    def prune_sends(self, resolved_before: float) -> int:
+        marks = ",".join("?" * len(PENDING_STATUSES))
+        with self._transaction():
+            cursor = self._db.execute(
+                f"DELETE FROM sends WHERE status NOT IN ({marks}) AND resolved_at < ?",
+                (*PENDING_STATUSES, resolved_before),
+            )
+        return cursor.rowcount
+
+    # -- outcomes: the one write path for events ---------------------------------
+
+    def commit_outcomes(
+        self,
+        *,
+        sends: Sequence[SendRecord] = (),
+        events: Sequence[Event] = (),
+        malformed: Sequence[Malformed] = (),
+    ) -> int:
+        """Update sends, append their events and keep malformed input, atomically.
+
+        Returns the highest outbox seq written (0 if none).
+        """
+        now = time.time()
+        with self._transaction():
+            if sends:
+                self._update_sends(sends)
+            last = 0
+            if events:
+                self._db.executemany(
+                    "INSERT INTO outbox (event_id, type, email_id, created_at, body) "
+                    "VALUES (?,?,?,?,?)",
+                    [(e.id, e.type, e.email_id, e.time, e.body) for e in events],
+                )
+                last = self._scalar("SELECT last_insert_rowid()")
+            if malformed:
+                self._db.executemany(
+                    "INSERT INTO dead_letters (sink, reason, detail, failed_at, body) "
+                    "VALUES (?,?,?,?,?)",
+                    [(MALFORMED_SINK, m.reason, f"{m.channel}: {m.detail}", now, m.raw)
+                     for m in malformed],
+                )
+        self._outbox_rows += len(events)
+        return last
+
+    # -- outbox and cursors --------------------------------------------------------
+
+    @property
+    def outbox_rows(self) -> int:
+        return self._outbox_rows
+
+    def head_seq(self) -> int:
+        return self._scalar("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
+
+    def sync_sinks(self, names: Sequence[str]) -> dict[str, int]:
+        """Make the cursor table hold exactly `names`; returns every cursor.
+
+        A sink seen for the first time starts at the oldest event still in the
+        outbox, so nothing that was waiting is skipped for it.
+        """
+        with self._transaction():
+            known = dict(self._db.execute("SELECT sink, seq FROM sink_cursors").fetchall())
+            start = self._scalar("SELECT MIN(seq) FROM outbox")
+            start = start - 1 if start else self.head_seq()
+            for name in names:
+                if name not in known:
+                    self._db.execute(
+                        "INSERT INTO sink_cursors (sink, seq) VALUES (?, ?)", (name, start)
+                    )
+                    known[name] = start
+            for name in set(known) - set(names):
+                self._db.execute("DELETE FROM sink_cursors WHERE sink=?", (name,))
+                del known[name]
+        return known
+
+    def read_outbox(self, sink: str, after: int, limit: int) -> tuple[list[OutboxRow], int]:
+        """Rows for `sink` after seq `after`, and the seq its cursor may move to.
+
+        The second value passes rows meant only for other sinks (replays), so
+        that an idle sink never holds the outbox back.
+        """
+        with self._transaction(write=False):
+            rows = self._db.execute(
+                "SELECT seq, event_id, type, email_id, created_at, body FROM outbox "
+                "WHERE seq > ? AND (only_sink IS NULL OR only_sink = ?) ORDER BY seq LIMIT ?",
+                (after, sink, limit),
+            ).fetchall()
+            if len(rows) < limit:
+                horizon = max(self._scalar("SELECT MAX(seq) FROM outbox"), after)
+            else:
+                horizon = rows[-1][0]
+        return [OutboxRow(*row) for row in rows], horizon
+
+    def set_cursor(self, sink: str, seq: int) -> None:
+        with self._transaction():
+            self._db.execute("UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?", (seq, sink, seq))
+
+    def cursors(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT sink, seq FROM sink_cursors").fetchall())
+
+    def prune_outbox(self) -> int:
+        """Delete the rows every sink has taken."""
+        with self._transaction():
+            low = self._db.execute("SELECT MIN(seq) FROM sink_cursors").fetchone()[0]
+            if low is None:
+                low = self._scalar("SELECT MAX(seq) FROM outbox")
+            cursor = self._db.execute("DELETE FROM outbox WHERE seq <= ?", (low,))
+        self._outbox_rows = max(0, self._outbox_rows - cursor.rowcount)
+        return cursor.rowcount
+
+    # -- dead letters -------------------------------------------------------------
+
+    def dead_letter(
+        self, sink: str, row: OutboxRow, *, reason: str, detail: str, attempts: int
+    ) -> None:
+        """Give up on one event for one sink, and move that sink past it."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO dead_letters (sink, event_id, type, email_id, reason, detail, "
+                "attempts, failed_at, body) VALUES (?,?,?,?,?,?,?,?,?)",
+                (sink, row.event_id, row.type, row.email_id, reason, detail[:2000], attempts,
+                 time.time(), row.body),
+            )
+            self._db.execute(
+                "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?", (row.seq, sink, row.seq)
+            )
+
+    def dead_letter_counts(self) -> dict[str, int]:
+        return dict(
+            self._db.execute("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink").fetchall()
+        )
+
+    def list_dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
+        sql = (
+            "SELECT id, sink, event_id, type, email_id, reason, detail, attempts, failed_at, body "
+            "FROM dead_letters"
+        )
+        params: tuple[Any, ...] = ()
+        if sink is not None:
+            sql += " WHERE sink=?"
+            params = (sink,)
+        rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*params, limit)).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def get_dead_letter(self, letter_id: int) -> DeadLetter | None:
+        row = self._db.execute(
+            "SELECT id, sink, event_id, type, email_id, reason, detail, attempts, failed_at, body "
+            "FROM dead_letters WHERE id=?",
+            (letter_id,),
+        ).fetchone()
+        return DeadLetter(*row) if row else None
+
+    def replay_dead_letters(self, ids: Sequence[int]) -> int:
+        """Put dead letters back into the outbox for their own sink only."""
+        replayed = 0
+        with self._transaction():
+            for letter_id in ids:
+                row = self._db.execute(
+                    "SELECT sink, event_id, type, email_id, body FROM dead_letters "
+                    "WHERE id=? AND sink != ?",
+                    (letter_id, MALFORMED_SINK),
+                ).fetchone()
+                if row is None:
+                    continue
+                sink, event_id, type_, email_id, body = row
+                self._db.execute(
+                    "INSERT INTO outbox (event_id, type, email_id, created_at, only_sink, body) "
+                    "VALUES (?,?,?,?,?,?)",
+                    (event_id, type_, email_id, time.time(), sink, body),
+                )
+                self._db.execute("DELETE FROM dead_letters WHERE id=?", (letter_id,))
+                replayed += 1
+        self._outbox_rows += replayed
+        return replayed
+
+    def purge_dead_letters(self, ids: Sequence[int] | None = None, sink: str | None = None) -> int:
+        with self._transaction():
+            if ids is not None:
+                marks = ",".join("?" * len(ids))
+                cursor = self._db.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", ids)
+            elif sink is not None:
+                cursor = self._db.execute("DELETE FROM dead_letters WHERE sink=?", (sink,))
+            else:
+                cursor = self._db.execute("DELETE FROM dead_letters")
+        return cursor.rowcount
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; sqlite errors become StoreError."""
+
+    def __init__(self, db: sqlite3.Connection, *, write: bool) -> None:
+        self._db = db
+        # IMMEDIATE takes the write lock up front, so a writer never fails
+        # half-way on a lock held by the CLI in another process.
+        self._begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+
+    def __enter__(self) -> None:
+        try:
+            self._db.execute(self._begin)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot begin a transaction: {exc}") from None
+
+    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
+        if error is None:
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._db.execute("ROLLBACK")
+                raise StoreError(f"commit failed: {exc}") from None
+            return
+        self._db.execute("ROLLBACK")
+        if isinstance(error, sqlite3.Error):
+            raise StoreError(f"store write failed: {error}") from None
+
+
+class AsyncStore:
+    """Runs `Store` calls on one thread, in the order they were made."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    async def run(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: call(*args, **kwargs))
+
+    async def close(self) -> None:
+        await self.run(self.store.close)
+        self._thread.shutdown(wait=True)

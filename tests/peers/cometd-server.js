@@ -1,0 +1,244 @@
+#!/usr/bin/env node
+'use strict';
+// A Bayeux test peer: cometd-nodejs-server (long-polling only) mounted where GWS
+// serves CometD, plus control endpoints that the tests drive.
+//
+//   node cometd-server.js [--port N] [--timeout-ms N]
+//
+// Prints exactly one line, {"listening": "http://127.0.0.1:PORT"}, when ready.
+//
+//   POST /control/publish  {"channel": C, "count": N, "start": S}
+//                          publishes N GWS-shaped EmailStateChangeMessage payloads
+//                          with referenceId S..S+N-1, in order;
+//                          or {"channel": C, "data": [...]} publishes the given payloads.
+//                          Answers {"published": N} once all are handed to the server.
+//   POST /control/forget   removes every client session (ServerSession.disconnect()),
+//                          so the next /meta/connect of a client is answered
+//                          402::session_unknown with advice {reconnect: "handshake"}.
+//   GET  /control/stats    {"sessions": n, "held": n, "handshakes": n, "published": n}
+//
+// Exits on SIGTERM/SIGINT, or when stdin is a pipe and closes (the test went away).
+
+const fs = require('fs');
+const http = require('http');
+const cometd = require('cometd-nodejs-server');
+
+const MOUNT = '/api/v2/notifications';
+const CHUNK = 5000; // publishes per event-loop turn, so the server keeps answering
+
+function parseArgs(argv) {
+    const args = { port: 0, timeoutMs: 25000 };
+    for (let i = 0; i < argv.length; ++i) {
+        const next = () => {
+            const value = Number(argv[++i]);
+            if (!Number.isInteger(value) || value < 0) {
+                throw new Error(`${argv[i - 1]} needs a non-negative integer, got ${argv[i]}`);
+            }
+            return value;
+        };
+        switch (argv[i]) {
+            case '--port': args.port = next(); break;
+            case '--timeout-ms': args.timeoutMs = next(); break;
+            default: throw new Error(`unknown argument ${argv[i]}`);
+        }
+    }
+    return args;
+}
+
+// A GWS EmailStateChangeMessage: its data serialises to about 450 bytes, about 480
+// with the {"channel": ..., "data": ...} envelope (a 100-character body).
+const BODY = '<p>Thank you for contacting us. Your request has been handled; ' +
+    'our reply was sent.</p>';
+
+function gwsMessage(n) {
+    const id = 'SEQ' + String(n).padStart(10, '0');
+    return {
+        messageType: 'EmailStateChangeMessage',
+        notificationType: 'StatusChange',
+        referenceId: n,
+        email: {
+            id: id,
+            state: 'Sent',
+            from: 'agent1@example.com',
+            to: ['customer@example.org'],
+            subject: 'Re: ' + id,
+            body: BODY,
+            uri: '/api/v2/me/emails/' + id,
+            mime: 'text/html',
+            capabilities: [],
+            userData: { case: id.slice(3) },
+        },
+    };
+}
+
+function readJson(request) {
+    return new Promise((resolve, reject) => {
+        const chunks = [];
+        request.on('data', chunk => chunks.push(chunk));
+        request.on('error', reject);
+        request.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            try {
+                resolve(text ? JSON.parse(text) : {});
+            } catch (e) {
+                reject(new Error('body is not JSON: ' + e.message));
+            }
+        });
+    });
+}
+
+function answer(response, status, body) {
+    const text = JSON.stringify(body);
+    response.writeHead(status, {
+        'Content-Type': 'application/json',
+        'Content-Length': Buffer.byteLength(text),
+    });
+    response.end(text);
+}
+
+// Returns a function that yields the i-th payload, or throws on a bad request.
+function payloadsOf(body) {
+    if (!body || typeof body.channel !== 'string' || !body.channel.startsWith('/') ||
+        body.channel.startsWith('/meta/') || body.channel.startsWith('/service/')) {
+        throw new Error('"channel" must be a broadcast channel name');
+    }
+    if (Array.isArray(body.data)) {
+        const items = body.data;
+        return { count: items.length, payload: i => items[i] };
+    }
+    const count = body.count;
+    const start = body.start === undefined ? 0 : body.start;
+    if (!Number.isInteger(count) || count < 0 || !Number.isInteger(start) || start < 0) {
+        throw new Error('"count" and "start" must be non-negative integers (or give "data")');
+    }
+    return { count: count, payload: i => gwsMessage(start + i) };
+}
+
+function main() {
+    const args = parseArgs(process.argv.slice(2));
+    const server = cometd.createCometDServer({ timeout: args.timeoutMs });
+
+    const sessions = new Map();
+    let handshakes = 0;
+    let published = 0;
+    server.addListener('sessionAdded', session => {
+        sessions.set(session.id, session);
+        ++handshakes;
+    });
+    server.addListener('sessionRemoved', session => {
+        sessions.delete(session.id);
+    });
+
+    // Publishes in order, a chunk per event-loop turn; resolves with the count
+    // once every publish callback has run. The channel is looked up by name for
+    // every message: cometd-nodejs-server sweeps a channel about 1 s after its
+    // last subscriber left, and a resubscribing client gets a NEW channel object.
+    function publish(channelName, count, payload) {
+        return new Promise((resolve, reject) => {
+            let sent = 0;
+            let done = 0;
+            let failed = false;
+            const finished = (failure) => {
+                if (failed) {
+                    return;
+                }
+                if (failure) {
+                    failed = true;
+                    reject(failure);
+                    return;
+                }
+                if (++done === count) {
+                    published += count;
+                    resolve(count);
+                }
+            };
+            if (count === 0) {
+                resolve(0);
+                return;
+            }
+            const step = () => {
+                const end = Math.min(count, sent + CHUNK);
+                for (; sent < end && !failed; ++sent) {
+                    server.createServerChannel(channelName).publish(null, payload(sent), finished);
+                }
+                if (sent < count && !failed) {
+                    setImmediate(step);
+                }
+            };
+            step();
+        });
+    }
+
+    async function control(request, response, path) {
+        if (request.method === 'POST' && path === '/control/publish') {
+            const body = await readJson(request);
+            const { count, payload } = payloadsOf(body);
+            answer(response, 200, { published: await publish(body.channel, count, payload) });
+        } else if (request.method === 'POST' && path === '/control/forget') {
+            // ServerSession.disconnect() removes the session from the server
+            // (cometd._removeServerSession) and delivers a /meta/disconnect to it,
+            // which also wakes a held /meta/connect. The client's next message
+            // finds no session: 402::session_unknown, advice reconnect "handshake".
+            const forgotten = [...sessions.values()];
+            forgotten.forEach(session => session.disconnect());
+            answer(response, 200, { forgotten: forgotten.length });
+        } else if (request.method === 'GET' && path === '/control/stats') {
+            let held = 0;
+            sessions.forEach(session => {
+                if (session._scheduler) {
+                    ++held;
+                }
+            });
+            answer(response, 200, {
+                server: 'cometd-nodejs-server',
+                sessions: sessions.size,
+                held: held,
+                handshakes: handshakes,
+                published: published,
+            });
+        } else {
+            answer(response, 404, { error: `no ${request.method} ${path}` });
+        }
+    }
+
+    const httpServer = http.createServer((request, response) => {
+        const path = new URL(request.url, 'http://localhost').pathname;
+        if (path === MOUNT || path.startsWith(MOUNT + '/')) {
+            server.handle(request, response);
+        } else if (path.startsWith('/control/')) {
+            control(request, response, path).catch(e => {
+                if (!response.headersSent) {
+                    answer(response, 400, { error: String(e && e.message || e) });
+                }
+            });
+        } else {
+            answer(response, 404, { error: `no ${path}` });
+        }
+    });
+    // Long polls must outlive the Bayeux timeout.
+    httpServer.requestTimeout = 0;
+    httpServer.timeout = 0;
+
+    httpServer.listen(args.port, '127.0.0.1', () => {
+        const port = httpServer.address().port;
+        process.stdout.write('{"listening": ' + JSON.stringify(`http://127.0.0.1:${port}`) + '}\n');
+    });
+
+    const stop = () => process.exit(0);
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+    // Started by a test through a pipe: exit when the test process goes away.
+    let stdinIsPipe = false;
+    try {
+        stdinIsPipe = fs.fstatSync(0).isFIFO();
+    } catch (e) {
+        // no stdin at all
+    }
+    if (stdinIsPipe) {
+        process.stdin.on('end', stop);
+        process.stdin.on('error', stop);
+        process.stdin.resume();
+    }
+}
+
+main();
