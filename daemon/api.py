@@ -41,7 +41,7 @@ from daemon.sends import PENDING_STATUSES, SendRecord, SendStatus, new_send_id
 from daemon.store import MALFORMED_SINK, AsyncStore
 from daemon.tracker import Tracker
 
-log = structlog.get_logger(logger="daemon.api")
+log = structlog.get_logger(logger_name="daemon.api")
 
 # GWS statusCodes used in our own answers (reference/gws-api.md).
 INTERNAL_ERROR = 4
@@ -120,25 +120,35 @@ async def _email_operation(request: web.Request) -> web.StreamResponse:
     context = request.app[_CONTEXT]
     if context.state.draining:
         return _json(
-            {"statusCode": INTERNAL_ERROR,
-             "statusMessage": "gws-notifyd is shutting down; retry later"},
-            status=503, headers={"Retry-After": RETRY_AFTER_SECONDS},
+            {
+                "statusCode": INTERNAL_ERROR,
+                "statusMessage": "gws-notifyd is shutting down; retry later",
+            },
+            status=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
     email_id = request.match_info["email_id"]
     raw = await request.read()
     operation = parse_operation(raw)
     if isinstance(operation, Invalid):
-        log.info("send_invalid", email_id=email_id, field=operation.field,
-                 status_message=operation.message)
+        log.info(
+            "send_invalid",
+            email_id=email_id,
+            field=operation.field,
+            status_message=operation.message,
+        )
         return _json(operation.as_json(), status=400)
     if isinstance(operation, Operation):
         return await _pass_through(context, email_id, raw, operation.name)
     if context.dispatcher.outbox_full():
         log.warning("send_refused_outbox_full", email_id=email_id)
         return _json(
-            {"statusCode": INTERNAL_ERROR,
-             "statusMessage": "gws-notifyd outbox is full: sinks are not keeping up"},
-            status=503, headers={"Retry-After": RETRY_AFTER_SECONDS},
+            {
+                "statusCode": INTERNAL_ERROR,
+                "statusMessage": "gws-notifyd outbox is full: sinks are not keeping up",
+            },
+            status=503,
+            headers={"Retry-After": RETRY_AFTER_SECONDS},
         )
     # Shielded: once the send is recorded, finishing its bookkeeping must not
     # depend on the integration keeping its connection open.
@@ -174,15 +184,15 @@ async def _send(
     try:
         answer = await context.session.email_operation(email_id, raw, operation="Send")
     except GwsUnreachableError as exc:
-        await tracker.rejected(send_id, status_code=None, status_message=str(exc),
-                               http_status=None)
+        await tracker.rejected(send_id, status_code=None, status_message=str(exc), http_status=None)
         return _gws_error(502, INTERNAL_ERROR, f"GWS unreachable: {exc}", sendId=send_id)
     except GwsAnswerLostError as exc:
         # GWS may have sent it: it stays pending (rule 7), resolved by a
         # notification or by GET; the integration can ask /v1/sends/{sendId}.
         await tracker.answer_lost(send_id, str(exc))
         return _gws_error(
-            504, PROCESSING_INCOMPLETE,
+            504,
+            PROCESSING_INCOMPLETE,
             "No answer from GWS; the send stays pending, see /v1/sends/" + send_id,
             sendId=send_id,
         )
@@ -202,15 +212,15 @@ async def _send(
         http_status=answer.http_status,
     )
     if not body:
-        body = {"statusCode": INTERNAL_ERROR,
-                "statusMessage": f"GWS answered HTTP {answer.http_status}"}
+        body = {
+            "statusCode": INTERNAL_ERROR,
+            "statusMessage": f"GWS answered HTTP {answer.http_status}",
+        }
     body["sendId"] = send_id
     return _json(body, status=answer.http_status)
 
 
-async def _pass_through(
-    context: ApiContext, email_id: str, raw: bytes, name: str
-) -> web.Response:
+async def _pass_through(context: ApiContext, email_id: str, raw: bytes, name: str) -> web.Response:
     try:
         answer: Answer = await context.session.email_operation(email_id, raw, operation=name)
     except GwsUnreachableError as exc:
@@ -312,8 +322,11 @@ async def readiness(context: ApiContext) -> dict[str, Any]:
         checks["storeWritable"] = False
         checks["storeError"] = str(exc)
     ready = all(v for k, v in checks.items() if k != "storeError")
-    return {"ready": ready, "checks": checks,
-            "failed": [k for k, v in checks.items() if v is False]}
+    return {
+        "ready": ready,
+        "checks": checks,
+        "failed": [k for k, v in checks.items() if v is False],
+    }
 
 
 async def _readyz(request: web.Request) -> web.Response:

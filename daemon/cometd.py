@@ -38,7 +38,7 @@ from yarl import URL
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.errors import CometdError, HandshakeError, ServerGoneError
 
-log = structlog.get_logger(logger="daemon.cometd")
+log = structlog.get_logger(logger_name="daemon.cometd")
 
 LONG_POLLING = "long-polling"
 WEBSOCKET = "websocket"
@@ -393,7 +393,9 @@ class BayeuxClient:
                 except (TransportError, HandshakeError) as exc:
                     delay = self._backoff.next_delay()
                     log.warning(
-                        "bayeux_retry", error=str(exc), attempt=self._backoff.attempt,
+                        "bayeux_retry",
+                        error=str(exc),
+                        attempt=self._backoff.attempt,
                         delay_seconds=round(delay, 3),
                     )
                     if self._transport is not None and self._transport.name == WEBSOCKET:
@@ -480,8 +482,12 @@ class BayeuxClient:
             await self._on_batch(data)
         for channel in channels:
             answer = next(
-                (m for m in meta if m.get("channel") == "/meta/subscribe"
-                 and _subscription_matches(m.get("subscription"), channel)),
+                (
+                    m
+                    for m in meta
+                    if m.get("channel") == "/meta/subscribe"
+                    and _subscription_matches(m.get("subscription"), channel)
+                ),
                 None,
             )
             if answer is None or not answer.get("successful"):
@@ -491,7 +497,9 @@ class BayeuxClient:
                 raise HandshakeError(f"subscribe to {channel} refused: {error}")
         self._handshakes += 1
         log.info(
-            "bayeux_subscribed", transport=self._transport.name, channels=list(channels),
+            "bayeux_subscribed",
+            transport=self._transport.name,
+            channels=list(channels),
             handshakes=self._handshakes,
         )
         if self._on_subscribed is not None:

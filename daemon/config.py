@@ -155,9 +155,7 @@ class _Table:
         if isinstance(value, bool) and kind is not bool:
             raise ConfigError(self.key(name), f"expected {kind_name}, got a boolean")
         if not isinstance(value, kind):
-            raise ConfigError(
-                self.key(name), f"expected {kind_name}, got {_toml_type(value)}"
-            )
+            raise ConfigError(self.key(name), f"expected {kind_name}, got {_toml_type(value)}")
         return value  # type: ignore[return-value]
 
     def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
@@ -205,9 +203,7 @@ class _Table:
         if value is None:
             return default
         if value not in choices:
-            raise ConfigError(
-                self.key(name), f"must be one of {', '.join(choices)}; got {value!r}"
-            )
+            raise ConfigError(self.key(name), f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
     def string_list(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -306,7 +302,9 @@ def _gws(table: _Table, base: Path, environ: Mapping[str, str]) -> GwsSettings:
     if password is None and environ.get("CREDENTIALS_DIRECTORY"):
         candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / "gws-password"
         if candidate.exists():
-            password = _read_secret_file("$CREDENTIALS_DIRECTORY/gws-password", str(candidate), base)
+            password = _read_secret_file(
+                "$CREDENTIALS_DIRECTORY/gws-password", str(candidate), base
+            )
     if password is None:
         raise ConfigError(
             table.key("password"),

@@ -27,7 +27,7 @@ import structlog
 from daemon.gws.messages import EmailStateChange
 from daemon.sends import SendRecord, SendStatus
 
-log = structlog.get_logger(logger="daemon.correlator")
+log = structlog.get_logger(logger_name="daemon.correlator")
 
 SENT = "Sent"
 ERROR = "Error"
@@ -105,8 +105,11 @@ class Correlator:
         if reference_id is not None:
             if send.reference_id is not None and send.reference_id != reference_id:
                 log.warning(
-                    "reference_id_disagrees", send_id=send_id, email_id=send.email_id,
-                    answered=reference_id, learned=send.reference_id,
+                    "reference_id_disagrees",
+                    send_id=send_id,
+                    email_id=send.email_id,
+                    answered=reference_id,
+                    learned=send.reference_id,
                 )
             else:
                 self._set_reference(send, reference_id)

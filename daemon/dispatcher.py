@@ -25,7 +25,7 @@ from daemon.metrics import Metrics
 from daemon.sinks.base import Sink
 from daemon.store import MALFORMED_SINK, AsyncStore, OutboxRow
 
-log = structlog.get_logger(logger="daemon.dispatcher")
+log = structlog.get_logger(logger_name="daemon.dispatcher")
 
 # An idle worker still looks at the store this often, to see dead letters
 # replayed by `gws-notifyd dead-letters replay` from another process.
@@ -200,16 +200,24 @@ class Dispatcher:
                 delay = backoff.next_delay()
                 status.retries += 1
                 metrics.sink_deliveries.labels(sink.name, "retried").inc(len(rows))
-                log.warning("sink_retry", sink=sink.name, error=str(exc),
-                            attempt=backoff.attempt, delay_seconds=round(delay, 3),
-                            events=len(rows))
+                log.warning(
+                    "sink_retry",
+                    sink=sink.name,
+                    error=str(exc),
+                    attempt=backoff.attempt,
+                    delay_seconds=round(delay, 3),
+                    events=len(rows),
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(worker.stop.wait(), delay)
                 continue
             metrics.sink_delivery_duration.labels(sink.name).observe(time.perf_counter() - started)
             if status.failing_since is not None:
-                log.info("sink_recovered", sink=sink.name,
-                         after_seconds=round(time.time() - status.failing_since, 3))
+                log.info(
+                    "sink_recovered",
+                    sink=sink.name,
+                    after_seconds=round(time.time() - status.failing_since, 3),
+                )
             status.failing_since = None
             status.last_error = None
             await self._taken(worker, rows)
@@ -225,17 +233,27 @@ class Dispatcher:
     ) -> None:
         name = worker.sink.name
         await self._store.run(
-            self._store.store.dead_letter, name, row,
+            self._store.store.dead_letter,
+            name,
+            row,
             reason="permanent" if not error.retryable else "gave_up",
-            detail=str(error), attempts=attempts,
+            detail=str(error),
+            attempts=attempts,
         )
         worker.status.cursor = max(worker.status.cursor, row.seq)
         worker.status.dead_lettered += 1
         self._metrics.sink_deliveries.labels(name, "dead_lettered").inc()
         self.dead_letter_counts[name] = self.dead_letter_counts.get(name, 0) + 1
         self._metrics.dead_letters.labels(name).set(self.dead_letter_counts[name])
-        log.error("sink_dead_letter", sink=name, event_id=row.event_id, email_id=row.email_id,
-                  type=row.type, error=str(error), attempts=attempts)
+        log.error(
+            "sink_dead_letter",
+            sink=name,
+            event_id=row.event_id,
+            email_id=row.email_id,
+            type=row.type,
+            error=str(error),
+            attempts=attempts,
+        )
 
     # -- housekeeping -------------------------------------------------------------------
 
@@ -252,8 +270,12 @@ class Dispatcher:
             now = time.monotonic()
             if rows >= NEAR_FULL_RATIO * self._max_outbox and now - self._warned_full_at > 60:
                 self._warned_full_at = now
-                log.warning("outbox_near_full", events=rows, capacity=self._max_outbox,
-                            backlog=self.backlog())
+                log.warning(
+                    "outbox_near_full",
+                    events=rows,
+                    capacity=self._max_outbox,
+                    backlog=self.backlog(),
+                )
             await asyncio.sleep(MAINTENANCE_SECONDS)
 
     def outbox_full(self) -> bool:

@@ -120,9 +120,7 @@ class EventFactory:
             at=at,
         )
         data["notification"] = None
-        return self._event(
-            id_=id_, type_=STATE_CHANGED, email_id=send.email_id, time=at, data=data
-        )
+        return self._event(id_=id_, type_=STATE_CHANGED, email_id=send.email_id, time=at, data=data)
 
     def rejected(
         self,

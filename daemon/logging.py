@@ -28,6 +28,14 @@ def _redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[
     return event
 
 
+def _name_logger(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # Modules bind `logger_name` (`logger` is taken by structlog's own API).
+    name = event.pop("logger_name", None)
+    if name is not None:
+        event["logger"] = name
+    return event
+
+
 def _orjson_dumps(event: Any, **_: Any) -> bytes:
     return orjson.dumps(event, default=str)
 
@@ -42,6 +50,7 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _name_logger,
         structlog.processors.format_exc_info,
         _redact,
     ]

@@ -94,7 +94,7 @@ def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
     seconds = int(timestamp)
-    millis = int(round((timestamp - seconds) * 1000))
+    millis = round((timestamp - seconds) * 1000)
     if millis == 1000:
         seconds, millis = seconds + 1, 0
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"

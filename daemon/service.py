@@ -42,7 +42,7 @@ from daemon.sinks import Sink, build_sink
 from daemon.store import AsyncStore, Store
 from daemon.tracker import Tracker
 
-log = structlog.get_logger(logger="daemon.service")
+log = structlog.get_logger(logger_name="daemon.service")
 
 EX_OK = 0
 EX_SOFTWARE = 70
@@ -125,11 +125,18 @@ class Service:
         await dispatcher.start(sinks)
         session = GwsSession(settings.gws, metrics)
         await session.open()
-        listener = Listener(session=session, tracker=tracker, metrics=metrics,
-                            settings=settings.gws)
+        listener = Listener(
+            session=session, tracker=tracker, metrics=metrics, settings=settings.gws
+        )
         context = ApiContext(
-            settings=settings, metrics=metrics, tracker=tracker, session=session, store=store,
-            dispatcher=dispatcher, listener=listener, state=self.state,
+            settings=settings,
+            metrics=metrics,
+            tracker=tracker,
+            session=session,
+            store=store,
+            dispatcher=dispatcher,
+            listener=listener,
+            state=self.state,
         )
         self._context = context
         runner = web.AppRunner(build_app(context), access_log=None, handle_signals=False)
@@ -141,12 +148,19 @@ class Service:
             await self._close(runner, listener, dispatcher, session, store)
             raise StartupError(
                 f"http.listen: cannot listen on {settings.http.host}:{settings.http.port}: "
-                f"{exc.strerror}", EX_UNAVAILABLE,
+                f"{exc.strerror}",
+                EX_UNAVAILABLE,
             ) from None
         port = runner.addresses[0][1]
         self.api_url = f"http://{settings.http.host}:{port}"
-        log.info("started", version=__version__, api=self.api_url, pending_sends=restored,
-                 sinks=[s.name for s in settings.sinks], store=str(settings.store.path))
+        log.info(
+            "started",
+            version=__version__,
+            api=self.api_url,
+            pending_sends=restored,
+            sinks=[s.name for s in settings.sinks],
+            store=str(settings.store.path),
+        )
 
         self._install_signals()
         helpers = [
@@ -182,16 +196,18 @@ class Service:
         while not self._stop.is_set():
             try:
                 await session.login()
-                return
             except GwsRequestError as exc:
                 if exc.http_status in (401, 403):
                     raise StartupError(
                         f"GWS refused the credentials of gws.username "
-                        f"{self.settings.gws.username!r}: {exc}", EX_NOPERM,
+                        f"{self.settings.gws.username!r}: {exc}",
+                        EX_NOPERM,
                     ) from None
                 error = str(exc)
             except GwsError as exc:
                 error = str(exc)
+            else:
+                return
             if not self.settings.gws.wait_at_start:
                 raise StartupError(f"GWS unreachable at start: {error}", EX_UNAVAILABLE)
             delay = backoff.next_delay()
@@ -201,8 +217,7 @@ class Service:
                 await asyncio.wait_for(self._stop.wait(), delay)
 
     async def _announce_ready(self, listener: Listener) -> None:
-        while not listener.subscribed:
-            await asyncio.sleep(0.02)
+        await listener.first_subscription.wait()
         self.notifier.ready(self._status_line())
         log.info("ready", transport=listener.transport)
 
@@ -220,8 +235,12 @@ class Service:
         started = time.monotonic()
         self.state.draining = True
         self.notifier.stopping("draining")
-        log.info("draining", sends_in_flight=self.state.sends_in_flight,
-                 backlog=dispatcher.backlog(), budget_seconds=budget)
+        log.info(
+            "draining",
+            sends_in_flight=self.state.sends_in_flight,
+            backlog=dispatcher.backlog(),
+            budget_seconds=budget,
+        )
         if self.state.sends_in_flight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
@@ -238,8 +257,12 @@ class Service:
         for task in helpers:
             task.cancel()
         await self._close(runner, None, dispatcher, session, store)
-        log.info("stopped", drained=drained, backlog=backlog,
-                 seconds=round(time.monotonic() - started, 3))
+        log.info(
+            "stopped",
+            drained=drained,
+            backlog=backlog,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     async def _close(
         self,
@@ -295,8 +318,11 @@ class Service:
             self.settings, sinks=new.sinks, correlation=new.correlation, service=new.service
         )
         context.settings = self.settings
-        log.info("reloaded", sinks=[s.name for s in new.sinks],
-                 send_timeout_seconds=new.correlation.send_timeout_seconds)
+        log.info(
+            "reloaded",
+            sinks=[s.name for s in new.sinks],
+            send_timeout_seconds=new.correlation.send_timeout_seconds,
+        )
         return True
 
     # -- background duties --------------------------------------------------------------

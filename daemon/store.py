@@ -31,7 +31,7 @@ from daemon.events import Event
 from daemon.gws.messages import Malformed
 from daemon.sends import PENDING_STATUSES, SendRecord, SendStatus
 
-log = structlog.get_logger(logger="daemon.store")
+log = structlog.get_logger(logger_name="daemon.store")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -263,7 +263,9 @@ class Store:
         ).fetchone()
         return _send_from_row(row) if row else None
 
-    def list_sends(self, statuses: Sequence[str] | None = None, limit: int = 1000) -> list[SendRecord]:
+    def list_sends(
+        self, statuses: Sequence[str] | None = None, limit: int = 1000
+    ) -> list[SendRecord]:
         if statuses:
             marks = ",".join("?" * len(statuses))
             rows = self._db.execute(
@@ -279,7 +281,9 @@ class Store:
 
     def count_pending(self) -> int:
         marks = ",".join("?" * len(PENDING_STATUSES))
-        return self._scalar(f"SELECT COUNT(*) FROM sends WHERE status IN ({marks})", PENDING_STATUSES)
+        return self._scalar(
+            f"SELECT COUNT(*) FROM sends WHERE status IN ({marks})", PENDING_STATUSES
+        )
 
     def prune_sends(self, resolved_before: float) -> int:
         marks = ",".join("?" * len(PENDING_STATUSES))
@@ -319,8 +323,10 @@ class Store:
                 self._db.executemany(
                     "INSERT INTO dead_letters (sink, reason, detail, failed_at, body) "
                     "VALUES (?,?,?,?,?)",
-                    [(MALFORMED_SINK, m.reason, f"{m.channel}: {m.detail}", now, m.raw)
-                     for m in malformed],
+                    [
+                        (MALFORMED_SINK, m.reason, f"{m.channel}: {m.detail}", now, m.raw)
+                        for m in malformed
+                    ],
                 )
         self._outbox_rows += len(events)
         return last
@@ -375,7 +381,9 @@ class Store:
 
     def set_cursor(self, sink: str, seq: int) -> None:
         with self._transaction():
-            self._db.execute("UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?", (seq, sink, seq))
+            self._db.execute(
+                "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?", (seq, sink, seq)
+            )
 
     def cursors(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT sink, seq FROM sink_cursors").fetchall())
@@ -400,8 +408,17 @@ class Store:
             self._db.execute(
                 "INSERT INTO dead_letters (sink, event_id, type, email_id, reason, detail, "
                 "attempts, failed_at, body) VALUES (?,?,?,?,?,?,?,?,?)",
-                (sink, row.event_id, row.type, row.email_id, reason, detail[:2000], attempts,
-                 time.time(), row.body),
+                (
+                    sink,
+                    row.event_id,
+                    row.type,
+                    row.email_id,
+                    reason,
+                    detail[:2000],
+                    attempts,
+                    time.time(),
+                    row.body,
+                ),
             )
             self._db.execute(
                 "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?", (row.seq, sink, row.seq)

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from daemon.correlator import NOT_SENT_STATES, Correlator, Matched
 from daemon.cometd import Message
+from daemon.correlator import NOT_SENT_STATES, Correlator, Matched
 from daemon.events import Event, EventFactory
 from daemon.gws.messages import (
     KNOWN_OTHER_TYPES,
@@ -28,15 +28,21 @@ from daemon.metrics import Metrics
 from daemon.sends import SendRecord, SendStatus
 from daemon.store import AsyncStore
 
-log = structlog.get_logger(logger="daemon.tracker")
+log = structlog.get_logger(logger_name="daemon.tracker")
 
 # Label values must come from fixed sets; anything GWS invents becomes "other".
 _KNOWN_STATES = frozenset(
     {"Sent", "Composing", "Canceled", "Completed", "Processing", "Invited", "Error"}
 )
 _KNOWN_NOTIFICATION_TYPES = frozenset(
-    {"StatusChange", "PropertiesUpdated", "EmailSaved", "AttachmentAdded",
-     "AttachmentRemoved", "Error"}
+    {
+        "StatusChange",
+        "PropertiesUpdated",
+        "EmailSaved",
+        "AttachmentAdded",
+        "AttachmentRemoved",
+        "Error",
+    }
 )
 _KNOWN_MESSAGE_TYPES = KNOWN_OTHER_TYPES | {"EmailStateChangeMessage"}
 
@@ -117,8 +123,12 @@ class Tracker:
         send = self.correlator.accepted(send_id, reference_id, self._clock())
         if send is not None:
             await self._store.run(self._store.store.update_send, dataclasses.replace(send))
-            log.info("send_accepted", send_id=send_id, email_id=send.email_id,
-                     reference_id=send.reference_id)
+            log.info(
+                "send_accepted",
+                send_id=send_id,
+                email_id=send.email_id,
+                reference_id=send.reference_id,
+            )
         return send
 
     async def answer_lost(self, send_id: str, reason: str) -> None:
@@ -126,8 +136,7 @@ class Tracker:
         send = self.correlator.answer_lost(send_id, self._clock())
         if send is not None:
             await self._store.run(self._store.store.update_send, dataclasses.replace(send))
-            log.warning("send_answer_lost", send_id=send_id, email_id=send.email_id,
-                        reason=reason)
+            log.warning("send_answer_lost", send_id=send_id, email_id=send.email_id, reason=reason)
 
     async def rejected(
         self,
@@ -144,14 +153,22 @@ class Tracker:
         if send is None:
             return
         event = self._events.rejected(
-            send, status_code=status_code, status_message=status_message,
-            http_status=http_status, at=now,
+            send,
+            status_code=status_code,
+            status_message=status_message,
+            http_status=http_status,
+            at=now,
         )
         await self._commit([send], [event])
         self._gauge()
         log.info(
-            "send_rejected", send_id=send_id, email_id=send.email_id, status_code=status_code,
-            status_message=status_message, http_status=http_status, event_id=event.id,
+            "send_rejected",
+            send_id=send_id,
+            email_id=send.email_id,
+            status_code=status_code,
+            status_message=status_message,
+            http_status=http_status,
+            event_id=event.id,
         )
 
     # -- notifications ------------------------------------------------------------
@@ -195,8 +212,9 @@ class Tracker:
         for bad in batch.malformed:
             reason = bad.reason if bad.reason in MALFORMED_REASONS else "other"
             metrics.notifications_malformed.labels(reason).inc()
-            log.warning("notification_malformed", reason=bad.reason, detail=bad.detail,
-                        channel=bad.channel)
+            log.warning(
+                "notification_malformed", reason=bad.reason, detail=bad.detail, channel=bad.channel
+            )
         if events or batch.malformed:
             await self._commit(resolved, events, malformed=batch.malformed)
         if resolved:
@@ -226,7 +244,9 @@ class Tracker:
 
     # -- read-backs -----------------------------------------------------------------
 
-    async def read_back(self, send: SendRecord, email: dict[str, object] | None, *, final: bool) -> bool:
+    async def read_back(
+        self, send: SendRecord, email: dict[str, object] | None, *, final: bool
+    ) -> bool:
         """Apply what GET said about a pending send. Returns True if it was resolved.
 
         `final` (its deadline passed): a send still not sent is timed out.
@@ -248,8 +268,14 @@ class Tracker:
                 max(0.0, now - resolved.requested_at)
             )
             self._gauge()
-            log.info("email_state_reconciled", send_id=send.send_id, email_id=send.email_id,
-                     reference_id=send.reference_id, state=state, event_id=event.id)
+            log.info(
+                "email_state_reconciled",
+                send_id=send.send_id,
+                email_id=send.email_id,
+                reference_id=send.reference_id,
+                state=state,
+                event_id=event.id,
+            )
             return True
         if not final:
             self._metrics.reconciliations.labels("still_pending").inc()
@@ -262,6 +288,12 @@ class Tracker:
         self._metrics.correlations.labels("timed_out").inc()
         self._metrics.reconciliations.labels("timed_out").inc()
         self._gauge()
-        log.warning("send_timed_out", send_id=send.send_id, email_id=send.email_id,
-                    reference_id=send.reference_id, state=state, event_id=event.id)
+        log.warning(
+            "send_timed_out",
+            send_id=send.send_id,
+            email_id=send.email_id,
+            reference_id=send.reference_id,
+            state=state,
+            event_id=event.id,
+        )
         return True

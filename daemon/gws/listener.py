@@ -24,7 +24,7 @@ from daemon.metrics import Metrics
 from daemon.sends import SendRecord, SendStatus
 from daemon.tracker import Tracker
 
-log = structlog.get_logger(logger="daemon.gws.listener")
+log = structlog.get_logger(logger_name="daemon.gws.listener")
 
 # GETs in parallel while reconciling: enough to read back 1,000 sends in about
 # a second, few enough not to look like an attack to GWS.
@@ -60,6 +60,7 @@ class Listener:
             on_state=self._on_state,
         )
         self._subscribed = False
+        self.first_subscription = asyncio.Event()
         self._reconciling: asyncio.Task[None] | None = None
         self._limit = asyncio.Semaphore(READ_BACK_CONCURRENCY)
         self._failed_checks: dict[str, int] = {}
@@ -97,8 +98,11 @@ class Listener:
     def _on_state(self, state: ConnectionState) -> None:
         connected = state is ConnectionState.CONNECTED
         self._metrics.cometd_connected.set(1 if connected else 0)
-        if state in (ConnectionState.RECONNECTING, ConnectionState.HANDSHAKING,
-                     ConnectionState.CLOSED):
+        if state in (
+            ConnectionState.RECONNECTING,
+            ConnectionState.HANDSHAKING,
+            ConnectionState.CLOSED,
+        ):
             if self._subscribed and state is ConnectionState.RECONNECTING:
                 self._metrics.cometd_reconnects.inc()
             self._subscribed = False
@@ -116,6 +120,7 @@ class Listener:
             except GwsError as exc:
                 log.warning("gws_relogin_failed", error=str(exc))
         self._subscribed = True
+        self.first_subscription.set()
         self._metrics.cometd_subscribed.set(1)
         # Subscribed first, read back second: whatever happens from now on is
         # notified, whatever happened in the gap is read back.
@@ -125,8 +130,9 @@ class Listener:
 
     async def reconcile(self) -> None:
         """Read back every pending send whose answer we have (rule 3)."""
-        pending = [s for s in self._tracker.correlator.pending()
-                   if s.status is not SendStatus.IN_FLIGHT]
+        pending = [
+            s for s in self._tracker.correlator.pending() if s.status is not SendStatus.IN_FLIGHT
+        ]
         if not pending:
             self.reconciled_at = time.time()
             self.reconcile_seconds = 0.0
@@ -136,7 +142,9 @@ class Listener:
         self.reconcile_seconds = time.perf_counter() - started
         self.reconciled_at = time.time()
         log.info(
-            "reconciled", pending=len(pending), resolved=sum(1 for r in results if r),
+            "reconciled",
+            pending=len(pending),
+            resolved=sum(1 for r in results if r),
             seconds=round(self.reconcile_seconds, 3),
         )
 
@@ -148,8 +156,9 @@ class Listener:
                 email = await self._session.get_email(send.email_id)
             except GwsError as exc:
                 self._metrics.reconciliations.labels("failed").inc()
-                log.warning("read_back_failed", send_id=send.send_id, email_id=send.email_id,
-                            error=str(exc))
+                log.warning(
+                    "read_back_failed", send_id=send.send_id, email_id=send.email_id, error=str(exc)
+                )
                 if final:
                     failures = self._failed_checks.get(send.send_id, 0) + 1
                     self._failed_checks[send.send_id] = failures

@@ -29,8 +29,7 @@ class Invalid:
     field: str
 
     def as_json(self) -> dict[str, Any]:
-        return {"statusCode": self.status_code, "statusMessage": self.message,
-                "field": self.field}
+        return {"statusCode": self.status_code, "statusMessage": self.message, "field": self.field}
 
 
 @dataclass(frozen=True, slots=True)

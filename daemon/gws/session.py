@@ -32,7 +32,7 @@ from daemon.errors import (
 )
 from daemon.metrics import Metrics
 
-log = structlog.get_logger(logger="daemon.gws.session")
+log = structlog.get_logger(logger_name="daemon.gws.session")
 
 _JSON = "application/json"
 
@@ -103,9 +103,11 @@ class GwsSession:
         self._http = aiohttp.ClientSession(
             # A default header rather than aiohttp.BasicAuth (deprecated in
             # aiohttp 3.14); it also reaches the CometD WebSocket upgrade.
-            headers={"Authorization": basic_authorization(
-                self.settings.username, self.settings.password.reveal()
-            )},
+            headers={
+                "Authorization": basic_authorization(
+                    self.settings.username, self.settings.password.reveal()
+                )
+            },
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             connector=aiohttp.TCPConnector(ssl=_ssl_context(self.settings), limit=64),
             timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_seconds),
@@ -154,8 +156,9 @@ class GwsSession:
                 return answer
         except aiohttp.ClientConnectorError as exc:
             result = "unreachable"
-            raise GwsUnreachableError(f"{operation}: cannot connect to {self.settings.base_url}: "
-                                      f"{exc.os_error or exc}") from None
+            raise GwsUnreachableError(
+                f"{operation}: cannot connect to {self.settings.base_url}: {exc.os_error or exc}"
+            ) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             result = "lost"
             raise GwsAnswerLostError(
@@ -173,7 +176,12 @@ class GwsSession:
             self._csrf = (name, token)
 
     async def _call(
-        self, method: str, path: str, *, operation: str, body: bytes | None = None,
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        body: bytes | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Answer:
         answer = await self._request(method, path, operation=operation, body=body, params=params)
@@ -182,8 +190,9 @@ class GwsSession:
             # GWS forgot ours) needs a new one. A 403 means nothing was done.
             log.info("gws_csrf_refresh", operation=operation)
             await self.refresh_csrf()
-            answer = await self._request(method, path, operation=operation, body=body,
-                                         params=params)
+            answer = await self._request(
+                method, path, operation=operation, body=body, params=params
+            )
         return answer
 
     async def refresh_csrf(self) -> None:
@@ -206,8 +215,12 @@ class GwsSession:
                 log.warning("gws_session_partial", status_message=answer.status_message)
             elif not answer.ok:
                 _raise_unless_ok(answer, "StartContactCenterSession")
-        log.info("gws_logged_in", base_url=self.settings.base_url,
-                 username=self.settings.username, csrf=self._csrf is not None)
+        log.info(
+            "gws_logged_in",
+            base_url=self.settings.base_url,
+            username=self.settings.username,
+            csrf=self._csrf is not None,
+        )
 
     async def email_operation(self, email_id: str, body: bytes, *, operation: str) -> Answer:
         """POST an operation (Send, or anything else passed through) on an email.
@@ -229,7 +242,9 @@ class GwsSession:
         email = answer.body.get("email") if isinstance(answer.body, dict) else None
         if not isinstance(email, dict):
             raise GwsRequestError(
-                operation="GetEmail", http_status=answer.http_status, status_code=None,
+                operation="GetEmail",
+                http_status=answer.http_status,
+                status_code=None,
                 status_message="answer has no email object",
             )
         return email

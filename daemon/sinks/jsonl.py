@@ -19,7 +19,7 @@ from daemon.errors import RetryableSinkError
 from daemon.sinks.base import Sink
 from daemon.store import OutboxRow
 
-log = structlog.get_logger(logger="daemon.sinks.jsonl")
+log = structlog.get_logger(logger_name="daemon.sinks.jsonl")
 
 
 def _cut_partial_line(path: Path) -> int:

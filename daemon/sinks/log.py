@@ -10,7 +10,7 @@ import structlog
 from daemon.sinks.base import Sink
 from daemon.store import OutboxRow
 
-log = structlog.get_logger(logger="daemon.sinks.log")
+log = structlog.get_logger(logger_name="daemon.sinks.log")
 
 
 class LogSink(Sink):
@@ -21,5 +21,11 @@ class LogSink(Sink):
 
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         for row in batch:
-            log.info("cloudevent", sink=self.name, event_id=row.event_id, type=row.type,
-                     email_id=row.email_id, cloudevent=orjson.loads(row.body))
+            log.info(
+                "cloudevent",
+                sink=self.name,
+                event_id=row.event_id,
+                type=row.type,
+                email_id=row.email_id,
+                cloudevent=orjson.loads(row.body),
+            )

@@ -92,15 +92,19 @@ class WebhookSink(Sink):
             await self._post(
                 body,
                 "application/cloudevents-batch+json",
-                {"Idempotency-Key": batch[0].event_id,
-                 "Idempotency-Keys": ",".join(row.event_id for row in batch)},
+                {
+                    "Idempotency-Key": batch[0].event_id,
+                    "Idempotency-Keys": ",".join(row.event_id for row in batch),
+                },
                 delivered=0,
             )
             return
         for index, row in enumerate(batch):
             await self._post(
-                row.body, "application/cloudevents+json",
-                {"Idempotency-Key": row.event_id}, delivered=index,
+                row.body,
+                "application/cloudevents+json",
+                {"Idempotency-Key": row.event_id},
+                delivered=index,
             )
 
     async def _post(

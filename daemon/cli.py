@@ -1,0 +1,350 @@
+"""`gws-notifyd`: run · check · demo · simulate · send · status · dead-letters.
+
+Exit codes: 0 fine, 1 failure of the command, 2 usage, 69 GWS or the daemon
+unreachable, 70 internal error, 77 credentials refused, 78 bad configuration
+(one line on stderr naming the key, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from daemon import __version__
+from daemon.config import Settings, load_settings
+from daemon.errors import ConfigError, GwsNotifydError, StoreError
+from daemon.logging import configure_logging
+
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gws-notifyd",
+        description="Correlated, durable outcomes for Genesys Web Services email Sends.",
+    )
+    parser.add_argument("--version", action="version", version=f"gws-notifyd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("--config", "-c", type=Path, required=True)
+
+    check = commands.add_parser("check", help="validate a config file and exit")
+    check.add_argument("--config", "-c", type=Path, required=True)
+
+    demo = commands.add_parser("demo", help="simulator + daemon + three sends, then exit")
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep the simulator and daemon running after the demo",
+    )
+
+    simulate = commands.add_parser("simulate", help="run the GWS simulator alone")
+    simulate.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
+    simulate.add_argument("--username", default="agent1")
+    simulate.add_argument(
+        "--password-env",
+        default="GWS_PASSWORD",
+        metavar="VAR",
+        help="environment variable holding the password "
+        "(default GWS_PASSWORD; 'agent1-password' if unset)",
+    )
+    simulate.add_argument(
+        "--no-reference-id", action="store_true", help='answer Sends with {"statusCode":0} only'
+    )
+    simulate.add_argument("--notify-delay", type=float, default=0.02, metavar="SECONDS")
+    simulate.add_argument("--notify-before-answer", action="store_true")
+    simulate.add_argument("--no-csrf", action="store_true")
+
+    send = commands.add_parser("send", help="send an email through a running daemon")
+    send.add_argument("--api", default="http://127.0.0.1:9410", help="the daemon's local API")
+    send.add_argument("--token-file", type=Path, help="bearer token for the local API")
+    send.add_argument("--email-id", required=True)
+    send.add_argument("--queue", required=True)
+    send.add_argument("--from", dest="sender", required=True)
+    send.add_argument("--to", action="append", required=True)
+    send.add_argument("--subject")
+    send.add_argument("--body")
+    send.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to this long for the outcome and print it",
+    )
+
+    status = commands.add_parser("status", help="state of the running daemon")
+    status.add_argument("--config", "-c", type=Path, required=True)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dead = commands.add_parser("dead-letters", help="inspect, replay or purge dead letters")
+    dead.add_argument("action", choices=["list", "show", "replay", "purge"])
+    dead.add_argument("ids", nargs="*", type=int, help="dead letter ids (show, replay, purge)")
+    dead.add_argument("--config", "-c", type=Path, required=True)
+    dead.add_argument("--sink", help="only this sink's dead letters")
+    dead.add_argument("--all", action="store_true", help="replay/purge every matching letter")
+    dead.add_argument("--limit", type=int, default=100)
+    return parser
+
+
+def _load(path: Path) -> Settings:
+    return load_settings(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args.config)
+        if args.command == "check":
+            return _check(args.config)
+        if args.command == "demo":
+            from daemon.demo import run_demo
+
+            configure_logging(level="warning", fmt="console")
+            return asyncio.run(run_demo(keep_running=args.keep_running))
+        if args.command == "simulate":
+            return _simulate(args)
+        if args.command == "send":
+            return asyncio.run(_send(args))
+        if args.command == "status":
+            return asyncio.run(_status(args))
+        if args.command == "dead-letters":
+            return _dead_letters(args)
+    except ConfigError as exc:
+        print(f"gws-notifyd: config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    except GwsNotifydError as exc:
+        print(f"gws-notifyd: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def _run(path: Path) -> int:
+    from daemon.service import Service
+
+    settings = _load(path)
+    configure_logging(level=settings.logging.level, fmt=settings.logging.format)
+    return asyncio.run(Service(settings).run())
+
+
+def _check(path: Path) -> int:
+    settings = _load(path)
+    sinks = ", ".join(f"{s.name} ({s.type})" for s in settings.sinks) or "none"
+    print(
+        f"{path}: OK — GWS {settings.gws.base_url} as {settings.gws.username}, "
+        f"API on {settings.http.host}:{settings.http.port}, store {settings.store.path}, "
+        f"sinks: {sinks}"
+    )
+    if not settings.sinks:
+        print("warning: no [[sinks]]: events are kept only until they are pruned", file=sys.stderr)
+    return 0
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    import os
+
+    from daemon.simulator import SimulatorSettings, serve
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"gws-notifyd: --listen: expected HOST:PORT, got {args.listen!r}", file=sys.stderr)
+        return 2
+    configure_logging(level="info")
+    settings = SimulatorSettings(
+        username=args.username,
+        password=os.environ.get(args.password_env) or "agent1-password",
+        reference_id_in_answer=not args.no_reference_id,
+        notify_delay_seconds=args.notify_delay,
+        notify_before_answer=args.notify_before_answer,
+        csrf=not args.no_csrf,
+    )
+    try:
+        asyncio.run(serve(host.strip("[]"), int(port), settings))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        print(f"gws-notifyd: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    return 0
+
+
+async def _send(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    headers = {}
+    if args.token_file:
+        headers["Authorization"] = "Bearer " + args.token_file.read_text().strip()
+    email: dict[str, Any] = {"from": args.sender, "to": args.to}
+    if args.subject:
+        email["subject"] = args.subject
+    if args.body:
+        email["body"] = args.body
+    body = {"operationName": "Send", "queueName": args.queue, "email": email}
+    api = args.api.rstrip("/")
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(f"{api}/api/v2/me/emails/{args.email_id}", json=body) as response:
+                answer = await response.json(content_type=None)
+            print(orjson.dumps({"httpStatus": response.status, **answer}).decode())
+            send_id = answer.get("sendId") if isinstance(answer, dict) else None
+            if response.status >= 300 or not send_id or args.wait <= 0:
+                return 0 if response.status < 300 else 1
+            deadline = time.monotonic() + args.wait
+            while time.monotonic() < deadline:
+                async with http.get(f"{api}/v1/sends/{send_id}") as response:
+                    record = await response.json()
+                if not record.get("pending"):
+                    print(orjson.dumps(record).decode())
+                    return 0
+                await asyncio.sleep(0.2)
+            print(
+                f"gws-notifyd: send {send_id} still pending after {args.wait:g} s", file=sys.stderr
+            )
+            return 1
+    except aiohttp.ClientError as exc:
+        print(f"gws-notifyd: cannot reach {api}: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+
+
+async def _status(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    settings = _load(args.config)
+    host = settings.http.host if settings.http.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    api = f"http://{host}:{settings.http.port}"
+    headers = {}
+    if settings.http.token is not None:
+        headers["Authorization"] = "Bearer " + settings.http.token.reveal()
+    try:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.get(f"{api}/v1/status") as response:
+                document = await response.json()
+            async with http.get(f"{api}/readyz") as response:
+                ready = await response.json()
+    except aiohttp.ClientError as exc:
+        print(f"gws-notifyd: the daemon does not answer at {api}: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    document["ready"] = ready
+    if args.json:
+        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    print(_status_table(document))
+    return 0
+
+
+def _status_table(doc: dict[str, Any]) -> str:
+    cometd = doc["cometd"]
+    ready = doc["ready"]
+    lines = [
+        f"gws-notifyd {doc['version']}  up {doc['uptimeSeconds']:.0f} s  "
+        f"{'READY' if ready['ready'] else 'NOT READY (' + ', '.join(ready['failed']) + ')'}"
+        f"{'  DRAINING' if doc['draining'] else ''}",
+        f"CometD: {cometd['state']}, {'subscribed' if cometd['subscribed'] else 'not subscribed'}"
+        f" ({cometd['transport'] or 'no transport'})",
+        f"pending sends: {doc['pendingSends']}   outbox events: {doc['outboxEvents']}   "
+        f"malformed notifications kept: {doc['malformedNotifications']}",
+        "",
+        f"{'sink':<16} {'type':<8} {'backlog':>8} {'delivered':>10} {'retries':>8} "
+        f"{'dead':>6}  last error",
+    ]
+    for sink in doc["sinks"]:
+        lines.append(
+            f"{sink['name']:<16} {sink['type']:<8} {sink['backlog']:>8} {sink['delivered']:>10} "
+            f"{sink['retries']:>8} {sink['deadLetters']:>6}  {sink['lastError'] or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    from daemon.store import Store
+
+    settings = _load(args.config)
+    if not settings.store.path.exists():
+        print(f"gws-notifyd: no store at {settings.store.path}", file=sys.stderr)
+        return 1
+    try:
+        store = Store(settings.store.path, synchronous=settings.store.synchronous)
+    except StoreError as exc:
+        print(f"gws-notifyd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "list":
+            letters = store.list_dead_letters(args.sink, args.limit)
+            print(
+                f"{'id':>6} {'sink':<14} {'failed at (UTC)':<20} {'type':<26} {'email':<18} reason"
+            )
+            for letter in letters:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.failed_at))
+                print(
+                    f"{letter.id:>6} {letter.sink:<14} {when:<20} {letter.type or '-':<26} "
+                    f"{letter.email_id or '-':<18} {letter.reason}: {letter.detail or ''}"
+                )
+            print(f"{len(letters)} dead letter(s)")
+            return 0
+        if args.action == "show":
+            if not args.ids:
+                print("gws-notifyd: dead-letters show needs an id", file=sys.stderr)
+                return 2
+            for letter_id in args.ids:
+                found = store.get_dead_letter(letter_id)
+                if found is None:
+                    print(f"gws-notifyd: no dead letter {letter_id}", file=sys.stderr)
+                    return 1
+                letter = found
+                try:
+                    body: Any = orjson.loads(letter.body)
+                except orjson.JSONDecodeError:
+                    body = letter.body.decode("utf-8", "replace")
+                print(
+                    orjson.dumps(
+                        {
+                            "id": letter.id,
+                            "sink": letter.sink,
+                            "eventId": letter.event_id,
+                            "type": letter.type,
+                            "emailId": letter.email_id,
+                            "reason": letter.reason,
+                            "detail": letter.detail,
+                            "attempts": letter.attempts,
+                            "failedAt": letter.failed_at,
+                            "body": body,
+                        },
+                        option=orjson.OPT_INDENT_2,
+                    ).decode()
+                )
+            return 0
+        ids = _select(store, args)
+        if ids is None:
+            return 2
+        if args.action == "replay":
+            count = store.replay_dead_letters(ids)
+            print(f"replayed {count} dead letter(s); the daemon delivers them to their sink")
+        else:
+            count = store.purge_dead_letters(ids)
+            print(f"purged {count} dead letter(s)")
+        return 0
+    finally:
+        store.close()
+
+
+def _select(store: Any, args: argparse.Namespace) -> list[int] | None:
+    if args.ids:
+        return list(args.ids)
+    if args.all:
+        return [letter.id for letter in store.list_dead_letters(args.sink, 1_000_000)]
+    print(
+        f"gws-notifyd: dead-letters {args.action} needs ids, or --all (with --sink to narrow)",
+        file=sys.stderr,
+    )
+    return None
