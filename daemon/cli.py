@@ -95,8 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path) -> Settings:
-    return load_settings(path)
+def _load(path: Path, *, need_password: bool = True) -> Settings:
+    return load_settings(path, need_password=need_password)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,7 +220,7 @@ async def _send(args: argparse.Namespace) -> int:
 async def _status(args: argparse.Namespace) -> int:
     import aiohttp
 
-    settings = _load(args.config)
+    settings = _load(args.config, need_password=False)
     host = settings.http.host if settings.http.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
     api = f"http://{host}:{settings.http.port}"
     headers = {}
@@ -269,7 +269,7 @@ def _status_table(doc: dict[str, Any]) -> str:
 def _dead_letters(args: argparse.Namespace) -> int:
     from daemon.store import Store
 
-    settings = _load(args.config)
+    settings = _load(args.config, need_password=False)
     if not settings.store.path.exists():
         print(f"gws-notifyd: no store at {settings.store.path}", file=sys.stderr)
         return 1

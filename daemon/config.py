@@ -292,7 +292,9 @@ def _secret(
     return None, ""
 
 
-def _gws(table: _Table, base: Path, environ: Mapping[str, str]) -> GwsSettings:
+def _gws(
+    table: _Table, base: Path, environ: Mapping[str, str], *, need_password: bool
+) -> GwsSettings:
     base_url = _http_url(table, "base_url", required=True)
     assert base_url is not None
     username = table.string("username", required=True)
@@ -305,6 +307,8 @@ def _gws(table: _Table, base: Path, environ: Mapping[str, str]) -> GwsSettings:
             password = _read_secret_file(
                 "$CREDENTIALS_DIRECTORY/gws-password", str(candidate), base
             )
+    if password is None and not need_password:
+        password = Secret("")
     if password is None:
         raise ConfigError(
             table.key("password"),
@@ -417,8 +421,14 @@ def _sink(table: _Table, base: Path, names: set[str]) -> SinkSettings:
     return SinkSettings(**common)
 
 
-def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the config file; raise ConfigError naming the key."""
+def load_settings(
+    path: Path, environ: Mapping[str, str] | None = None, *, need_password: bool = True
+) -> Settings:
+    """Read and validate the config file; raise ConfigError naming the key.
+
+    `need_password=False` is for tools that only read the store or ask the
+    running daemon (status, dead-letters): they must work without the secret.
+    """
     environ = os.environ if environ is None else environ
     try:
         raw = path.read_bytes()
@@ -430,7 +440,13 @@ def load_settings(path: Path, environ: Mapping[str, str] | None = None) -> Setti
         raise ConfigError(str(path), "config file is not UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"invalid TOML: {exc}") from None
-    return settings_from_dict(data, base=path.resolve().parent, environ=environ, source=path)
+    return settings_from_dict(
+        data,
+        base=path.resolve().parent,
+        environ=environ,
+        source=path,
+        need_password=need_password,
+    )
 
 
 def settings_from_dict(
@@ -439,13 +455,14 @@ def settings_from_dict(
     base: Path,
     environ: Mapping[str, str],
     source: Path | None = None,
+    need_password: bool = True,
 ) -> Settings:
     root = _Table(data, "")
     if not root.has("gws"):
         raise ConfigError("gws", "table is required")
     if not root.has("store"):
         raise ConfigError("store", "table is required (store.path)")
-    gws = _gws(root.table("gws"), base, environ)
+    gws = _gws(root.table("gws"), base, environ, need_password=need_password)
     http = _http(root.table("http"), base)
     store = _store(root.table("store"), base)
 

@@ -1,0 +1,295 @@
+"""`gws-notifyd run` as a real subprocess, driven over HTTP, with its logs captured.
+
+    config = write_config(tmp_path, gws_url=sim.base_url)
+    async with DaemonProcess(config) as daemon:
+        status, body = await daemon.send("E1")
+        events = await daemon.wait_events(1)
+
+The daemon listens on a free port (`listen = "127.0.0.1:0"`); its URL comes
+from its own `started` log line. Every wait has a deadline; nothing sleeps
+for synchronisation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+SIM_PASSWORD = "agent1-password"  # the simulator's default  # noqa: S105
+READY_TIMEOUT = 20.0
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str | Path):
+        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {_toml_value(v)}' for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def to_toml(document: dict[str, Any]) -> str:
+    """Enough TOML for our configs: tables of scalars, and [[sinks]]."""
+    lines: list[str] = []
+    for section, content in document.items():
+        if isinstance(content, list):
+            for item in content:
+                lines.append(f"[[{section}]]")
+                lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items())
+                lines.append("")
+        else:
+            lines.append(f"[{section}]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in content.items())
+            lines.append("")
+    return "\n".join(lines)
+
+
+def config_document(
+    tmp_path: Path,
+    *,
+    gws_url: str,
+    sinks: list[dict[str, Any]] | None = None,
+    **sections: dict[str, Any],
+) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "gws": {"base_url": gws_url, "username": "agent1", "request_timeout_seconds": 5},
+        "http": {"listen": "127.0.0.1:0"},
+        "store": {"path": str(tmp_path / "state.db")},
+        "correlation": {"send_timeout_seconds": 30},
+        "service": {"shutdown_timeout_seconds": 10},
+        "logging": {"level": "debug", "format": "json"},
+    }
+    for name, values in sections.items():
+        document.setdefault(name, {}).update(values)
+    document["sinks"] = (
+        sinks
+        if sinks is not None
+        else [{"name": "archive", "type": "jsonl", "path": str(tmp_path / "events.jsonl")}]
+    )
+    return document
+
+
+def write_config(tmp_path: Path, *, gws_url: str, **kwargs: Any) -> Path:
+    path = tmp_path / "gws-notifyd.toml"
+    path.write_text(to_toml(config_document(tmp_path, gws_url=gws_url, **kwargs)))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def send_body(queue: str = "Outbound", **email: Any) -> dict[str, Any]:
+    return {
+        "operationName": "Send",
+        "queueName": queue,
+        "email": {
+            "from": "support@acme.example",
+            "to": ["customer@example.com"],
+            "subject": "Hello",
+            "body": "<p>Hello</p>",
+            **email,
+        },
+    }
+
+
+async def wait_for(
+    condition: Callable[[], Any], *, timeout: float = 10.0, message: str = "condition"
+) -> Any:
+    """Poll `condition` (sync or async) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        await asyncio.sleep(0.02)
+
+
+class DaemonProcess:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: dict[str, str] | None = None,
+        wait_ready: bool = True,
+        password: str | None = SIM_PASSWORD,
+    ) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        if password is not None:
+            self.env.setdefault("GWS_PASSWORD", password)
+        self.env.pop("NOTIFY_SOCKET", None)
+        self.wait_ready = wait_ready
+        self.process: asyncio.subprocess.Process | None = None
+        self.logs: list[dict[str, Any]] = []
+        self.raw_stdout: list[bytes] = []
+        self.stderr = b""
+        self.api = ""
+        self._readers: list[asyncio.Task[None]] = []
+        self._http: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> DaemonProcess:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    @property
+    def http(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        return self._http
+
+    async def start(self) -> None:
+        self.logs.clear()
+        self.api = ""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", "run", "--config", str(self.config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self.env,
+        )
+        self._readers = [
+            asyncio.create_task(self._read_stdout()),
+            asyncio.create_task(self._read_stderr()),
+        ]
+        await self.wait_log(lambda e: e.get("event") == "started", timeout=READY_TIMEOUT)
+        if self.wait_ready:
+            await self.wait_ready_status(200)
+
+    async def _read_stdout(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.raw_stdout.append(line)
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                if entry.get("event") == "started":
+                    self.api = entry["api"]
+                self.logs.append(entry)
+
+    async def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        self.stderr += await self.process.stderr.read()
+
+    async def wait_log(
+        self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            if self.process is not None and self.process.returncode is not None and not any(
+                predicate(e) for e in self.logs
+            ):
+                raise AssertionError(
+                    f"daemon exited with {self.process.returncode} before the log line came; "
+                    f"stderr: {self.stderr.decode(errors='replace')[-2000:]}"
+                )
+            return next((e for e in self.logs if predicate(e)), None)
+
+        result: dict[str, Any] = await wait_for(found, timeout=timeout, message="a log line")
+        return result
+
+    async def readyz(self) -> tuple[int, dict[str, Any]]:
+        async with self.http.get(f"{self.api}/readyz") as response:
+            return response.status, await response.json()
+
+    async def wait_ready_status(self, status: int, timeout: float = READY_TIMEOUT) -> None:
+        async def check() -> bool:
+            try:
+                return (await self.readyz())[0] == status
+            except aiohttp.ClientError:
+                return False
+
+        await wait_for(check, timeout=timeout, message=f"/readyz {status}")
+
+    async def send(
+        self, email_id: str, body: dict[str, Any] | bytes | None = None, **headers: str
+    ) -> tuple[int, dict[str, Any]]:
+        payload = body if isinstance(body, bytes) else orjson.dumps(body or send_body())
+        async with self.http.post(
+            f"{self.api}/api/v2/me/emails/{email_id}",
+            data=payload,
+            headers={"Content-Type": "application/json", **headers},
+        ) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def get_json(self, path: str) -> tuple[int, Any]:
+        async with self.http.get(self.api + path) as response:
+            return response.status, await response.json(content_type=None)
+
+    async def metrics(self) -> str:
+        async with self.http.get(f"{self.api}/metrics") as response:
+            return await response.text()
+
+    async def wait_events(
+        self, path: Path, count: int, *, timeout: float = 10.0
+    ) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await wait_for(
+            lambda: (events if len(events := read_jsonl(path)) >= count else None),
+            timeout=timeout,
+            message=f"{count} events in {path.name}",
+        )
+        return result
+
+    async def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        for reader in self._readers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        return code
+
+    async def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.wait_exit()
+
+    async def stop(self) -> int | None:
+        code: int | None = None
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                code = await self.wait_exit()
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        elif self.process is not None:
+            code = self.process.returncode
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+        return code
