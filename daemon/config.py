@@ -274,7 +274,7 @@ def _read_secret_file(key: str, path_text: str, base: Path) -> Secret:
 
 def _resolve(path_text: str, base: Path) -> Path:
     path = Path(path_text).expanduser()
-    return path if path.is_absolute() else base / path
+    return path if path.is_absolute() else Path(os.path.normpath(base / path))
 
 
 def _secret(
