@@ -137,10 +137,11 @@ class DaemonProcess:
         password: str | None = SIM_PASSWORD,
     ) -> None:
         self.config = config
-        self.env = {**os.environ, **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",
+                                                                       "WATCHDOG_USEC")}
+        self.env = {**inherited, **(env or {})}
         if password is not None:
             self.env.setdefault("GWS_PASSWORD", password)
-        self.env.pop("NOTIFY_SOCKET", None)
         self.wait_ready = wait_ready
         self.process: asyncio.subprocess.Process | None = None
         self.logs: list[dict[str, Any]] = []
