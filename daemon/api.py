@@ -46,6 +46,7 @@ log = structlog.get_logger(logger_name="daemon.api")
 # GWS statusCodes used in our own answers (reference/gws-api.md).
 INTERNAL_ERROR = 4
 PROCESSING_INCOMPLETE = 9
+INPUT_VALIDATION_ERROR = 10
 NOT_AUTHENTICATED = 20
 RETRY_AFTER_SECONDS = "5"
 
@@ -99,9 +100,18 @@ def build_app(context: ApiContext) -> web.Application:
                 return _gws_error(401, NOT_AUTHENTICATED, "Missing or invalid bearer token")
         return await handler(request)
 
-    app = web.Application(
-        client_max_size=context.settings.http.max_body_bytes, middlewares=[bearer]
-    )
+    limit = context.settings.http.max_body_bytes
+
+    @web.middleware
+    async def too_large(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return _gws_error(
+                413, INPUT_VALIDATION_ERROR, f"Request body is larger than {limit} bytes"
+            )
+
+    app = web.Application(client_max_size=limit, middlewares=[bearer, too_large])
     app[_CONTEXT] = context
     app.router.add_post("/api/v2/me/emails/{email_id}", _email_operation)
     app.router.add_get("/v1/sends/{send_id}", _get_send)

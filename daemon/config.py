@@ -60,6 +60,8 @@ class GwsSettings:
     ca_file: Path | None = None
     allow_websocket: bool = True
     wait_at_start: bool = True
+    # Bound on one CometD answer (servers send their whole queue at once).
+    max_batch_bytes: int = 256 * 1024 * 1024
 
     @property
     def notifications_url(self) -> str:
@@ -341,6 +343,7 @@ def _gws(
         ca_file=ca_file,
         allow_websocket=table.boolean("allow_websocket", True),
         wait_at_start=table.boolean("wait_at_start", True),
+        max_batch_bytes=table.integer("max_batch_bytes", 256 * 1024 * 1024, minimum=64 * 1024),
     )
     table.finish()
     return settings

@@ -41,7 +41,6 @@ class Listener:
         tracker: Tracker,
         metrics: Metrics,
         settings: GwsSettings,
-        max_response_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._session = session
         self._tracker = tracker
@@ -53,7 +52,7 @@ class Listener:
                 url=settings.notifications_url,
                 channels=settings.channels,
                 allow_websocket=settings.allow_websocket,
-                max_response_bytes=max_response_bytes,
+                max_response_bytes=settings.max_batch_bytes,
             ),
             on_batch=tracker.on_batch,
             on_subscribed=self._on_subscribed,

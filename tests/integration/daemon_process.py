@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
 import sys
@@ -26,7 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-SIM_PASSWORD = "agent1-password"  # the simulator's default  # noqa: S105
+SIM_PASSWORD = "agent1-password"  # the simulator's default
 READY_TIMEOUT = 20.0
 
 
@@ -137,8 +138,9 @@ class DaemonProcess:
         password: str | None = SIM_PASSWORD,
     ) -> None:
         self.config = config
-        inherited = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET",
-                                                                       "WATCHDOG_USEC")}
+        inherited = {
+            k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")
+        }
         self.env = {**inherited, **(env or {})}
         if password is not None:
             self.env.setdefault("GWS_PASSWORD", password)
@@ -173,7 +175,12 @@ class DaemonProcess:
         self.logs.clear()
         self.api = ""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "daemon", "run", "--config", str(self.config),
+            sys.executable,
+            "-m",
+            "daemon",
+            "run",
+            "--config",
+            str(self.config),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self.env,
@@ -187,7 +194,8 @@ class DaemonProcess:
             await self.wait_ready_status(200)
 
     async def _read_stdout(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         async for line in self.process.stdout:
             self.raw_stdout.append(line)
             try:
@@ -200,15 +208,18 @@ class DaemonProcess:
                 self.logs.append(entry)
 
     async def _read_stderr(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
+        assert self.process is not None
+        assert self.process.stderr is not None
         self.stderr += await self.process.stderr.read()
 
     async def wait_log(
         self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 10.0
     ) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
-            if self.process is not None and self.process.returncode is not None and not any(
-                predicate(e) for e in self.logs
+            if (
+                self.process is not None
+                and self.process.returncode is not None
+                and not any(predicate(e) for e in self.logs)
             ):
                 raise AssertionError(
                     f"daemon exited with {self.process.returncode} before the log line came; "
@@ -238,7 +249,8 @@ class DaemonProcess:
         payload = body if isinstance(body, bytes) else orjson.dumps(body or send_body())
         async with self.http.post(
             f"{self.api}/api/v2/me/emails/{email_id}",
-            data=payload,
+            # A stream: aiohttp warns about large raw bytes bodies.
+            data=io.BytesIO(payload) if len(payload) > 65536 else payload,
             headers={"Content-Type": "application/json", **headers},
         ) as response:
             return response.status, await response.json(content_type=None)
@@ -255,7 +267,7 @@ class DaemonProcess:
         self, path: Path, count: int, *, timeout: float = 10.0
     ) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await wait_for(
-            lambda: (events if len(events := read_jsonl(path)) >= count else None),
+            lambda: events if len(events := read_jsonl(path)) >= count else None,
             timeout=timeout,
             message=f"{count} events in {path.name}",
         )

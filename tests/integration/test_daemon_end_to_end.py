@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from daemon_process import DaemonProcess, read_jsonl, send_body, wait_for, write_config
+from daemon_process import DaemonProcess, read_jsonl, send_body, write_config
 
 from daemon.simulator import Simulator
 
@@ -168,10 +168,16 @@ async def test_a_notification_for_no_send_is_forwarded_uncorrelated(
 ) -> None:
     assert simulator.base_url
     async with DaemonProcess(write_config(tmp_path, gws_url=simulator.base_url)) as daemon:
-        await simulator.publish("/v2/me/emails", [
-            {"messageType": "EmailStateChangeMessage", "notificationType": "PropertiesUpdated",
-             "email": {"id": "OTHER", "state": "Composing"}},
-        ])
+        await simulator.publish(
+            "/v2/me/emails",
+            [
+                {
+                    "messageType": "EmailStateChangeMessage",
+                    "notificationType": "PropertiesUpdated",
+                    "email": {"id": "OTHER", "state": "Composing"},
+                },
+            ],
+        )
         [event] = await daemon.wait_events(_events(tmp_path), 1)
         assert event["data"]["correlated"] is False
         assert event["data"]["send"] is None
@@ -184,15 +190,24 @@ async def test_malformed_notifications_are_counted_kept_and_do_not_stop_the_list
     assert simulator.base_url
     config = write_config(tmp_path, gws_url=simulator.base_url)
     async with DaemonProcess(config) as daemon:
-        await simulator.publish("/v2/me/emails", [
-            "just a string",
-            {"notificationType": "StatusChange"},
-            {"messageType": "NoSuchMessage"},
-            {"messageType": "EmailStateChangeMessage", "notificationType": "StatusChange",
-             "email": {"state": "Sent"}},
-        ])
-        await daemon.wait_log(lambda e: e.get("event") == "notification_malformed"
-                              and e.get("reason") == "no_email_id")
+        await simulator.publish(
+            "/v2/me/emails",
+            [
+                "just a string",
+                {"notificationType": "StatusChange"},
+                {"messageType": "NoSuchMessage"},
+                {
+                    "messageType": "EmailStateChangeMessage",
+                    "notificationType": "StatusChange",
+                    "email": {"state": "Sent"},
+                },
+            ],
+        )
+        await daemon.wait_log(
+            lambda e: (
+                e.get("event") == "notification_malformed" and e.get("reason") == "no_email_id"
+            )
+        )
         status, answer = await daemon.send("E-8")
         assert status == 200
         [event] = await daemon.wait_events(_events(tmp_path), 1)
@@ -200,7 +215,7 @@ async def test_malformed_notifications_are_counted_kept_and_do_not_stop_the_list
         text = await daemon.metrics()
         for reason in ("not_an_object", "no_message_type", "unknown_message_type", "no_email_id"):
             assert f'gws_notifyd_notifications_malformed_total{{reason="{reason}"}} 1.0' in text
-        status, ready = await daemon.readyz()
+        status, _ready = await daemon.readyz()
         assert status == 200
     result = await _cli("dead-letters", "list", "--config", str(config))
     assert "4 dead letter(s)" in result
@@ -211,8 +226,12 @@ async def _cli(*args: str) -> str:
     import sys
 
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "daemon",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     out, _ = await process.communicate()
     return out.decode()
@@ -228,7 +247,7 @@ async def test_a_send_without_outcome_is_read_back_by_get_after_the_timeout(
         tmp_path, gws_url=simulator.base_url, correlation={"send_timeout_seconds": 0.5}
     )
     async with DaemonProcess(config) as daemon:
-        _, sent = await daemon.send("E-9")
+        _, _sent = await daemon.send("E-9")
         _, silent = await daemon.send("E-10")
         events = await daemon.wait_events(_events(tmp_path), 2)
         by_email = {e["data"]["emailId"]: e for e in events}
@@ -289,7 +308,7 @@ async def test_readyz_is_503_until_subscribed_and_healthz_answers_anyway(tmp_pat
         port = probe.getsockname()[1]
     config = write_config(tmp_path, gws_url=f"http://127.0.0.1:{port}")
     async with DaemonProcess(config, wait_ready=False) as daemon:
-        status, body = await daemon.get_json("/healthz")
+        status, _body = await daemon.get_json("/healthz")
         assert status == 200
         status, ready = await daemon.readyz()
         assert status == 503
@@ -342,9 +361,7 @@ async def test_a_forgotten_session_is_rehandshaken_and_missed_outcomes_reconcile
         _, second = await daemon.send("E-17")
         simulator.forget_sessions()
         events = await daemon.wait_events(_events(tmp_path), 2)
-        assert {e["data"]["send"]["sendId"] for e in events} == {
-            first["sendId"], second["sendId"]
-        }
+        assert {e["data"]["send"]["sendId"] for e in events} == {first["sendId"], second["sendId"]}
         assert all(e["data"]["reconciled"] for e in events)
         metrics = await daemon.metrics()
         assert "gws_notifyd_cometd_handshakes_total 2.0" in metrics
