@@ -24,7 +24,7 @@ class BackoffPolicy:
             return 0.0
         ceiling = min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))
         draw = (rng or _RNG).uniform(0.0, ceiling)
-        return max(self.floor, draw)
+        return max(min(self.floor, self.maximum), draw)
 
 
 _RNG = random.Random()

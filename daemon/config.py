@@ -9,6 +9,7 @@ read here and kept in `Secret` objects whose repr never shows the value.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -187,6 +188,8 @@ class _Table:
         if value is None:
             return default
         number = float(value)
+        if not math.isfinite(number):
+            raise ConfigError(self.key(name), "must be a finite number")
         if (above and number <= minimum) or number < minimum:
             relation = "greater than" if above else "at least"
             raise ConfigError(self.key(name), f"must be {relation} {minimum:g}, got {number:g}")
@@ -247,7 +250,10 @@ def _http_url(table: _Table, name: str, *, required: bool) -> str | None:
     value = table.string(name) if required else table.optional_string(name)
     if value is None:
         return None
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        raise ConfigError(table.key(name), f"is not a valid URL ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(table.key(name), "must be an http:// or https:// URL with a host")
     if parts.username or parts.password:
@@ -268,7 +274,9 @@ def _read_secret_file(key: str, path_text: str, base: Path) -> Secret:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(key, f"cannot read {path}: {exc.strerror or exc}") from None
-    value = text.strip("\r\n")
+    # The first line: a trailing newline (or a comment line after) is not part of it.
+    lines = text.splitlines()
+    value = lines[0] if lines else ""
     if not value:
         raise ConfigError(key, f"{path} is empty")
     return Secret(value)

@@ -183,20 +183,32 @@ class Correlator:
     # -- notifications -------------------------------------------------------
 
     def on_notification(self, change: EmailStateChange, now: float) -> Decision:
+        """Decide and apply: `find`, then `apply`."""
+        decision = self.find(change)
+        self.apply(decision, now)
+        return decision
+
+    def apply(self, decision: Decision, now: float) -> None:
+        """Resolve the send a `find` matched (a repeat changes nothing)."""
+        if isinstance(decision, Matched) and not decision.repeat:
+            self._match(decision.send, decision.change, now)
+
+    def find(self, change: EmailStateChange) -> Decision:
+        """Which send this notification is the outcome of; changes nothing."""
         if not change.is_outcome:
             return Unmatched(change)
         reference_id = change.reference_id
         if reference_id is not None:
             send = self._by_reference.get(reference_id)
             if send is not None and send.email_id == change.email_id:
-                return self._match(send, change, now)
+                return Matched(send, change)
         for send in self._by_email.get(change.email_id, ()):
             if send.reference_id is not None and reference_id is not None:
                 if send.reference_id != reference_id:
                     continue  # the outcome of another operation on this email
-                return self._match(send, change, now)
+                return Matched(send, change)
             if change.notification_type == ERROR or change.state == SENT:
-                return self._match(send, change, now)
+                return Matched(send, change)
         recent = self._recent.get(change.email_id)
         if recent is not None and (
             recent.reference_id is None
@@ -206,12 +218,11 @@ class Correlator:
             return Matched(recent, change, repeat=True)
         return Unmatched(change)
 
-    def _match(self, send: SendRecord, change: EmailStateChange, now: float) -> Matched:
+    def _match(self, send: SendRecord, change: EmailStateChange, now: float) -> None:
         if change.reference_id is not None and send.reference_id is None:
             self._set_reference(send, change.reference_id)
         send.outcome_state = ERROR if change.notification_type == ERROR else change.state
         self._finish(send, SendStatus.RESOLVED, now)
-        return Matched(send, change)
 
     # -- deadlines -------------------------------------------------------------
 

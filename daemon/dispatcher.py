@@ -183,6 +183,8 @@ class Dispatcher:
                 if exc.delivered:
                     taken, rows = rows[: exc.delivered], rows[exc.delivered :]
                     await self._taken(worker, taken)
+                    if not rows:
+                        continue
                 now = time.time()
                 status.failing_since = status.failing_since or now
                 status.last_error = str(exc)
@@ -194,8 +196,8 @@ class Dispatcher:
                     await self._dead_letter(worker, rows[0], exc, backoff.attempt + 1)
                     rows = rows[1:]
                     backoff.reset()
-                    if not rows:
-                        status.failing_since = None
+                    # The next event gets its own give-up window.
+                    status.failing_since = None
                     continue
                 delay = backoff.next_delay()
                 status.retries += 1

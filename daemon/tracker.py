@@ -188,21 +188,30 @@ class Tracker:
                 "EmailStateChangeMessage",
                 _label(change.notification_type, _KNOWN_NOTIFICATION_TYPES),
             ).inc()
-            decision = self.correlator.on_notification(change, now)
+            decision = self.correlator.find(change)
+            send = decision.send if isinstance(decision, Matched) else None
+            try:
+                # The event is built before the decision is applied: a failure
+                # here must not leave a send resolved without its event.
+                event = self._events.state_changed(change, send, received_at=now)
+            except Exception as exc:  # one message never stops the listener
+                log.exception("notification_unprocessable", email_id=change.email_id)
+                batch.malformed.append(
+                    Malformed(change.channel, "unprocessable", repr(exc)[:500], change.raw[:4096])
+                )
+                continue
+            self.correlator.apply(decision, now)
             if isinstance(decision, Matched):
-                send = decision.send
                 if not decision.repeat:
-                    resolved.append(send)
+                    resolved.append(decision.send)
                     metrics.correlations.labels("matched").inc()
                     metrics.outcome_latency.labels(self._state_label(change)).observe(
-                        max(0.0, now - send.requested_at)
+                        max(0.0, now - decision.send.requested_at)
                     )
-                events.append(self._events.state_changed(change, send, received_at=now))
             else:
-                send = None
                 metrics.correlations.labels("unmatched").inc()
-                events.append(self._events.state_changed(change, None, received_at=now))
-            self._log_change(change, send, events[-1].id)
+            events.append(event)
+            self._log_change(change, send, event.id)
         for ignored in batch.ignored:
             metrics.notifications_received.labels(
                 self._channel_label(ignored.channel),

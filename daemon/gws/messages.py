@@ -47,11 +47,14 @@ MALFORMED_REASONS = (
     "bad_reference_id",
     "bad_state",
     "oversized",
+    "unprocessable",
 )
 
 # A GWS email notification with a large HTML body is tens of KiB; anything
 # past this is not a notification we should put into every sink.
 DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+# SQLite and orjson hold 64-bit integers; a referenceId beyond is not GWS's.
+_INT64 = 2**63
 # What is kept of a malformed message for inspection.
 KEPT_BYTES = 64 * 1024
 
@@ -138,10 +141,17 @@ def parse_message(
     if reference_id is not None:
         # GWS sends small integers; a numeric string is tolerated, anything
         # else would make correlation guess.
-        if isinstance(reference_id, str) and reference_id.isdigit():
+        if (
+            isinstance(reference_id, str)
+            and reference_id.isascii()
+            and reference_id.isdigit()
+            and len(reference_id) <= 18
+        ):
             reference_id = int(reference_id)
         if isinstance(reference_id, bool) or not isinstance(reference_id, int):
             return malformed("bad_reference_id", "referenceId is not an integer")
+        if not -_INT64 <= reference_id < _INT64:
+            return malformed("bad_reference_id", "referenceId is out of the 64-bit range")
     return EmailStateChange(
         channel=channel,
         notification_type=notification_type,

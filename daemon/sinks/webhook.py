@@ -50,7 +50,7 @@ def verify(secret: bytes, header: str, body: bytes, *, now: float, tolerance: fl
     if abs(now - timestamp) > tolerance:
         return False
     expected = sign(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, fields.get("v1", ""))
+    return hmac.compare_digest(expected.encode(), fields.get("v1", "").encode())
 
 
 def classify(status: int) -> bool | None:

@@ -1,0 +1,299 @@
+"""The dispatcher drains a real outbox into fake sinks: once, in order, each at its own pace."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from daemon.config import SinkSettings
+from daemon.dispatcher import Dispatcher
+from daemon.errors import PermanentSinkError, RetryableSinkError, SinkError
+from daemon.events import Event
+from daemon.metrics import Metrics
+from daemon.sinks.base import Sink
+from daemon.store import AsyncStore, OutboxRow, Store
+
+DEADLINE = 5.0
+
+# Given the ids of a batch, return the error to raise (its `delivered` says how many
+# of them the sink took first), or None to take them all.
+Verdict = Callable[[list[str]], SinkError | None]
+
+
+class FakeSink(Sink):
+    kind = "fake"
+
+    def __init__(self, name: str, verdict: Verdict | None = None) -> None:
+        self.name = name
+        self.verdict = verdict
+        self.batches: list[list[str]] = []
+        self.taken: list[str] = []
+        self.closed = False
+
+    async def deliver(self, batch: Sequence[OutboxRow]) -> None:
+        ids = [row.event_id for row in batch]
+        self.batches.append(ids)
+        error = self.verdict(ids) if self.verdict else None
+        if error is not None:
+            self.taken.extend(ids[: error.delivered])
+            raise error
+        self.taken.extend(ids)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def settings(name: str, **overrides: object) -> SinkSettings:
+    values: dict[str, object] = {"name": name, "type": "log", "backoff_max_seconds": 0.05}
+    return SinkSettings(**(values | overrides))  # type: ignore[arg-type]
+
+
+def event_ids(*numbers: int) -> list[str]:
+    return [f"event-{n}" for n in numbers]
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
+    opened = AsyncStore(Store(tmp_path / "state.db"))
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+async def write(store: AsyncStore, *numbers: int) -> int:
+    events = [
+        Event(f"event-{n}", "gws.email.state_changed", f"email-{n}", 1000.0 + n, b'{"n":%d}' % n)
+        for n in numbers
+    ]
+    return await store.run(store.store.commit_outcomes, events=events)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    store: AsyncStore,
+    metrics: Metrics,
+    *sinks: FakeSink | tuple[FakeSink, SinkSettings],
+) -> AsyncIterator[Dispatcher]:
+    pairs = [s if isinstance(s, tuple) else (s, settings(s.name)) for s in sinks]
+    dispatcher = Dispatcher(store=store, metrics=metrics, max_outbox_events=10_000)
+    await dispatcher.start(pairs)
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.stop()
+
+
+def delivered_metric(metrics: Metrics, sink: str, outcome: str) -> float | None:
+    return metrics.registry.get_sample_value(
+        "gws_notifyd_sink_deliveries_total", {"sink": sink, "outcome": outcome}
+    )
+
+
+# -- delivery --------
+
+
+async def test_every_event_reaches_every_sink_once_in_order(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    small, large = FakeSink("small"), FakeSink("large")
+    async with running(
+        store, metrics, (small, settings("small", batch_size=7)), large
+    ) as dispatcher:
+        dispatcher.notify(await write(store, *range(1, 13)))
+        dispatcher.notify(await write(store, *range(13, 26)))
+
+        assert await dispatcher.drain(DEADLINE)
+
+        assert small.taken == event_ids(*range(1, 26))
+        assert large.taken == event_ids(*range(1, 26))
+        assert max(len(b) for b in small.batches) <= 7
+        assert await store.run(store.store.cursors) == {"small": 25, "large": 25}
+        assert dispatcher.backlog() == {"small": 0, "large": 0}
+        assert delivered_metric(metrics, "small", "delivered") == 25
+
+
+async def test_events_waiting_before_start_are_delivered(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    await write(store, 1, 2, 3)
+    sink = FakeSink("late")
+    async with running(store, metrics, sink) as dispatcher:
+        assert await dispatcher.drain(DEADLINE)
+        assert sink.taken == event_ids(1, 2, 3)
+
+
+async def test_drain_with_nothing_written_is_immediately_true(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    async with running(store, metrics, FakeSink("idle")) as dispatcher:
+        assert await dispatcher.drain(0.0)
+
+
+async def test_stop_closes_the_sinks(store: AsyncStore, metrics: Metrics) -> None:
+    sink = FakeSink("closing")
+    async with running(store, metrics, sink):
+        pass
+    assert sink.closed
+
+
+# -- retryable failures --------
+
+
+async def test_failing_sink_is_retried_while_another_keeps_progressing(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    healthy = False
+
+    def down_until_healed(ids: list[str]) -> SinkError | None:
+        return None if healthy else RetryableSinkError("HTTP 503")
+
+    flaky, steady = FakeSink("flaky", down_until_healed), FakeSink("steady")
+    async with running(store, metrics, flaky, steady) as dispatcher:
+        dispatcher.notify(await write(store, 1, 2, 3))
+        await wait_until(lambda: len(flaky.batches) >= 3, "three attempts of the failing sink")
+        dispatcher.notify(await write(store, 4, 5))
+        await wait_until(lambda: len(steady.taken) == 5, "the healthy sink to take everything")
+
+        assert flaky.taken == []
+        assert not await dispatcher.drain(0.1)
+        [flaky_status] = [s for s in dispatcher.statuses() if s.name == "flaky"]
+        assert flaky_status.retries >= 2
+        assert flaky_status.failing_since is not None
+        assert flaky_status.last_error is not None
+        assert "503" in flaky_status.last_error
+        retried = delivered_metric(metrics, "flaky", "retried")
+        assert retried is not None
+        assert retried >= 2
+
+        healthy = True
+
+        assert await dispatcher.drain(DEADLINE)
+        assert flaky.taken == event_ids(1, 2, 3, 4, 5)
+        assert steady.taken == event_ids(1, 2, 3, 4, 5)
+        assert flaky_status.failing_since is None
+        assert flaky_status.last_error is None
+        assert await store.run(store.store.list_dead_letters) == []
+
+
+async def test_partial_delivery_is_not_handed_over_twice(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    calls = 0
+
+    def two_then_fail_once(ids: list[str]) -> SinkError | None:
+        nonlocal calls
+        calls += 1
+        return RetryableSinkError("connection reset", delivered=2) if calls == 1 else None
+
+    sink = FakeSink("partial", two_then_fail_once)
+    await write(store, 1, 2, 3, 4, 5)
+    async with running(store, metrics, sink) as dispatcher:
+        assert await dispatcher.drain(DEADLINE)
+
+        assert sink.batches[0] == event_ids(1, 2, 3, 4, 5)
+        assert sink.batches[1] == event_ids(3, 4, 5)
+        assert sink.taken == event_ids(1, 2, 3, 4, 5)
+
+
+async def test_retryable_failure_past_give_up_time_is_dead_lettered(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    def always_down(ids: list[str]) -> SinkError | None:
+        return RetryableSinkError("HTTP 503")
+
+    sink = FakeSink("hopeless", always_down)
+    await write(store, 1)
+    pair = (sink, settings("hopeless", give_up_after_seconds=0.2))
+    async with running(store, metrics, pair) as dispatcher:
+        assert await dispatcher.drain(DEADLINE)
+
+        [letter] = await store.run(store.store.list_dead_letters, "hopeless")
+        assert letter.event_id == "event-1"
+        assert letter.reason == "gave_up"
+        assert letter.attempts >= 2
+        assert len(sink.batches) >= 2
+
+
+# -- permanent failures --------
+
+
+async def test_permanent_failure_dead_letters_exactly_that_event_and_continues(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    def refuse_event_3(ids: list[str]) -> SinkError | None:
+        if "event-3" in ids:
+            return PermanentSinkError("HTTP 400", delivered=ids.index("event-3"))
+        return None
+
+    picky, other = FakeSink("picky", refuse_event_3), FakeSink("other")
+    await write(store, 1, 2, 3, 4, 5)
+    async with running(store, metrics, picky, other) as dispatcher:
+        dispatcher.notify(await write(store, 6))
+
+        assert await dispatcher.drain(DEADLINE)
+
+        assert picky.taken == event_ids(1, 2, 4, 5, 6)
+        assert other.taken == event_ids(1, 2, 3, 4, 5, 6)
+        [letter] = await store.run(store.store.list_dead_letters)
+        assert (letter.sink, letter.event_id, letter.reason) == ("picky", "event-3", "permanent")
+        assert letter.body == b'{"n":3}'
+        assert letter.detail == "HTTP 400"
+        assert (await store.run(store.store.cursors))["picky"] == 6
+        assert delivered_metric(metrics, "picky", "dead_lettered") == 1
+        assert dispatcher.dead_letter_counts == {"picky": 1}
+
+
+async def test_permanent_failure_of_the_last_event_catches_up(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    def refuse_all(ids: list[str]) -> SinkError | None:
+        return PermanentSinkError("HTTP 422")
+
+    sink = FakeSink("refusing", refuse_all)
+    await write(store, 1, 2)
+    async with running(store, metrics, sink) as dispatcher:
+        assert await dispatcher.drain(DEADLINE)
+        letters = await store.run(store.store.list_dead_letters, "refusing")
+        assert [d.event_id for d in letters] == event_ids(1, 2)
+        assert sink.taken == []
+
+
+async def test_replayed_dead_letter_goes_to_its_sink_only(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    refusing = True
+
+    def refuse_while_told(ids: list[str]) -> SinkError | None:
+        return PermanentSinkError("HTTP 400") if refusing else None
+
+    picky, other = FakeSink("picky", refuse_while_told), FakeSink("other")
+    await write(store, 1)
+    async with running(store, metrics, picky, other) as dispatcher:
+        assert await dispatcher.drain(DEADLINE)
+        [letter] = await store.run(store.store.list_dead_letters)
+        refusing = False
+
+        assert await store.run(store.store.replay_dead_letters, [letter.id]) == 1
+        dispatcher.notify(await store.run(store.store.head_seq))
+
+        assert await dispatcher.drain(DEADLINE)
+        assert picky.taken == event_ids(1)
+        assert other.taken == event_ids(1)
+        assert await store.run(store.store.list_dead_letters) == []

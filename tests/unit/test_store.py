@@ -1,0 +1,452 @@
+"""The SQLite store, on a real file: sends, outbox, per-sink cursors, dead letters."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import StoreError
+from daemon.events import Event
+from daemon.gws.messages import Malformed
+from daemon.sends import SendRecord, SendStatus
+from daemon.store import MALFORMED_SINK, SCHEMA_VERSION, OutboxRow, Store
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "state.db"
+
+
+@pytest.fixture
+def store(path: Path) -> Iterator[Store]:
+    opened = Store(path)
+    yield opened
+    opened.close()
+
+
+@contextlib.contextmanager
+def reopened(path: Path) -> Iterator[Store]:
+    again = Store(path)
+    try:
+        yield again
+    finally:
+        again.close()
+
+
+def raw_query(path: Path, sql: str) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(str(path))
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def make_send(send_id: str, *, requested_at: float = 1000.0, **fields: object) -> SendRecord:
+    return SendRecord(
+        send_id=send_id,
+        email_id=f"email-{send_id}",
+        queue_name="Outbound",
+        requested_at=requested_at,
+        subject="Your case",
+        to=("a@example.com", "b@example.com"),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def make_event(n: int) -> Event:
+    return Event(
+        id=f"event-{n}",
+        type="gws.email.state_changed",
+        email_id=f"email-{n}",
+        time=1000.0 + n,
+        body=b'{"n":%d}' % n,
+    )
+
+
+def write_events(store: Store, *numbers: int) -> int:
+    return store.commit_outcomes(events=[make_event(n) for n in numbers])
+
+
+def ids(rows: list[OutboxRow]) -> list[str]:
+    return [row.event_id for row in rows]
+
+
+# -- schema --------
+
+
+def test_new_store_has_the_current_schema_version_and_wal(store: Store, path: Path) -> None:
+    assert raw_query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert raw_query(path, "PRAGMA journal_mode") == [("wal",)]
+    assert store.outbox_rows == 0
+    assert store.head_seq() == 0
+
+
+def test_a_newer_schema_version_refuses_to_open(path: Path) -> None:
+    Store(path).close()
+    db = sqlite3.connect(str(path))
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    db.close()
+
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
+        Store(path)
+
+
+def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store(path)
+
+
+# -- sends --------
+
+
+def test_inserted_send_reads_back_whole(store: Store) -> None:
+    send = make_send("s1", reference_id=26)
+    store.insert_send(send)
+    assert store.get_send("s1") == send
+    assert store.get_send("nope") is None
+
+
+def test_send_without_recipients_or_subject_reads_back_the_same(store: Store) -> None:
+    send = make_send("s1")
+    send.to, send.subject = (), None
+    store.insert_send(send)
+    assert store.get_send("s1") == send
+
+
+def test_load_pending_returns_pending_sends_oldest_first(store: Store) -> None:
+    store.insert_send(make_send("late", requested_at=30.0, status=SendStatus.ACCEPTED))
+    store.insert_send(make_send("early", requested_at=10.0))
+    store.insert_send(make_send("middle", requested_at=20.0, status=SendStatus.UNANSWERED))
+    store.insert_send(make_send("done", requested_at=5.0, status=SendStatus.RESOLVED))
+
+    pending = store.load_pending()
+
+    assert [s.send_id for s in pending] == ["early", "middle", "late"]
+    assert store.count_pending() == 3
+
+
+def test_update_send_changes_its_outcome_fields(store: Store) -> None:
+    send = make_send("s1")
+    store.insert_send(send)
+    send.status = SendStatus.RESOLVED
+    send.reference_id = 31
+    send.answered_at = 1001.0
+    send.resolved_at = 1002.0
+    send.outcome_state = "Sent"
+
+    store.update_send(send)
+
+    assert store.get_send("s1") == send
+    assert store.load_pending() == []
+
+
+def test_duplicate_send_id_is_a_store_error(store: Store) -> None:
+    store.insert_send(make_send("s1"))
+    with pytest.raises(StoreError):
+        store.insert_send(make_send("s1"))
+
+
+def test_list_sends_filters_by_status_newest_first(store: Store) -> None:
+    store.insert_send(make_send("a", requested_at=1.0))
+    store.insert_send(make_send("b", requested_at=2.0, status=SendStatus.REJECTED))
+    store.insert_send(make_send("c", requested_at=3.0))
+    assert [s.send_id for s in store.list_sends(["in_flight"])] == ["c", "a"]
+    assert [s.send_id for s in store.list_sends(limit=2)] == ["c", "b"]
+
+
+def test_prune_sends_keeps_pending_and_recent(store: Store) -> None:
+    store.insert_send(make_send("old", status=SendStatus.RESOLVED, resolved_at=10.0))
+    store.insert_send(make_send("new", status=SendStatus.RESOLVED, resolved_at=100.0))
+    store.insert_send(make_send("pending"))
+    assert store.prune_sends(resolved_before=50.0) == 1
+    assert sorted(s.send_id for s in store.list_sends()) == ["new", "pending"]
+
+
+# -- commit_outcomes --------
+
+
+def test_commit_outcomes_writes_sends_events_and_malformed_together(store: Store) -> None:
+    send = make_send("s1")
+    store.insert_send(send)
+    send.status, send.outcome_state, send.resolved_at = SendStatus.RESOLVED, "Sent", 1002.0
+    junk = Malformed("/v2/me/emails", "no_email", "email is missing", b'{"x":1}')
+
+    head = store.commit_outcomes(
+        sends=[send], events=[make_event(1), make_event(2)], malformed=[junk]
+    )
+
+    assert head == 2 == store.head_seq()
+    assert store.outbox_rows == 2
+    assert store.get_send("s1") == send
+    [letter] = store.list_dead_letters(MALFORMED_SINK)
+    assert (letter.reason, letter.detail, letter.body) == (
+        "no_email",
+        "/v2/me/emails: email is missing",
+        b'{"x":1}',
+    )
+
+
+def test_commit_outcomes_writes_nothing_when_any_part_fails(store: Store) -> None:
+    send = make_send("s1")
+    store.insert_send(send)
+    resolved = make_send("s1", status=SendStatus.RESOLVED, outcome_state="Sent")
+    broken = Malformed("/v2/me/emails", "no_email", "x", None)  # type: ignore[arg-type]
+
+    with pytest.raises(StoreError):
+        store.commit_outcomes(sends=[resolved], events=[make_event(1)], malformed=[broken])
+
+    assert store.get_send("s1") == send
+    assert store.read_outbox("any", 0, 10) == ([], 0)
+    assert store.list_dead_letters() == []
+    assert store.outbox_rows == 0
+
+
+def test_commit_outcomes_without_events_returns_zero(store: Store) -> None:
+    assert store.commit_outcomes() == 0
+
+
+# -- outbox and cursors --------
+
+
+def test_sinks_start_at_the_head_of_an_empty_outbox(store: Store) -> None:
+    write_events(store, 1, 2)
+    store.sync_sinks(["a"])
+    store.set_cursor("a", 2)
+    store.prune_outbox()
+
+    cursors = store.sync_sinks(["a", "b"])
+
+    assert cursors == {"a": 2, "b": 2}
+    assert store.read_outbox("b", 2, 10) == ([], 2)
+
+
+def test_a_new_sink_starts_at_the_oldest_event_still_waiting(store: Store) -> None:
+    write_events(store, 1, 2, 3)
+    store.sync_sinks(["a"])
+    store.set_cursor("a", 1)
+    store.prune_outbox()
+
+    cursors = store.sync_sinks(["a", "b"])
+
+    assert cursors["b"] == 1
+    rows, _ = store.read_outbox("b", cursors["b"], 10)
+    assert ids(rows) == ["event-2", "event-3"]
+
+
+def test_sync_sinks_forgets_sinks_no_longer_configured(store: Store) -> None:
+    store.sync_sinks(["a", "b"])
+    assert set(store.sync_sinks(["b"])) == {"b"}
+    assert set(store.cursors()) == {"b"}
+
+
+def test_read_outbox_returns_rows_in_order_and_its_horizon(store: Store) -> None:
+    write_events(store, 1, 2, 3)
+
+    rows, horizon = store.read_outbox("a", 0, 10)
+    assert ids(rows) == ["event-1", "event-2", "event-3"]
+    assert [r.seq for r in rows] == [1, 2, 3]
+    assert rows[0].body == b'{"n":1}'
+    assert rows[0].type == "gws.email.state_changed"
+    assert rows[0].email_id == "email-1"
+    assert horizon == 3
+
+
+def test_read_outbox_limit_puts_the_horizon_at_the_last_row(store: Store) -> None:
+    write_events(store, 1, 2, 3)
+    rows, horizon = store.read_outbox("a", 0, 2)
+    assert ids(rows) == ["event-1", "event-2"]
+    assert horizon == 2
+    rows, horizon = store.read_outbox("a", 2, 2)
+    assert ids(rows) == ["event-3"]
+    assert horizon == 3
+
+
+def test_set_cursor_never_moves_back(store: Store) -> None:
+    store.sync_sinks(["a"])
+    store.set_cursor("a", 5)
+    store.set_cursor("a", 3)
+    assert store.cursors() == {"a": 5}
+
+
+def test_prune_outbox_deletes_only_what_every_sink_has_taken(store: Store) -> None:
+    write_events(store, 1, 2, 3, 4)
+    store.sync_sinks(["a", "b"])
+    store.set_cursor("a", 4)
+    store.set_cursor("b", 2)
+
+    assert store.prune_outbox() == 2
+
+    assert store.outbox_rows == 2
+    rows, _ = store.read_outbox("b", 2, 10)
+    assert ids(rows) == ["event-3", "event-4"]
+    assert store.prune_outbox() == 0
+    store.set_cursor("b", 4)
+    assert store.prune_outbox() == 2
+    assert store.outbox_rows == 0
+
+
+def test_prune_with_a_sink_that_took_nothing_deletes_nothing(store: Store) -> None:
+    store.sync_sinks(["a", "idle"])
+    write_events(store, 1, 2)
+    store.set_cursor("a", 2)
+    assert store.prune_outbox() == 0
+    assert store.outbox_rows == 2
+
+
+def test_seq_keeps_growing_after_the_outbox_is_emptied(store: Store, path: Path) -> None:
+    store.sync_sinks(["a"])
+    write_events(store, 1, 2)
+    store.set_cursor("a", 2)
+    store.prune_outbox()
+    with reopened(path) as again:
+        assert write_events(again, 3) == 3
+
+
+# -- dead letters --------
+
+
+def test_dead_letter_keeps_the_event_and_moves_that_sink_past_it(store: Store) -> None:
+    write_events(store, 1, 2, 3)
+    store.sync_sinks(["a", "b"])
+    rows, _ = store.read_outbox("a", 0, 10)
+
+    store.dead_letter("a", rows[1], reason="permanent", detail="HTTP 400", attempts=1)
+
+    assert store.cursors() == {"a": 2, "b": 0}
+    [letter] = store.list_dead_letters("a")
+    assert (letter.sink, letter.event_id, letter.type, letter.email_id) == (
+        "a",
+        "event-2",
+        "gws.email.state_changed",
+        "email-2",
+    )
+    assert (letter.reason, letter.detail, letter.attempts, letter.body) == (
+        "permanent",
+        "HTTP 400",
+        1,
+        b'{"n":2}',
+    )
+    assert store.get_dead_letter(letter.id) == letter
+    assert store.dead_letter_counts() == {"a": 1}
+    assert store.list_dead_letters("b") == []
+
+
+def test_dead_letter_does_not_move_a_cursor_back(store: Store) -> None:
+    write_events(store, 1, 2, 3)
+    store.sync_sinks(["a"])
+    rows, _ = store.read_outbox("a", 0, 10)
+    store.set_cursor("a", 3)
+    store.dead_letter("a", rows[0], reason="gave_up", detail="x", attempts=9)
+    assert store.cursors() == {"a": 3}
+
+
+def test_replay_puts_an_event_back_for_its_sink_only(store: Store) -> None:
+    write_events(store, 1, 2)
+    store.sync_sinks(["a", "b"])
+    rows, _ = store.read_outbox("a", 0, 10)
+    store.dead_letter("a", rows[0], reason="permanent", detail="HTTP 400", attempts=1)
+    store.set_cursor("a", 2)
+    store.set_cursor("b", 2)
+    [letter] = store.list_dead_letters("a")
+
+    assert store.replay_dead_letters([letter.id]) == 1
+
+    replayed, horizon_a = store.read_outbox("a", 2, 10)
+    assert ids(replayed) == ["event-1"]
+    assert replayed[0].body == b'{"n":1}'
+    assert replayed[0].seq == 3 == horizon_a
+    others, horizon_b = store.read_outbox("b", 2, 10)
+    assert others == []
+    assert horizon_b == 3
+    assert store.list_dead_letters() == []
+    assert store.outbox_rows == 3
+
+
+def test_a_replayed_row_is_pruned_once_its_sink_took_it(store: Store) -> None:
+    write_events(store, 1)
+    store.sync_sinks(["a", "b"])
+    rows, _ = store.read_outbox("a", 0, 10)
+    store.dead_letter("a", rows[0], reason="permanent", detail="x", attempts=1)
+    store.set_cursor("b", 1)
+    store.replay_dead_letters([letter.id for letter in store.list_dead_letters()])
+    store.set_cursor("b", 2)  # b passes the replay by its horizon
+
+    assert store.prune_outbox() == 1  # event 1 only: a has not taken its replay
+    store.set_cursor("a", 2)
+    assert store.prune_outbox() == 1
+    assert store.outbox_rows == 0
+
+
+def test_malformed_input_is_never_replayed(store: Store) -> None:
+    store.commit_outcomes(malformed=[Malformed("/c", "not_an_object", "data is list", b"[]")])
+    [letter] = store.list_dead_letters()
+    assert store.replay_dead_letters([letter.id]) == 0
+    assert store.read_outbox("a", 0, 10) == ([], 0)
+    assert len(store.list_dead_letters()) == 1
+
+
+def test_replay_of_unknown_ids_does_nothing(store: Store) -> None:
+    assert store.replay_dead_letters([12345]) == 0
+
+
+def test_purge_dead_letters_by_id_by_sink_or_all(store: Store) -> None:
+    write_events(store, 1, 2, 3)
+    store.sync_sinks(["a", "b"])
+    rows, _ = store.read_outbox("a", 0, 10)
+    store.dead_letter("a", rows[0], reason="permanent", detail="x", attempts=1)
+    store.dead_letter("a", rows[1], reason="permanent", detail="x", attempts=1)
+    store.dead_letter("b", rows[2], reason="permanent", detail="x", attempts=1)
+    first = store.list_dead_letters("a")[0]
+
+    assert store.purge_dead_letters(ids=[first.id]) == 1
+    assert [d.event_id for d in store.list_dead_letters("a")] == ["event-2"]
+    assert store.purge_dead_letters(sink="a") == 1
+    assert store.dead_letter_counts() == {"b": 1}
+    assert store.purge_dead_letters() == 1
+    assert store.list_dead_letters() == []
+
+
+def test_dead_letter_detail_is_bounded(store: Store) -> None:
+    write_events(store, 1)
+    store.sync_sinks(["a"])
+    rows, _ = store.read_outbox("a", 0, 10)
+    store.dead_letter("a", rows[0], reason="permanent", detail="x" * 10_000, attempts=1)
+    [letter] = store.list_dead_letters()
+    assert letter.detail is not None
+    assert len(letter.detail) == 2000
+
+
+# -- durability --------
+
+
+def test_reopening_the_file_keeps_everything(store: Store, path: Path) -> None:
+    pending = make_send("pending", status=SendStatus.ACCEPTED, reference_id=26, answered_at=1.5)
+    store.insert_send(pending)
+    store.insert_send(make_send("done", status=SendStatus.RESOLVED))
+    write_events(store, 1, 2, 3)
+    store.sync_sinks(["a", "b"])
+    store.set_cursor("a", 3)
+    rows, _ = store.read_outbox("b", 0, 10)
+    store.dead_letter("b", rows[0], reason="permanent", detail="x", attempts=1)
+    store.close()
+
+    with reopened(path) as again:
+        assert again.load_pending() == [pending]
+        assert again.get_send("done") is not None
+        assert again.cursors() == {"a": 3, "b": 1}
+        assert again.outbox_rows == 3
+        assert again.head_seq() == 3
+        rows, _ = again.read_outbox("b", 1, 10)
+        assert ids(rows) == ["event-2", "event-3"]
+        assert [d.event_id for d in again.list_dead_letters("b")] == ["event-1"]
+        assert raw_query(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+def test_check_writable_passes_on_a_healthy_store(store: Store) -> None:
+    store.check_writable()
