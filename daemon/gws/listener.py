@@ -128,7 +128,11 @@ class Listener:
         self._reconciling = asyncio.create_task(self.reconcile(), name="reconcile")
 
     async def reconcile(self) -> None:
-        """Read back every pending send whose answer we have (rule 3)."""
+        """Read back every pending send whose answer we have (rule 3).
+
+        One GET of the whole workspace first; a GET per email only for the
+        sends it does not show (GWS may drop a sent email from the list).
+        """
         pending = [
             s for s in self._tracker.correlator.pending() if s.status is not SendStatus.IN_FLIGHT
         ]
@@ -137,7 +141,20 @@ class Listener:
             self.reconcile_seconds = 0.0
             return
         started = time.perf_counter()
-        results = await asyncio.gather(*(self._read_back(s, final=False) for s in pending))
+        try:
+            listed = await self._session.list_emails()
+        except GwsError as exc:
+            log.warning("list_emails_failed", error=str(exc))
+            listed = {}
+        results: list[bool] = []
+        rest: list[SendRecord] = []
+        for send in pending:
+            email = listed.get(send.email_id)
+            if email is None:
+                rest.append(send)
+            elif self._tracker.correlator.get(send.send_id) is not None:
+                results.append(await self._tracker.read_back(send, email, final=False))
+        results += await asyncio.gather(*(self._read_back(s, final=False) for s in rest))
         self.reconcile_seconds = time.perf_counter() - started
         self.reconciled_at = time.time()
         log.info(

@@ -231,6 +231,22 @@ class GwsSession:
             "POST", f"/api/v2/me/emails/{_quote(email_id)}", operation=operation, body=body
         )
 
+    async def list_emails(self) -> dict[str, dict[str, Any]]:
+        """Every email of the agent's workspace, by id (one request)."""
+        answer = await self._call(
+            "GET", "/api/v2/me/emails", operation="ListEmails", params={"fields": "*"}
+        )
+        _raise_unless_ok(answer, "ListEmails")
+        emails = answer.body.get("emails") if isinstance(answer.body, dict) else None
+        if not isinstance(emails, list):
+            raise GwsRequestError(
+                operation="ListEmails",
+                http_status=answer.http_status,
+                status_code=None,
+                status_message="answer has no emails list",
+            )
+        return {e["id"]: e for e in emails if isinstance(e, dict) and isinstance(e.get("id"), str)}
+
     async def get_email(self, email_id: str) -> dict[str, Any] | None:
         """The email resource, or None when GWS does not know it (any more)."""
         answer = await self._call(
