@@ -369,7 +369,12 @@ class BayeuxClient:
             while not self._closing.is_set():
                 try:
                     if self._client_id is None:
-                        await self._handshake_and_subscribe()
+                        try:
+                            await self._handshake_and_subscribe()
+                        except BaseException:
+                            # Never connect with a client that is not subscribed.
+                            await self._forget_client()
+                            raise
                     await self._connect_loop()
                 except _UnknownClient as exc:
                     # The first re-handshake after a working connection follows

@@ -16,6 +16,7 @@ PREFIX = "gws_notifyd_"
 SEND_OUTCOMES = ("accepted", "rejected", "error")
 CORRELATION_RESULTS = ("matched", "unmatched", "timed_out", "reconciled")
 DELIVERY_OUTCOMES = ("delivered", "retried", "dead_lettered")
+RECONCILIATION_RESULTS = ("resolved", "still_pending", "timed_out", "failed")
 
 # Send -> outcome takes from tens of milliseconds to minutes.
 _OUTCOME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -141,6 +142,8 @@ class Metrics:
             self.correlations.labels(result)
         for reason in MALFORMED_REASONS:
             self.notifications_malformed.labels(reason)
+        for result in RECONCILIATION_RESULTS:
+            self.reconciliations.labels(result)
 
     def track_sink(self, sink: str) -> None:
         """Create a sink's series (called for each configured sink)."""
