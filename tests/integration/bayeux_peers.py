@@ -78,9 +78,7 @@ class BayeuxPeer(ABC):
         """
         authorization = self.authorization
         headers = {"Authorization": authorization} if authorization else None
-        return aiohttp.ClientSession(
-            cookie_jar=aiohttp.CookieJar(unsafe=True), headers=headers
-        )
+        return aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers=headers)
 
     @property
     def running(self) -> bool:
@@ -112,8 +110,9 @@ class BayeuxPeer(ABC):
 
     async def publish(self, channel: str, count: int, start: int = 0) -> int:
         """Publish `count` GWS EmailStateChangeMessages, referenceId start..start+count-1."""
-        answer = await self._order("POST", "/publish", {"channel": channel, "count": count,
-                                                         "start": start})
+        answer = await self._order(
+            "POST", "/publish", {"channel": channel, "count": count, "start": start}
+        )
         return _published(answer, count)
 
     async def publish_data(self, channel: str, items: Sequence[Any]) -> int:
@@ -124,6 +123,10 @@ class BayeuxPeer(ABC):
     async def forget(self) -> None:
         """Make the server forget every client: its next /meta/connect hears "unknown client"."""
         await self._order("POST", "/forget", {})
+
+    async def refuse_subscribes(self, count: int) -> None:
+        """Refuse the next `count` /meta/subscribe requests (403::subscribe_denied)."""
+        await self._order("POST", "/refuse-subscribe", {"count": count})
 
     async def stats(self) -> dict[str, Any]:
         return await self._order("GET", "/stats", None)
@@ -194,8 +197,12 @@ class NodePeer(BayeuxPeer):
         node = shutil.which("node")
         assert node is not None
         process = await asyncio.create_subprocess_exec(
-            node, NODE_SCRIPTS[self.kind], "--port", str(self.port),
-            "--timeout-ms", str(self.timeout_ms),
+            node,
+            NODE_SCRIPTS[self.kind],
+            "--port",
+            str(self.port),
+            "--timeout-ms",
+            str(self.timeout_ms),
             cwd=PEERS_DIR,
             # The peer exits when this pipe closes, even if the tests are killed.
             stdin=asyncio.subprocess.PIPE,
@@ -275,6 +282,9 @@ class SimulatorPeer(BayeuxPeer):
         simulator, self._simulator = self._simulator, None
         if simulator is not None:
             await simulator.stop()
+
+    async def refuse_subscribes(self, count: int) -> None:
+        raise PeerError("the simulator cannot refuse subscriptions")
 
     async def sessions(self) -> int:
         return int((await self.stats())["bayeuxClients"])

@@ -15,6 +15,8 @@
 //   POST /control/forget   removes every client session (ServerSession.disconnect()),
 //                          so the next /meta/connect of a client is answered
 //                          402::session_unknown with advice {reconnect: "handshake"}.
+//   POST /control/refuse-subscribe  {"count": N}: refuse the next N /meta/subscribe
+//                          requests with 403::subscribe_denied (fault injection).
 //   GET  /control/stats    {"sessions": n, "held": n, "handshakes": n, "published": n}
 //
 // Exits on SIGTERM/SIGINT, or when stdin is a pipe and closes (the test went away).
@@ -121,6 +123,19 @@ function main() {
     const sessions = new Map();
     let handshakes = 0;
     let published = 0;
+    let refuseSubscribes = 0;
+    // A policy whose canSubscribe says no makes _metaSubscribe answer
+    // 403::subscribe_denied (with the subscription echoed).
+    server.policy = {
+        canSubscribe: (session, message, channel, callback) => {
+            if (refuseSubscribes > 0) {
+                --refuseSubscribes;
+                callback(undefined, false);
+            } else {
+                callback(undefined, true);
+            }
+        },
+    };
     server.addListener('sessionAdded', session => {
         sessions.set(session.id, session);
         ++handshakes;
@@ -182,6 +197,13 @@ function main() {
             const forgotten = [...sessions.values()];
             forgotten.forEach(session => session.disconnect());
             answer(response, 200, { forgotten: forgotten.length });
+        } else if (request.method === 'POST' && path === '/control/refuse-subscribe') {
+            const count = (await readJson(request)).count;
+            if (!Number.isInteger(count) || count < 0) {
+                throw new Error('"count" must be a non-negative integer');
+            }
+            refuseSubscribes = count;
+            answer(response, 200, { refusing: count });
         } else if (request.method === 'GET' && path === '/control/stats') {
             let held = 0;
             sessions.forEach(session => {
@@ -204,7 +226,17 @@ function main() {
     const httpServer = http.createServer((request, response) => {
         const path = new URL(request.url, 'http://localhost').pathname;
         if (path === MOUNT || path.startsWith(MOUNT + '/')) {
-            server.handle(request, response);
+            // A request that arrives on a keep-alive socket before the previous
+            // response there has emitted 'finish' gets a response whose socket Node
+            // assigns later. cometd-nodejs-server 1.2.1 (_respond) takes a missing
+            // response.socket for "connection destroyed": it never answers, and the
+            // messages it drained for that answer are lost (seen: 10,000 of a burst,
+            // then the session expired). So hand the request over once it has one.
+            if (response.socket) {
+                server.handle(request, response);
+            } else {
+                response.once('socket', () => server.handle(request, response));
+            }
         } else if (path.startsWith('/control/')) {
             control(request, response, path).catch(e => {
                 if (!response.headersSent) {

@@ -18,6 +18,8 @@
 //                          the next /meta/connect of a client is answered
 //                          401::Unknown client with advice {reconnect: "handshake"}
 //                          (a WebSocket of a forgotten client is closed by faye).
+//   POST /control/refuse-subscribe  {"count": N}: refuse the next N /meta/subscribe
+//                          requests with 403::subscribe_denied (fault injection).
 //   GET  /control/stats    {"sessions": n, "held": n, "handshakes": n, "published": n}
 //
 // Exits on SIGTERM/SIGINT, or when stdin is a pipe and closes (the test went away).
@@ -130,6 +132,18 @@ function main() {
     const clients = new Set();
     let handshakes = 0;
     let published = 0;
+    let refuseSubscribes = 0;
+    // An incoming extension that sets message.error makes Server#subscribe
+    // answer unsuccessfully with that error, subscribing nothing.
+    adapter.addExtension({
+        incoming: (message, callback) => {
+            if (message.channel === '/meta/subscribe' && refuseSubscribes > 0) {
+                --refuseSubscribes;
+                message.error = '403::subscribe_denied';
+            }
+            callback(message);
+        },
+    });
     adapter.on('handshake', clientId => {
         clients.add(clientId);
         ++handshakes;
@@ -173,6 +187,13 @@ function main() {
             const forgotten = [...clients];
             forgotten.forEach(clientId => engine.destroyClient(clientId));
             answer(response, 200, { forgotten: forgotten.length });
+        } else if (request.method === 'POST' && path === '/control/refuse-subscribe') {
+            const count = (await readJson(request)).count;
+            if (!Number.isInteger(count) || count < 0) {
+                throw new Error('"count" must be a non-negative integer');
+            }
+            refuseSubscribes = count;
+            answer(response, 200, { refusing: count });
         } else if (request.method === 'GET' && path === '/control/stats') {
             let held = 0;
             engine._connections.forEach(conn => {
