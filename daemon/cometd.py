@@ -471,7 +471,7 @@ class BayeuxClient:
             await self._on_batch(data)
 
         channels = self._settings.channels
-        requests = [
+        requests: list[dict[str, Any]] = [
             {
                 "channel": "/meta/subscribe",
                 "clientId": self._client_id,
@@ -485,13 +485,15 @@ class BayeuxClient:
         )
         if data:
             await self._on_batch(data)
-        for channel in channels:
-            answer = next(
+        replies = {str(m.get("id")): m for m in meta if m.get("channel") == "/meta/subscribe"}
+        for request in requests:
+            # Matched by id: an "unknown client" reply need not name the subscription.
+            answer = replies.get(str(request["id"])) or next(
                 (
                     m
                     for m in meta
                     if m.get("channel") == "/meta/subscribe"
-                    and _subscription_matches(m.get("subscription"), channel)
+                    and _subscription_matches(m.get("subscription"), request["subscription"])
                 ),
                 None,
             )
@@ -499,7 +501,7 @@ class BayeuxClient:
                 error = answer.get("error") if answer else "no answer"
                 if _is_unknown_client(error):
                     raise _UnknownClient(str(error))
-                raise HandshakeError(f"subscribe to {channel} refused: {error}")
+                raise HandshakeError(f"subscribe to {request['subscription']} refused: {error}")
         self._handshakes += 1
         log.info(
             "bayeux_subscribed",
@@ -633,5 +635,6 @@ def _subscription_matches(subscription: object, channel: str) -> bool:
 
 
 def _is_unknown_client(error: object) -> bool:
-    # CometD says "402::Unknown client", faye "401::Unknown client ID".
-    return isinstance(error, str) and error.split("::", 1)[0] in ("401", "402")
+    # Bayeux errors are "code:args:message": CometD says "402::session_unknown"
+    # or "402::Unknown client", faye "401:<clientId>:Unknown client".
+    return isinstance(error, str) and error.split(":", 1)[0] in ("401", "402")

@@ -16,7 +16,8 @@
 //                          Answers {"published": N} once all are handed to the server.
 //   POST /control/forget   destroys every client in faye's engine (destroyClient), so
 //                          the next /meta/connect of a client is answered
-//                          401::Unknown client with advice {reconnect: "handshake"}
+//                          "401:<clientId>:Unknown client" with advice
+//                          {reconnect: "handshake"}
 //                          (a WebSocket of a forgotten client is closed by faye).
 //   POST /control/refuse-subscribe  {"count": N}: refuse the next N /meta/subscribe
 //                          requests with 403::subscribe_denied (fault injection).
@@ -181,7 +182,8 @@ function main() {
         } else if (request.method === 'POST' && path === '/control/forget') {
             // Engine.Memory.destroyClient() releases the id from the namespace,
             // so clientExists() is false and Server#connect answers
-            // Error.clientUnknown = "401::Unknown client" (Server#_advize adds
+            // Error.clientUnknown(clientId) = "401:<clientId>:Unknown client"
+            // (protocol/error.js; Server#_advize adds
             // advice reconnect "handshake"). It also triggers 'close', whose
             // handler flushes a held connect and closes the client's WebSocket.
             const forgotten = [...clients];
