@@ -486,14 +486,14 @@ class BayeuxClient:
         if data:
             await self._on_batch(data)
         replies = {str(m.get("id")): m for m in meta if m.get("channel") == "/meta/subscribe"}
-        for request in requests:
+        for subscribe in requests:
             # Matched by id: an "unknown client" reply need not name the subscription.
-            answer = replies.get(str(request["id"])) or next(
+            answer = replies.get(str(subscribe["id"])) or next(
                 (
                     m
                     for m in meta
                     if m.get("channel") == "/meta/subscribe"
-                    and _subscription_matches(m.get("subscription"), request["subscription"])
+                    and _subscription_matches(m.get("subscription"), subscribe["subscription"])
                 ),
                 None,
             )
@@ -501,7 +501,7 @@ class BayeuxClient:
                 error = answer.get("error") if answer else "no answer"
                 if _is_unknown_client(error):
                     raise _UnknownClient(str(error))
-                raise HandshakeError(f"subscribe to {request['subscription']} refused: {error}")
+                raise HandshakeError(f"subscribe to {subscribe['subscription']} refused: {error}")
         self._handshakes += 1
         log.info(
             "bayeux_subscribed",
