@@ -61,7 +61,8 @@ class EventFactory:
             "source": self.source,
             "type": type_,
             "subject": email_id,
-            "time": iso_time(time),
+            # Microseconds: receipt -> sink latency is measured from this.
+            "time": iso_time(time, digits=6),
             "datacontenttype": "application/json",
             "data": data,
         }

@@ -12,6 +12,7 @@ for a notification, or for a GET that tells its state.
 from __future__ import annotations
 
 import enum
+import functools
 import secrets
 import time
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class SendRecord:
         """The `send` object carried in events."""
         return {
             "sendId": self.send_id,
-            "requestedAt": _iso(self.requested_at),
+            "requestedAt": iso_time(self.requested_at),
             "queueName": self.queue_name,
             "subject": self.subject,
             "to": list(self.to),
@@ -81,23 +82,27 @@ class SendRecord:
             "queueName": self.queue_name,
             "subject": self.subject,
             "to": list(self.to),
-            "requestedAt": _iso(self.requested_at),
-            "answeredAt": _iso(self.answered_at),
-            "resolvedAt": _iso(self.resolved_at),
+            "requestedAt": iso_time(self.requested_at),
+            "answeredAt": iso_time(self.answered_at),
+            "resolvedAt": iso_time(self.resolved_at),
             "state": self.outcome_state,
             "statusCode": self.status_code,
             "statusMessage": self.status_message,
         }
 
 
-def _iso(timestamp: float | None) -> str | None:
+@functools.lru_cache(maxsize=64)
+def _second(seconds: int) -> str:
+    # Events of a batch share their second: formatting it once per second
+    # instead of once per event is a measurable part of the hot path.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def iso_time(timestamp: float | None, *, digits: int = 3) -> str | None:
+    """RFC 3339 UTC with milliseconds (or `digits=6`: microseconds)."""
     if timestamp is None:
         return None
-    seconds = int(timestamp)
-    millis = round((timestamp - seconds) * 1000)
-    if millis == 1000:
-        seconds, millis = seconds + 1, 0
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
-
-
-iso_time = _iso
+    scale = 10**digits
+    ticks = round(timestamp * scale)
+    seconds, fraction = divmod(ticks, scale)
+    return f"{_second(seconds)}.{fraction:0{digits}d}Z"

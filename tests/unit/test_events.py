@@ -109,7 +109,7 @@ def test_correlated_state_change_has_exactly_the_cloudevents_fields(factory: Eve
     assert body["source"] == SOURCE
     assert body["type"] == STATE_CHANGED == event.type
     assert body["subject"] == "01QG9WAK37H38024" == event.email_id
-    assert body["time"] == "2024-01-02T03:04:06.750Z"
+    assert body["time"] == "2024-01-02T03:04:06.750000Z"
     assert event.time == REQUESTED_AT + 1.5
     assert body["datacontenttype"] == "application/json"
 
@@ -324,9 +324,13 @@ def test_body_is_built_once_and_is_stable(factory: EventFactory) -> None:
     assert one == two
 
 
-def test_time_rounds_to_milliseconds_across_a_second_boundary(factory: EventFactory) -> None:
-    event = factory.reconciled(make_send(), state="Sent", at=1704164645.9996)
-    assert envelope(event)["time"] == "2024-01-02T03:04:06.000Z"
+def test_time_has_microseconds_and_rounds_across_a_second_boundary(
+    factory: EventFactory,
+) -> None:
+    event = factory.reconciled(make_send(), state="Sent", at=1704164645.9999996)
+    assert envelope(event)["time"] == "2024-01-02T03:04:06.000000Z"
+    event = factory.reconciled(make_send(), state="Sent", at=1704164645.25)
+    assert envelope(event)["time"] == "2024-01-02T03:04:05.250000Z"
 
 
 def test_the_largest_reference_id_that_parses_can_become_an_event(
