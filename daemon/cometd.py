@@ -28,7 +28,7 @@ import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -47,9 +47,12 @@ WEBSOCKET = "websocket"
 _META = "/meta/"
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One data message delivered on a subscribed channel."""
+class Message(NamedTuple):
+    """One data message delivered on a subscribed channel.
+
+    (NamedTuples on the per-message path: they are created several times
+    faster than frozen dataclasses.)
+    """
 
     channel: str
     data: Any

@@ -20,7 +20,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 
@@ -35,15 +35,13 @@ ERROR = "Error"
 NOT_SENT_STATES = frozenset({"Composing"})
 
 
-@dataclass(frozen=True, slots=True)
-class Matched:
+class Matched(NamedTuple):
     send: SendRecord
     change: EmailStateChange
     repeat: bool = False  # the send was already resolved: a late or repeated outcome
 
 
-@dataclass(frozen=True, slots=True)
-class Unmatched:
+class Unmatched(NamedTuple):
     change: EmailStateChange
 
 
@@ -140,9 +138,12 @@ class Correlator:
         self._checking.discard(send.send_id)
         siblings = self._by_email.get(send.email_id)
         if siblings is not None:
-            siblings[:] = [s for s in siblings if s is not send]
-            if not siblings:
-                del self._by_email[send.email_id]
+            if len(siblings) == 1 and siblings[0] is send:
+                del self._by_email[send.email_id]  # the usual case: one send per email
+            else:
+                siblings[:] = [s for s in siblings if s is not send]
+                if not siblings:
+                    del self._by_email[send.email_id]
         if send.reference_id is not None and self._by_reference.get(send.reference_id) is send:
             del self._by_reference[send.reference_id]
 
@@ -150,10 +151,12 @@ class Correlator:
         self._remove(send)
         send.status = status
         send.resolved_at = now
-        self._recent[send.email_id] = send
-        self._recent.move_to_end(send.email_id)
-        while len(self._recent) > self._recent_capacity:
-            self._recent.popitem(last=False)
+        recent = self._recent
+        if send.email_id in recent:
+            recent.move_to_end(send.email_id)
+        recent[send.email_id] = send
+        if len(recent) > self._recent_capacity:
+            recent.popitem(last=False)
         return send
 
     def resolve(self, send_id: str, state: str | None, now: float) -> SendRecord | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ import structlog
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import SinkSettings
 from daemon.errors import SinkError
+from daemon.events import Event
 from daemon.metrics import Metrics
 from daemon.sinks.base import Sink
 from daemon.store import MALFORMED_SINK, AsyncStore, OutboxRow
@@ -32,6 +34,8 @@ log = structlog.get_logger(logger_name="daemon.dispatcher")
 IDLE_POLL_SECONDS = 1.0
 MAINTENANCE_SECONDS = 1.0
 NEAR_FULL_RATIO = 0.8
+# How many batches a sink may have waiting in memory before it reads from the store.
+MAX_FRESH = 20
 
 
 @dataclass(slots=True)
@@ -54,6 +58,14 @@ class _Worker:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    # Events just committed, handed over in memory so that a sink that keeps
+    # up never reads them back from SQLite. Dropped when the sink falls behind.
+    fresh: deque[OutboxRow] = field(default_factory=deque)
+    # True while the store may hold events for this sink that `fresh` lacks
+    # (at start, after `fresh` overflowed, on the idle poll).
+    behind: bool = True
+    cursor_write: asyncio.Future[None] | None = None
+    cursor_dirty: bool = False
 
 
 class Dispatcher:
@@ -122,14 +134,30 @@ class Dispatcher:
                     with contextlib.suppress(asyncio.CancelledError):
                         await worker.task
             await worker.sink.close()
+            # The last word on where this sink stands.
+            await self._store.run(
+                self._store.store.set_cursor, worker.sink.name, worker.status.cursor
+            )
 
     # -- events in ----------------------------------------------------------------
 
-    def notify(self, head: int) -> None:
-        """New events up to seq `head` are in the outbox."""
+    def notify(self, head: int, events: Sequence[Event] = ()) -> None:
+        """Events up to seq `head` are in the outbox; `events`, if given, are the
+        last of them (seqs head - len(events) + 1 ... head), for the fast path."""
+        first_seq = head - len(events) + 1
         if head > self._head:
             self._head = head
+        rows = [
+            OutboxRow(first_seq + i, e.id, e.type, e.email_id, e.time, e.body)
+            for i, e in enumerate(events)
+        ]
         for worker in self._workers.values():
+            fresh = worker.fresh
+            if rows and len(fresh) < MAX_FRESH * worker.settings.batch_size:
+                fresh.extend(rows)
+            else:
+                fresh.clear()
+                worker.behind = True  # it reads these from the store
             worker.wake.set()
         self._update_backlog()
 
@@ -152,21 +180,68 @@ class Dispatcher:
         store = self._store
         while not worker.stop.is_set():
             worker.wake.clear()
+            rows = self._take_fresh(worker)
+            if rows:
+                await self._deliver(worker, rows)
+                continue
+            if not worker.behind and not worker.fresh:
+                # Caught up: new events arrive in memory. The timeout is a poll
+                # for what only the store knows (dead letters replayed by the CLI).
+                try:
+                    await asyncio.wait_for(worker.wake.wait(), IDLE_POLL_SECONDS)
+                except TimeoutError:
+                    worker.behind = True
+                continue
             rows, horizon = await store.run(
                 store.store.read_outbox, worker.sink.name, status.cursor, worker.settings.batch_size
             )
-            if not rows:
-                if horizon > status.cursor:
-                    await self._advance(worker, horizon)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(worker.wake.wait(), IDLE_POLL_SECONDS)
-                continue
-            await self._deliver(worker, rows)
+            if len(rows) < worker.settings.batch_size:
+                worker.behind = False
+            if rows:
+                await self._deliver(worker, rows)
+            elif horizon > status.cursor:
+                await self._advance(worker, horizon)
+
+    @staticmethod
+    def _take_fresh(worker: _Worker) -> list[OutboxRow]:
+        """The next batch from memory, if it follows the cursor without a gap."""
+        fresh, cursor = worker.fresh, worker.status.cursor
+        while fresh and fresh[0].seq <= cursor:
+            fresh.popleft()
+        if not fresh or fresh[0].seq != cursor + 1:
+            return []  # a gap (a replay, or events from before): the store has them
+        count = min(len(fresh), worker.settings.batch_size)
+        return [fresh.popleft() for _ in range(count)]
 
     async def _advance(self, worker: _Worker, seq: int) -> None:
-        await self._store.run(self._store.store.set_cursor, worker.sink.name, seq)
         worker.status.cursor = seq
         self._metrics.outbox_backlog.labels(worker.sink.name).set(max(0, self._head - seq))
+        self._persist_cursor(worker)
+
+    def _persist_cursor(self, worker: _Worker) -> None:
+        """Write the cursor behind the sink's back, at most one write queued per sink.
+
+        Waiting for it would put every batch of every sink behind the
+        notification transactions queued on the store's thread. After a crash
+        a sink may therefore get again what it took in the last moments before:
+        at least once, with the same event ids.
+        """
+        if worker.cursor_write is not None and not worker.cursor_write.done():
+            worker.cursor_dirty = True
+            return
+        store = self._store
+        name = worker.sink.name
+        seq = worker.status.cursor
+        worker.cursor_dirty = False
+        worker.cursor_write = store.submit(store.store.set_cursor, name, seq)
+
+        def written(done: asyncio.Future[None]) -> None:
+            if not done.cancelled() and done.exception() is not None:
+                log.error("cursor_write_failed", sink=name, error=str(done.exception()))
+            if worker.cursor_dirty:
+                self._persist_cursor(worker)
+
+        worker.cursor_write.add_done_callback(written)
 
     async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> None:
         sink, status, settings = worker.sink, worker.status, worker.settings

@@ -15,8 +15,10 @@ import enum
 import functools
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 
 class SendStatus(enum.StrEnum):
@@ -56,6 +58,7 @@ class SendRecord:
     outcome_state: str | None = None
     status_code: int | None = None
     status_message: str | None = None
+    _summary: orjson.Fragment | None = field(default=None, repr=False, compare=False)
 
     @property
     def pending(self) -> bool:
@@ -70,6 +73,12 @@ class SendRecord:
             "subject": self.subject,
             "to": list(self.to),
         }
+
+    def summary_json(self) -> orjson.Fragment:
+        """`summary()` serialised, once: what it shows never changes."""
+        if self._summary is None:
+            self._summary = orjson.Fragment(orjson.dumps(self.summary()))
+        return self._summary
 
     def as_json(self) -> dict[str, Any]:
         """What `GET /v1/sends/{sendId}` shows."""

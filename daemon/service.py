@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -50,6 +52,8 @@ EX_UNAVAILABLE = 69
 EX_NOPERM = 77
 EX_CONFIG = 78
 
+GC_THRESHOLD = 100_000
+SWITCH_INTERVAL_SECONDS = 0.0005
 STATUS_EVERY_SECONDS = 5.0
 PRUNE_EVERY_SECONDS = 3600.0
 
@@ -162,6 +166,17 @@ class Service:
             store=str(settings.store.path),
         )
 
+        # The notification path allocates millions of short-lived objects per
+        # large batch; with the default thresholds the collector runs thousands
+        # of times per batch and rescans everything long-lived. Freeze what
+        # start-up built and collect young objects less often.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 50, 100)
+        # The store's thread needs the GIL a few times per transaction; while
+        # the loop is busy it waits a whole switch interval each time (5 ms by
+        # default), which made commits, not parsing, the bottleneck of a burst.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         self._install_signals()
         helpers = [
             asyncio.create_task(self._watchdog(), name="watchdog"),
@@ -251,6 +266,8 @@ class Service:
         if listening is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(listening, 5.0)
+        if self._context is not None:
+            await self._context.tracker.flush()
         remaining = max(0.0, budget - (time.monotonic() - started))
         drained = await dispatcher.drain(remaining)
         backlog = dispatcher.backlog()

@@ -8,9 +8,13 @@ It never talks to GWS or to a sink itself: callers pass in what GWS said.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
+from collections import Counter as CounterType
+from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import structlog
 
@@ -24,11 +28,17 @@ from daemon.gws.messages import (
     Malformed,
     parse_batch,
 )
+from daemon.logging import log_batch
 from daemon.metrics import Metrics
 from daemon.sends import SendRecord, SendStatus
-from daemon.store import AsyncStore
+from daemon.store import AsyncStore, send_update
 
 log = structlog.get_logger(logger_name="daemon.tracker")
+
+# Messages per transaction: big enough to make a commit cheap per message,
+# small enough to keep the loop responsive and the store thread busy in parallel.
+CHUNK = 2000
+MAX_QUEUED_COMMITS = 2
 
 # Label values must come from fixed sets; anything GWS invents becomes "other".
 _KNOWN_STATES = frozenset(
@@ -53,11 +63,6 @@ def _label(value: str | None, known: frozenset[str]) -> str:
     return value if value in known else "other"
 
 
-def _snapshot(sends: Sequence[SendRecord]) -> list[SendRecord]:
-    # The store writes on its own thread; give it copies the loop won't touch.
-    return [dataclasses.replace(s) for s in sends]
-
-
 class Tracker:
     def __init__(
         self,
@@ -66,7 +71,7 @@ class Tracker:
         store: AsyncStore,
         events: EventFactory,
         metrics: Metrics,
-        on_events: Callable[[int], None],
+        on_events: Callable[[int, Sequence[Event]], None],
         channels: Sequence[str],
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -77,9 +82,34 @@ class Tracker:
         self._on_events = on_events
         self._channels = frozenset(channels)
         self._clock = clock
+        self._commits: deque[asyncio.Future[int]] = deque()
 
     def _gauge(self) -> None:
         self._metrics.pending_sends.set(len(self.correlator))
+
+    def _submit(
+        self,
+        sends: Sequence[SendRecord],
+        events: Sequence[Event],
+        malformed: Sequence[Malformed] = (),
+    ) -> asyncio.Future[int]:
+        """Queue one transaction; the dispatcher hears of its events once committed."""
+        commit = self._store.submit(
+            self._store.store.commit_outcomes,
+            sends=[send_update(s) for s in sends],
+            events=events,
+            malformed=malformed,
+        )
+        if events:
+
+            def committed(done: asyncio.Future[int]) -> None:
+                if not done.cancelled() and done.exception() is None:
+                    # One transaction holds the write lock: its rows have
+                    # consecutive seqs ending at the returned one.
+                    self._on_events(done.result(), events)
+
+            commit.add_done_callback(committed)
+        return commit
 
     async def _commit(
         self,
@@ -87,14 +117,12 @@ class Tracker:
         events: Sequence[Event],
         malformed: Sequence[Malformed] = (),
     ) -> None:
-        head = await self._store.run(
-            self._store.store.commit_outcomes,
-            sends=_snapshot(sends),
-            events=events,
-            malformed=malformed,
-        )
-        if head:
-            self._on_events(head)
+        await self._submit(sends, events, malformed)
+
+    async def flush(self) -> None:
+        """Wait for every notification transaction queued so far (raises StoreError)."""
+        while self._commits:
+            await self._commits.popleft()
 
     # -- sends ------------------------------------------------------------------
 
@@ -107,7 +135,7 @@ class Tracker:
                 # We died between forwarding and the answer: GWS may have sent it.
                 send.status = SendStatus.UNANSWERED
                 send.answered_at = now
-                await self._store.run(self._store.store.update_send, dataclasses.replace(send))
+                await self._store.run(self._store.store.update_send, send_update(send))
         self.correlator.restore(sends)
         self._gauge()
         return len(sends)
@@ -122,7 +150,7 @@ class Tracker:
         self._metrics.sends.labels("accepted").inc()
         send = self.correlator.accepted(send_id, reference_id, self._clock())
         if send is not None:
-            await self._store.run(self._store.store.update_send, dataclasses.replace(send))
+            await self._store.run(self._store.store.update_send, send_update(send))
             log.info(
                 "send_accepted",
                 send_id=send_id,
@@ -135,7 +163,7 @@ class Tracker:
         self._metrics.sends.labels("error").inc()
         send = self.correlator.answer_lost(send_id, self._clock())
         if send is not None:
-            await self._store.run(self._store.store.update_send, dataclasses.replace(send))
+            await self._store.run(self._store.store.update_send, send_update(send))
             log.warning("send_answer_lost", send_id=send_id, email_id=send.email_id, reason=reason)
 
     async def rejected(
@@ -174,7 +202,25 @@ class Tracker:
     # -- notifications ------------------------------------------------------------
 
     async def on_batch(self, messages: list[Message]) -> None:
-        """One Bayeux answer: parse, correlate, and store in ONE transaction."""
+        """One Bayeux answer: parse, correlate, store; in transactions of CHUNK messages.
+
+        The work of a chunk is done on the event loop while the previous
+        chunk's transaction commits on the store's thread; at most
+        MAX_QUEUED_COMMITS wait, which is the backpressure on the listener.
+        Between chunks the loop serves the API.
+        """
+        for start in range(0, len(messages), CHUNK):
+            self._commits.append(self._process(messages[start : start + CHUNK]))
+            while len(self._commits) > MAX_QUEUED_COMMITS:
+                await self._commits.popleft()
+            if start + CHUNK < len(messages):
+                await asyncio.sleep(0)
+        # A failed commit must stop the listener (the store is the truth).
+        while self._commits and self._commits[0].done():
+            self._commits.popleft().result()
+
+    def _process(self, messages: list[Message]) -> asyncio.Future[int]:
+        """Parse and correlate one chunk; returns its queued transaction."""
         now = self._clock()
         batch = parse_batch(messages)
         metrics = self._metrics
@@ -182,52 +228,88 @@ class Tracker:
             metrics.last_notification.set(now)
         resolved: list[SendRecord] = []
         events: list[Event] = []
+        log_rows: list[dict[str, Any]] = []
+        received: CounterType[tuple[str, str, str]] = CounterType()
+        matched = unmatched = 0
+        latency: dict[str, list[float]] = {}
+        correlator = self.correlator
+        state_changed = self._events.state_changed
         for change in batch.changes:
-            metrics.notifications_received.labels(
-                self._channel_label(change.channel),
-                "EmailStateChangeMessage",
-                _label(change.notification_type, _KNOWN_NOTIFICATION_TYPES),
-            ).inc()
-            decision = self.correlator.find(change)
+            received[(change.channel, change.notification_type, "")] += 1
+            decision = correlator.find(change)
             send = decision.send if isinstance(decision, Matched) else None
             try:
                 # The event is built before the decision is applied: a failure
                 # here must not leave a send resolved without its event.
-                event = self._events.state_changed(change, send, received_at=now)
+                event = state_changed(change, send, received_at=now)
             except Exception as exc:  # one message never stops the listener
                 log.exception("notification_unprocessable", email_id=change.email_id)
                 batch.malformed.append(
                     Malformed(change.channel, "unprocessable", repr(exc)[:500], change.raw[:4096])
                 )
                 continue
-            self.correlator.apply(decision, now)
-            if isinstance(decision, Matched):
-                if not decision.repeat:
-                    resolved.append(decision.send)
-                    metrics.correlations.labels("matched").inc()
-                    metrics.outcome_latency.labels(self._state_label(change)).observe(
-                        max(0.0, now - decision.send.requested_at)
-                    )
-            else:
-                metrics.correlations.labels("unmatched").inc()
+            correlator.apply(decision, now)
+            if not isinstance(decision, Matched):
+                unmatched += 1
+            elif not decision.repeat:
+                resolved.append(decision.send)
+                matched += 1
+                latency.setdefault(self._state_label(change), []).append(
+                    now - decision.send.requested_at
+                )
             events.append(event)
-            self._log_change(change, send, event.id)
+            log_rows.append(
+                {
+                    "email_id": change.email_id,
+                    "reference_id": change.reference_id,
+                    "send_id": send.send_id if send else None,
+                    "state": change.state,
+                    "notification_type": change.notification_type,
+                    "correlated": send is not None,
+                    "event_id": event.id,
+                }
+            )
         for ignored in batch.ignored:
-            metrics.notifications_received.labels(
-                self._channel_label(ignored.channel),
-                _label(ignored.message_type, _KNOWN_MESSAGE_TYPES),
-                "none",
-            ).inc()
+            received[(ignored.channel, "", ignored.message_type)] += 1
         for bad in batch.malformed:
             reason = bad.reason if bad.reason in MALFORMED_REASONS else "other"
             metrics.notifications_malformed.labels(reason).inc()
             log.warning(
                 "notification_malformed", reason=bad.reason, detail=bad.detail, channel=bad.channel
             )
-        if events or batch.malformed:
-            await self._commit(resolved, events, malformed=batch.malformed)
+        commit = self._submit(resolved, events, batch.malformed)
+        self._count(received, matched, unmatched, latency)
+        log_batch("daemon.tracker", "email_state_changed", log_rows)
         if resolved:
             self._gauge()
+        return commit
+
+    def _count(
+        self,
+        received: CounterType[tuple[str, str, str]],
+        matched: int,
+        unmatched: int,
+        latency: dict[str, list[float]],
+    ) -> None:
+        metrics = self._metrics
+        for (channel, notification_type, message_type), count in received.items():
+            metrics.notifications_received.labels(
+                self._channel_label(channel),
+                _label(message_type, _KNOWN_MESSAGE_TYPES)
+                if message_type
+                else "EmailStateChangeMessage",
+                _label(notification_type, _KNOWN_NOTIFICATION_TYPES)
+                if notification_type
+                else "none",
+            ).inc(count)
+        if matched:
+            metrics.correlations.labels("matched").inc(matched)
+        if unmatched:
+            metrics.correlations.labels("unmatched").inc(unmatched)
+        for state, values in latency.items():
+            histogram = metrics.outcome_latency.labels(state)
+            for value in values:
+                histogram.observe(max(0.0, value))
 
     def _channel_label(self, channel: str) -> str:
         return channel if channel in self._channels else "other"
@@ -237,19 +319,6 @@ class Tracker:
         if change.notification_type == "Error":
             return "Error"
         return _label(change.state, _KNOWN_STATES)
-
-    @staticmethod
-    def _log_change(change: EmailStateChange, send: SendRecord | None, event_id: str) -> None:
-        log.info(
-            "email_state_changed",
-            email_id=change.email_id,
-            reference_id=change.reference_id,
-            send_id=send.send_id if send else None,
-            state=change.state,
-            notification_type=change.notification_type,
-            correlated=send is not None,
-            event_id=event_id,
-        )
 
     # -- read-backs -----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 
@@ -59,8 +60,7 @@ _INT64 = 2**63
 KEPT_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class EmailStateChange:
+class EmailStateChange(NamedTuple):
     """One EmailStateChangeMessage. `raw` is the GWS `data` object as JSON bytes."""
 
     channel: str
@@ -110,56 +110,62 @@ def parse_message(
 ) -> EmailStateChange | Ignored | Malformed:
     """Classify one Bayeux data payload."""
     raw = _dump(data)
-
-    def malformed(reason: str, detail: str) -> Malformed:
+    problem = _problem(data, len(raw), max_bytes)
+    if problem is not None:
+        if isinstance(problem, Ignored):
+            return Ignored(channel, problem.message_type)
+        reason, detail = problem
         return Malformed(channel, reason, detail, raw[:KEPT_BYTES])
+    assert isinstance(data, dict)
+    email = data["email"]
+    reference_id = data.get("referenceId")
+    if isinstance(reference_id, str):
+        reference_id = int(reference_id)
+    return EmailStateChange(
+        channel, data["notificationType"], reference_id, email["id"], email.get("state"), raw
+    )
 
-    if len(raw) > max_bytes:
-        return malformed("oversized", f"{len(raw)} bytes, limit {max_bytes}")
+
+def _problem(data: object, size: int, max_bytes: int) -> tuple[str, str] | Ignored | None:
+    """What is wrong with a payload (None: a well-formed email state change)."""
+    if size > max_bytes:
+        return "oversized", f"{size} bytes, limit {max_bytes}"
     if not isinstance(data, dict):
-        return malformed("not_an_object", f"data is {type(data).__name__}, not an object")
+        return "not_an_object", f"data is {type(data).__name__}, not an object"
     message_type = data.get("messageType")
     if not isinstance(message_type, str) or not message_type:
-        return malformed("no_message_type", "messageType is missing or not a string")
+        return "no_message_type", "messageType is missing or not a string"
     if message_type != EMAIL_STATE_CHANGE:
         if message_type in KNOWN_OTHER_TYPES:
-            return Ignored(channel, message_type)
-        return malformed("unknown_message_type", f"messageType {message_type[:80]!r}")
+            return Ignored("", message_type)
+        return "unknown_message_type", f"messageType {message_type[:80]!r}"
     notification_type = data.get("notificationType")
     if not isinstance(notification_type, str) or not notification_type:
-        return malformed("no_notification_type", "notificationType is missing or not a string")
+        return "no_notification_type", "notificationType is missing or not a string"
     email = data.get("email")
     if not isinstance(email, dict):
-        return malformed("no_email", "email is missing or not an object")
+        return "no_email", "email is missing or not an object"
     email_id = email.get("id")
     if not isinstance(email_id, str) or not email_id:
-        return malformed("no_email_id", "email.id is missing or not a non-empty string")
+        return "no_email_id", "email.id is missing or not a non-empty string"
     state = email.get("state")
     if state is not None and not isinstance(state, str):
-        return malformed("bad_state", "email.state is not a string")
+        return "bad_state", "email.state is not a string"
     reference_id = data.get("referenceId")
-    if reference_id is not None:
-        # GWS sends small integers; a numeric string is tolerated, anything
-        # else would make correlation guess.
-        if (
-            isinstance(reference_id, str)
-            and reference_id.isascii()
-            and reference_id.isdigit()
-            and len(reference_id) <= 18
-        ):
-            reference_id = int(reference_id)
-        if isinstance(reference_id, bool) or not isinstance(reference_id, int):
-            return malformed("bad_reference_id", "referenceId is not an integer")
-        if not -_INT64 <= reference_id < _INT64:
-            return malformed("bad_reference_id", "referenceId is out of the 64-bit range")
-    return EmailStateChange(
-        channel=channel,
-        notification_type=notification_type,
-        reference_id=reference_id,
-        email_id=email_id,
-        state=state,
-        raw=raw,
-    )
+    if reference_id is None or (type(reference_id) is int and -_INT64 <= reference_id < _INT64):
+        return None
+    # GWS sends small integers; a numeric string is tolerated, anything else
+    # would make correlation guess.
+    if (
+        isinstance(reference_id, str)
+        and reference_id.isascii()
+        and reference_id.isdigit()
+        and len(reference_id) <= 18
+    ):
+        return None
+    if isinstance(reference_id, int) and not isinstance(reference_id, bool):
+        return "bad_reference_id", "referenceId is out of the 64-bit range"
+    return "bad_reference_id", "referenceId is not an integer"
 
 
 def parse_batch(

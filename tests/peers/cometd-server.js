@@ -4,20 +4,45 @@
 // serves CometD, plus control endpoints that the tests drive.
 //
 //   node cometd-server.js [--port N] [--timeout-ms N]
+//                         [--gws-stub N [--gws-stub-start S] [--gws-stub-unlisted]]
 //
 // Prints exactly one line, {"listening": "http://127.0.0.1:PORT"}, when ready.
 //
 //   POST /control/publish  {"channel": C, "count": N, "start": S}
 //                          publishes N GWS-shaped EmailStateChangeMessage payloads
-//                          with referenceId S..S+N-1, in order;
+//                          with referenceId S..S+N-1 (email id "SEQ" + S..S+N-1 padded
+//                          to 10 digits), in order;
 //                          or {"channel": C, "data": [...]} publishes the given payloads.
-//                          Answers {"published": N} once all are handed to the server.
+//                          Optional "rate": R (messages per second) paces a count
+//                          publish: every "tick_ms" (default 5) it publishes as many as
+//                          are due by then (R * elapsed), so the stream keeps its rate
+//                          whatever the timer jitter. Without "rate": as fast as it can.
+//                          Optional "hold": true queues the whole publish for every
+//                          session (a server-side session batch) and releases it at
+//                          once when all is published: the next /meta/connect answer
+//                          of each client then carries the whole burst (as a server
+//                          does for a client that was busy), and the answer says when:
+//                          "released_at" (unix seconds, ms resolution).
+//                          Answers {"published": N} once all are handed to the server
+//                          ({"published": N, "seconds": S} with a rate).
 //   POST /control/forget   removes every client session (ServerSession.disconnect()),
 //                          so the next /meta/connect of a client is answered
 //                          402::session_unknown with advice {reconnect: "handshake"}.
 //   POST /control/refuse-subscribe  {"count": N}: refuse the next N /meta/subscribe
 //                          requests with 403::subscribe_denied (fault injection).
 //   GET  /control/stats    {"sessions": n, "held": n, "handshakes": n, "published": n}
+//
+// --gws-stub N: also answers the GWS REST calls a gws-notifyd daemon makes, so a
+// daemon can run against this peer (benchmarks). No auth, no CSRF, no cookies:
+//   GET  /api/v2/me             {"statusCode": 0, "user": {}}
+//   POST /api/v2/me             {"statusCode": 0}   (StartContactCenterSession etc.)
+//   GET  /api/v2/me/emails      {"statusCode": 0, "emails": [N emails]}: ids "SEQ" +
+//                               S..S+N-1 (S = --gws-stub-start, default 0), each
+//                               {"id": .., "state": "Composing"}; an empty list with
+//                               --gws-stub-unlisted (the daemon then GETs each one)
+//   GET  /api/v2/me/emails/{id} {"statusCode": 0, "email": {...}} for one of those
+//                               ids, else 404 {"statusCode": 6}
+//   GET  /control/stats         then also counts "gwsRequests" by kind.
 //
 // Exits on SIGTERM/SIGINT, or when stdin is a pipe and closes (the test went away).
 
@@ -29,7 +54,7 @@ const MOUNT = '/api/v2/notifications';
 const CHUNK = 5000; // publishes per event-loop turn, so the server keeps answering
 
 function parseArgs(argv) {
-    const args = { port: 0, timeoutMs: 25000 };
+    const args = { port: 0, timeoutMs: 25000, gwsStub: null, gwsStubStart: 0, gwsStubUnlisted: false };
     for (let i = 0; i < argv.length; ++i) {
         const next = () => {
             const value = Number(argv[++i]);
@@ -41,6 +66,9 @@ function parseArgs(argv) {
         switch (argv[i]) {
             case '--port': args.port = next(); break;
             case '--timeout-ms': args.timeoutMs = next(); break;
+            case '--gws-stub': args.gwsStub = next(); break;
+            case '--gws-stub-start': args.gwsStubStart = next(); break;
+            case '--gws-stub-unlisted': args.gwsStubUnlisted = true; break;
             default: throw new Error(`unknown argument ${argv[i]}`);
         }
     }
@@ -52,8 +80,12 @@ function parseArgs(argv) {
 const BODY = '<p>Thank you for contacting us. Your request has been handled; ' +
     'our reply was sent.</p>';
 
+function seqId(n) {
+    return 'SEQ' + String(n).padStart(10, '0');
+}
+
 function gwsMessage(n) {
-    const id = 'SEQ' + String(n).padStart(10, '0');
+    const id = seqId(n);
     return {
         messageType: 'EmailStateChangeMessage',
         notificationType: 'StatusChange',
@@ -116,9 +148,84 @@ function payloadsOf(body) {
     return { count: count, payload: i => gwsMessage(start + i) };
 }
 
+// {rate, tickMs} of a paced publish, or null for "as fast as possible".
+function pacingOf(body) {
+    if (body.rate === undefined) {
+        return null;
+    }
+    const rate = body.rate;
+    const tickMs = body.tick_ms === undefined ? 5 : body.tick_ms;
+    if (typeof rate !== 'number' || !(rate > 0) || !Number.isFinite(rate)) {
+        throw new Error('"rate" must be a positive number of messages per second');
+    }
+    if (!Number.isInteger(tickMs) || tickMs < 1) {
+        throw new Error('"tick_ms" must be a positive integer');
+    }
+    return { rate: rate, tickMs: tickMs };
+}
+
+// The GWS REST calls of a gws-notifyd daemon, answered from a fixed list of
+// emails (see the header). Returns false when the path is not one of them.
+function gwsStub(args) {
+    const start = args.gwsStubStart;
+    const end = start + args.gwsStub;
+    const requests = { getMe: 0, postMe: 0, listEmails: 0, getEmail: 0 };
+    const emailOf = n => ({ id: seqId(n), state: 'Composing' });
+    let listed = null; // serialised once: a few MB for a few 100,000 emails
+    const listedText = () => {
+        if (listed === null) {
+            const emails = [];
+            if (!args.gwsStubUnlisted) {
+                for (let n = start; n < end; ++n) {
+                    emails.push(emailOf(n));
+                }
+            }
+            listed = JSON.stringify({ statusCode: 0, emails: emails });
+        }
+        return listed;
+    };
+    const send = (response, status, text) => {
+        response.writeHead(status, {
+            'Content-Type': 'application/json',
+            'Content-Length': Buffer.byteLength(text),
+        });
+        response.end(text);
+    };
+    const handle = (request, response, path) => {
+        const method = request.method;
+        if (path === '/api/v2/me' && method === 'GET') {
+            ++requests.getMe;
+            send(response, 200, '{"statusCode":0,"user":{}}');
+        } else if (path === '/api/v2/me' && method === 'POST') {
+            ++requests.postMe;
+            request.resume(); // the body (StartContactCenterSession) is not looked at
+            request.on('end', () => send(response, 200, '{"statusCode":0}'));
+        } else if (path === '/api/v2/me/emails' && method === 'GET') {
+            ++requests.listEmails;
+            send(response, 200, listedText());
+        } else if (path.startsWith('/api/v2/me/emails/') && method === 'GET') {
+            ++requests.getEmail;
+            const id = decodeURIComponent(path.slice('/api/v2/me/emails/'.length));
+            const match = /^SEQ(\d{10})$/.exec(id);
+            const n = match ? Number(match[1]) : -1;
+            if (n >= start && n < end) {
+                send(response, 200, JSON.stringify({ statusCode: 0, email: emailOf(n) }));
+            } else {
+                send(response, 404, JSON.stringify(
+                    { statusCode: 6, statusMessage: `Email '${id}' not found` }));
+            }
+        } else {
+            return false;
+        }
+        return true;
+    };
+    return { handle: handle, requests: requests };
+}
+
 function main() {
     const args = parseArgs(process.argv.slice(2));
     const server = cometd.createCometDServer({ timeout: args.timeoutMs });
+    const stub = args.gwsStub === null ? null : gwsStub(args);
 
     const sessions = new Map();
     let handshakes = 0;
@@ -148,7 +255,7 @@ function main() {
     // once every publish callback has run. The channel is looked up by name for
     // every message: cometd-nodejs-server sweeps a channel about 1 s after its
     // last subscriber left, and a resubscribing client gets a NEW channel object.
-    function publish(channelName, count, payload) {
+    function publish(channelName, count, payload, pacing) {
         return new Promise((resolve, reject) => {
             let sent = 0;
             let done = 0;
@@ -180,7 +287,24 @@ function main() {
                     setImmediate(step);
                 }
             };
-            step();
+            if (pacing === null) {
+                step();
+                return;
+            }
+            // Paced: what is due is computed from the elapsed time, so timer
+            // jitter changes the chunk sizes, never the rate.
+            const began = process.hrtime.bigint();
+            const tick = () => {
+                const elapsed = Number(process.hrtime.bigint() - began) / 1e9;
+                const due = Math.min(count, Math.floor(elapsed * pacing.rate) + 1);
+                for (; sent < due && !failed; ++sent) {
+                    server.createServerChannel(channelName).publish(null, payload(sent), finished);
+                }
+                if (sent < count && !failed) {
+                    setTimeout(tick, pacing.tickMs);
+                }
+            };
+            tick();
         });
     }
 
@@ -188,7 +312,28 @@ function main() {
         if (request.method === 'POST' && path === '/control/publish') {
             const body = await readJson(request);
             const { count, payload } = payloadsOf(body);
-            answer(response, 200, { published: await publish(body.channel, count, payload) });
+            const pacing = Array.isArray(body.data) ? null : pacingOf(body);
+            const hold = body.hold === true;
+            if (hold && pacing !== null) {
+                throw new Error('"hold" and "rate" do not go together');
+            }
+            const held = hold ? [...sessions.values()] : [];
+            held.forEach(session => session._startBatch());
+            const began = process.hrtime.bigint();
+            let done;
+            try {
+                done = await publish(body.channel, count, payload, pacing);
+            } finally {
+                held.forEach(session => session._endBatch());
+            }
+            if (hold) {
+                answer(response, 200, { published: done, released_at: Date.now() / 1000 });
+            } else if (pacing === null) {
+                answer(response, 200, { published: done });
+            } else {
+                const seconds = Number(process.hrtime.bigint() - began) / 1e9;
+                answer(response, 200, { published: done, seconds: seconds });
+            }
         } else if (request.method === 'POST' && path === '/control/forget') {
             // ServerSession.disconnect() removes the session from the server
             // (cometd._removeServerSession) and delivers a /meta/disconnect to it,
@@ -211,13 +356,17 @@ function main() {
                     ++held;
                 }
             });
-            answer(response, 200, {
+            const stats = {
                 server: 'cometd-nodejs-server',
                 sessions: sessions.size,
                 held: held,
                 handshakes: handshakes,
                 published: published,
-            });
+            };
+            if (stub !== null) {
+                stats.gwsRequests = stub.requests;
+            }
+            answer(response, 200, stats);
         } else {
             answer(response, 404, { error: `no ${request.method} ${path}` });
         }
@@ -243,6 +392,8 @@ function main() {
                     answer(response, 400, { error: String(e && e.message || e) });
                 }
             });
+        } else if (stub !== null && stub.handle(request, response, path)) {
+            // answered by the GWS stub
         } else {
             answer(response, 404, { error: `no ${path}` });
         }
