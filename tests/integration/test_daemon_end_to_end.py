@@ -370,3 +370,29 @@ async def test_a_forgotten_session_is_rehandshaken_and_missed_outcomes_reconcile
         assert status == 200
         events = await daemon.wait_events(_events(tmp_path), 3)
         assert events[-1]["data"]["send"]["sendId"] == answer["sendId"]
+
+
+async def test_status_shows_connection_pending_and_sinks_as_a_table_and_as_json(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    from webhook_receiver import free_port
+
+    assert simulator.base_url
+    simulator.settings.drop_emails.add("ST-1")
+    config = write_config(
+        tmp_path, gws_url=simulator.base_url, http={"listen": f"127.0.0.1:{free_port()}"}
+    )
+    async with DaemonProcess(config) as daemon:
+        await daemon.send("ST-1")
+        table = await _cli("status", "--config", str(config))
+        assert "READY" in table
+        assert "CometD: connected, subscribed (long-polling)" in table
+        assert "pending sends: 1" in table
+        assert "archive" in table
+        document = orjson.loads(await _cli("status", "--config", str(config), "--json"))
+        assert document["pendingSends"] == 1
+        assert document["cometd"]["subscribed"] is True
+        assert document["ready"]["ready"] is True
+        assert [s["name"] for s in document["sinks"]] == ["archive"]
+    down = await _cli("status", "--config", str(config))
+    assert "does not answer" in down
