@@ -208,7 +208,7 @@ async def _send(
         )
     body: dict[str, Any] = dict(answer.body) if isinstance(answer.body, dict) else {}
     if answer.ok:
-        await tracker.accepted(send_id, answer.reference_id)
+        tracker.accepted(send_id, answer.reference_id)
         reference_id = answer.reference_id if answer.reference_id is not None else send.reference_id
         body.setdefault("statusCode", 0)
         body["sendId"] = send_id

@@ -299,10 +299,10 @@ class ClientSettings:
     max_network_delay: float = 10.0
     # A server puts its whole queue into one answer (227,500 messages seen).
     max_response_bytes: int = 256 * 1024 * 1024
-    # Short cap: recovery after a restart should take about a second, and one
-    # client retrying every second or so is no storm.
+    # Short cap: recovery after a server restart should take well under a
+    # second, and one client retrying twice a second, jittered, is no storm.
     backoff: BackoffPolicy = field(
-        default_factory=lambda: BackoffPolicy(initial=0.25, maximum=1.0, floor=0.1)
+        default_factory=lambda: BackoffPolicy(initial=0.1, maximum=0.5, floor=0.05)
     )
 
 

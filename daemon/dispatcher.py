@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ log = structlog.get_logger(logger_name="daemon.dispatcher")
 # An idle worker still looks at the store this often, to see dead letters
 # replayed by `gws-notifyd dead-letters replay` from another process.
 IDLE_POLL_SECONDS = 1.0
-MAINTENANCE_SECONDS = 1.0
+MAINTENANCE_SECONDS = 0.25
 NEAR_FULL_RATIO = 0.8
 # How many batches a sink may have waiting in memory before it reads from the store.
 MAX_FRESH = 20
@@ -336,14 +337,18 @@ class Dispatcher:
 
     async def _maintain(self) -> None:
         store = self._store
-        while True:
+        for round_ in itertools.count():
+            # Small, frequent prunes: one large DELETE would hold up the
+            # notification transactions queued behind it.
             await store.run(store.store.prune_outbox)
             rows = store.store.outbox_rows
             self._metrics.outbox_events.set(rows)
-            counts = await store.run(store.store.dead_letter_counts)
-            self.dead_letter_counts = counts
-            for name in {*counts, *self._workers, MALFORMED_SINK}:
-                self._metrics.dead_letters.labels(name).set(counts.get(name, 0))
+            await store.checkpoint()
+            if round_ % 4 == 0:
+                counts = await store.run(store.store.dead_letter_counts)
+                self.dead_letter_counts = counts
+                for name in {*counts, *self._workers, MALFORMED_SINK}:
+                    self._metrics.dead_letters.labels(name).set(counts.get(name, 0))
             now = time.monotonic()
             if rows >= NEAR_FULL_RATIO * self._max_outbox and now - self._warned_full_at > 60:
                 self._warned_full_at = now

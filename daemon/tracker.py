@@ -82,7 +82,7 @@ class Tracker:
         self._on_events = on_events
         self._channels = frozenset(channels)
         self._clock = clock
-        self._commits: deque[asyncio.Future[int]] = deque()
+        self._commits: deque[asyncio.Future[Any]] = deque()
 
     def _gauge(self) -> None:
         self._metrics.pending_sends.set(len(self.correlator))
@@ -146,11 +146,18 @@ class Tracker:
         self.correlator.add(send)
         self._gauge()
 
-    async def accepted(self, send_id: str, reference_id: int | None) -> SendRecord | None:
+    def accepted(self, send_id: str, reference_id: int | None) -> SendRecord | None:
+        """GWS said yes. The row update is queued, not awaited: the send is on
+        disk already (as in flight), and if this update is lost in a crash the
+        send is restored as unanswered and read back, with the same outcome."""
         self._metrics.sends.labels("accepted").inc()
         send = self.correlator.accepted(send_id, reference_id, self._clock())
         if send is not None:
-            await self._store.run(self._store.store.update_send, send_update(send))
+            self._commits.append(
+                self._store.submit(self._store.store.update_send, send_update(send))
+            )
+            while self._commits and self._commits[0].done():
+                self._commits.popleft().result()
             log.info(
                 "send_accepted",
                 send_id=send_id,
