@@ -345,21 +345,12 @@ class Tracker:
         if state is not None and state not in NOT_SENT_STATES:
             resolved = self.correlator.resolve(send.send_id, state, now)
             assert resolved is not None
-            event = self._events.reconciled(resolved, state=state, at=now)
-            await self._commit([resolved], [event])
-            self._metrics.correlations.labels("reconciled").inc()
-            self._metrics.reconciliations.labels("resolved").inc()
             self._metrics.outcome_latency.labels(_label(state, _KNOWN_STATES)).observe(
                 max(0.0, now - resolved.requested_at)
             )
-            self._gauge()
-            log.info(
-                "email_state_reconciled",
-                send_id=send.send_id,
-                email_id=send.email_id,
-                reference_id=send.reference_id,
-                state=state,
-                event_id=event.id,
+            event = self._events.reconciled(resolved, state=state, at=now)
+            await self._conclude(
+                resolved, event, ("reconciled", "resolved"), "email_state_reconciled"
             )
             return True
         if not final:
@@ -369,16 +360,24 @@ class Tracker:
         assert timed_out is not None
         timed_out.outcome_state = state
         event = self._events.timed_out(timed_out, last_state=state, at=now)
-        await self._commit([timed_out], [event])
-        self._metrics.correlations.labels("timed_out").inc()
-        self._metrics.reconciliations.labels("timed_out").inc()
+        await self._conclude(timed_out, event, ("timed_out", "timed_out"), "send_timed_out")
+        return True
+
+    async def _conclude(
+        self, send: SendRecord, event: Event, results: tuple[str, str], log_event: str
+    ) -> None:
+        """Store an outcome found by read-back; count and log it."""
+        await self._commit([send], [event])
+        correlation, reconciliation = results
+        self._metrics.correlations.labels(correlation).inc()
+        self._metrics.reconciliations.labels(reconciliation).inc()
         self._gauge()
-        log.warning(
-            "send_timed_out",
+        logger = log.warning if send.status is SendStatus.TIMED_OUT else log.info
+        logger(
+            log_event,
             send_id=send.send_id,
             email_id=send.email_id,
             reference_id=send.reference_id,
-            state=state,
+            state=send.outcome_state,
             event_id=event.id,
         )
-        return True

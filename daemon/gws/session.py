@@ -46,13 +46,13 @@ class Answer:
     raw: bytes
     content_type: str
 
+    def _integer(self, key: str) -> int | None:
+        value = self.body.get(key) if isinstance(self.body, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     @property
     def status_code(self) -> int | None:
-        if isinstance(self.body, dict):
-            code = self.body.get("statusCode")
-            if isinstance(code, int) and not isinstance(code, bool):
-                return code
-        return None
+        return self._integer("statusCode")
 
     @property
     def status_message(self) -> str | None:
@@ -63,11 +63,7 @@ class Answer:
 
     @property
     def reference_id(self) -> int | None:
-        if isinstance(self.body, dict):
-            ref = self.body.get("referenceId")
-            if isinstance(ref, int) and not isinstance(ref, bool):
-                return ref
-        return None
+        return self._integer("referenceId")
 
     @property
     def ok(self) -> bool:
