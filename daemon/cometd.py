@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import gc
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,6 +46,7 @@ WEBSOCKET = "websocket"
 
 # Bayeux fields used below. Data messages are everything not on /meta/.
 _META = "/meta/"
+_GC_PAUSE_BYTES = 1024 * 1024
 
 
 class Message(NamedTuple):
@@ -112,10 +114,18 @@ def _split(replies: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Me
 
 
 def _parse_body(body: bytes) -> list[dict[str, Any]]:
+    # Parsing a large answer allocates millions of objects and no cycles; the
+    # cyclic collector, triggered again and again meanwhile, tripled the time.
+    pause_gc = len(body) > _GC_PAUSE_BYTES and gc.isenabled()
+    if pause_gc:
+        gc.disable()
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise TransportError(f"response is not JSON: {exc}") from None
+    finally:
+        if pause_gc:
+            gc.enable()
     if isinstance(parsed, dict):
         parsed = [parsed]
     if not isinstance(parsed, list):
@@ -330,6 +340,7 @@ class BayeuxClient:
         self._on_state = on_state
         self._ids = itertools.count(1)
         self._backoff = Backoff(settings.backoff)
+        self._unknown_in_a_row = 0
         self._client_id: str | None = None
         self._transport: Transport | None = None
         self._long_polling = LongPollingTransport(
@@ -380,13 +391,13 @@ class BayeuxClient:
                             raise
                     await self._connect_loop()
                 except _UnknownClient as exc:
-                    # The first re-handshake after a working connection follows
-                    # the server's advice at once; repeated ones back off.
+                    # The first "unknown client" since the last working connect
+                    # (a server that forgot us, or one just back from a restart)
+                    # follows the server's advice at once; repeated ones back off.
                     delay = self._advised_interval()
-                    if self._backoff.attempt > 0:
+                    if self._unknown_in_a_row > 0:
                         delay = max(delay, self._backoff.next_delay())
-                    else:
-                        self._backoff.attempt = 1
+                    self._unknown_in_a_row += 1
                     log.info("bayeux_rehandshake", reason=str(exc), delay_seconds=round(delay, 3))
                     await self._forget_client()
                     self._set_state(ConnectionState.RECONNECTING)
@@ -598,6 +609,7 @@ class BayeuxClient:
             if self._state is not ConnectionState.CONNECTED:
                 self._set_state(ConnectionState.CONNECTED)
             self._backoff.reset()
+            self._unknown_in_a_row = 0
             if self._advice.get("reconnect") == "none":
                 if batch:
                     await self._on_batch(batch)

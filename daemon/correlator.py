@@ -55,7 +55,6 @@ class Correlator:
         self._by_email: dict[str, list[SendRecord]] = {}
         self._by_reference: dict[int, SendRecord] = {}
         self._deadlines: list[tuple[float, str]] = []
-        self._due_at: dict[str, float] = {}  # the live heap entry of each send
         self._checking: set[str] = set()
         self._recent: OrderedDict[str, SendRecord] = OrderedDict()
         self._recent_capacity = recent_capacity
@@ -90,7 +89,7 @@ class Correlator:
 
     def _schedule(self, send: SendRecord, at: float | None = None) -> None:
         deadline = at if at is not None else self._deadline(send)
-        self._due_at[send.send_id] = deadline
+        send.due_at = deadline  # which heap entry of this send is the live one
         heapq.heappush(self._deadlines, (deadline, send.send_id))
 
     def accepted(self, send_id: str, reference_id: int | None, now: float) -> SendRecord | None:
@@ -134,7 +133,6 @@ class Correlator:
 
     def _remove(self, send: SendRecord) -> None:
         self._pending.pop(send.send_id, None)
-        self._due_at.pop(send.send_id, None)
         self._checking.discard(send.send_id)
         siblings = self._by_email.get(send.email_id)
         if siblings is not None:
@@ -235,7 +233,7 @@ class Correlator:
         while self._deadlines and self._deadlines[0][0] <= now:
             deadline, send_id = heapq.heappop(self._deadlines)
             send = self._pending.get(send_id)
-            if send is None or self._due_at.get(send_id) != deadline:
+            if send is None or send.due_at != deadline:
                 continue  # resolved, or rescheduled since this entry was pushed
             if send_id in self._checking or send.status is SendStatus.IN_FLIGHT:
                 continue

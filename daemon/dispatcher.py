@@ -65,8 +65,6 @@ class _Worker:
     # True while the store may hold events for this sink that `fresh` lacks
     # (at start, after `fresh` overflowed, on the idle poll).
     behind: bool = True
-    cursor_write: asyncio.Future[None] | None = None
-    cursor_dirty: bool = False
 
 
 class Dispatcher:
@@ -78,6 +76,7 @@ class Dispatcher:
         self._head = 0
         self._maintenance: asyncio.Task[None] | None = None
         self._warned_full_at = 0.0
+        self._saved_cursors: dict[str, int] = {}
         self.dead_letter_counts: dict[str, int] = {}
 
     # -- lifecycle --------------------------------------------------------------
@@ -215,34 +214,18 @@ class Dispatcher:
         return [fresh.popleft() for _ in range(count)]
 
     async def _advance(self, worker: _Worker, seq: int) -> None:
+        # The cursor reaches the store with the next maintenance round (every
+        # MAINTENANCE_SECONDS), not per batch: a transaction per batch per sink
+        # cost more than the batch. After a crash a sink may get again what it
+        # took in that last moment: at least once, with the same event ids.
         worker.status.cursor = seq
         self._metrics.outbox_backlog.labels(worker.sink.name).set(max(0, self._head - seq))
-        self._persist_cursor(worker)
 
-    def _persist_cursor(self, worker: _Worker) -> None:
-        """Write the cursor behind the sink's back, at most one write queued per sink.
-
-        Waiting for it would put every batch of every sink behind the
-        notification transactions queued on the store's thread. After a crash
-        a sink may therefore get again what it took in the last moments before:
-        at least once, with the same event ids.
-        """
-        if worker.cursor_write is not None and not worker.cursor_write.done():
-            worker.cursor_dirty = True
-            return
-        store = self._store
-        name = worker.sink.name
-        seq = worker.status.cursor
-        worker.cursor_dirty = False
-        worker.cursor_write = store.submit(store.store.set_cursor, name, seq)
-
-        def written(done: asyncio.Future[None]) -> None:
-            if not done.cancelled() and done.exception() is not None:
-                log.error("cursor_write_failed", sink=name, error=str(done.exception()))
-            if worker.cursor_dirty:
-                self._persist_cursor(worker)
-
-        worker.cursor_write.add_done_callback(written)
+    async def _save_cursors(self) -> None:
+        cursors = {name: w.status.cursor for name, w in self._workers.items()}
+        if cursors != self._saved_cursors:
+            await self._store.run(self._store.store.set_cursors, cursors)
+            self._saved_cursors = cursors
 
     async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> None:
         sink, status, settings = worker.sink, worker.status, worker.settings
@@ -340,6 +323,7 @@ class Dispatcher:
         for round_ in itertools.count():
             # Small, frequent prunes: one large DELETE would hold up the
             # notification transactions queued behind it.
+            await self._save_cursors()
             await store.run(store.store.prune_outbox)
             rows = store.store.outbox_rows
             self._metrics.outbox_events.set(rows)

@@ -59,6 +59,7 @@ class SendRecord:
     status_code: int | None = None
     status_message: str | None = None
     _summary: orjson.Fragment | None = field(default=None, repr=False, compare=False)
+    due_at: float | None = field(default=None, repr=False, compare=False)  # correlator's
 
     @property
     def pending(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -152,12 +153,14 @@ def send_update(send: SendRecord) -> SendUpdate:
 
 
 def _send_from_row(row: Sequence[Any]) -> SendRecord:
+    # Queues, subjects and addresses repeat across many pending sends; one
+    # string object each keeps 100k restored sends small.
     return SendRecord(
         send_id=row[0],
         email_id=row[1],
-        queue_name=row[2],
-        subject=row[3],
-        to=tuple(row[4].split("\x1f")) if row[4] else (),
+        queue_name=sys.intern(row[2]),
+        subject=sys.intern(row[3]) if row[3] is not None else None,
+        to=tuple(sys.intern(a) for a in row[4].split("\x1f")) if row[4] else (),
         requested_at=row[5],
         status=SendStatus(row[6]),
         reference_id=row[7],
@@ -446,6 +449,14 @@ class Store:
             else:
                 horizon = rows[-1][0]
         return [OutboxRow._make(row) for row in rows], horizon
+
+    def set_cursors(self, cursors: dict[str, int]) -> None:
+        """Move several sinks' cursors forward in one transaction (never back)."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?",
+                [(seq, sink, seq) for sink, seq in cursors.items()],
+            )
 
     def set_cursor(self, sink: str, seq: int) -> None:
         with self._transaction():
