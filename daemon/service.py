@@ -199,7 +199,7 @@ class Service:
                 if listening in done:
                     error = listening.exception()
                     log.error("listener_stopped", error=str(error))
-                    exit_code = EX_UNAVAILABLE
+                    exit_code = EX_SOFTWARE if isinstance(error, StoreError) else EX_UNAVAILABLE
         except StartupError:
             for task in helpers:
                 task.cancel()

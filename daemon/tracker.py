@@ -9,10 +9,8 @@ It never talks to GWS or to a sink itself: callers pass in what GWS said.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections import Counter as CounterType
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,14 +29,15 @@ from daemon.gws.messages import (
 from daemon.logging import log_batch
 from daemon.metrics import Metrics
 from daemon.sends import SendRecord, SendStatus
-from daemon.store import AsyncStore, send_update
+from daemon.store import AsyncStore, OutcomeWriter, send_row, send_update
 
 log = structlog.get_logger(logger_name="daemon.tracker")
 
-# Messages per transaction: big enough to make a commit cheap per message,
-# small enough to keep the loop responsive and the store thread busy in parallel.
+# Messages handled between two looks at the rest of the loop (API requests);
+# and how many events may wait for the next transaction before the listener
+# waits for it (the backpressure that keeps memory bounded).
 CHUNK = 2000
-MAX_QUEUED_COMMITS = 2
+MAX_QUEUED_EVENTS = 4 * CHUNK
 
 # Label values must come from fixed sets; anything GWS invents becomes "other".
 _KNOWN_STATES = frozenset(
@@ -82,34 +81,10 @@ class Tracker:
         self._on_events = on_events
         self._channels = frozenset(channels)
         self._clock = clock
-        self._commits: deque[asyncio.Future[Any]] = deque()
+        self._writer = OutcomeWriter(store, on_events)
 
     def _gauge(self) -> None:
         self._metrics.pending_sends.set(len(self.correlator))
-
-    def _submit(
-        self,
-        sends: Sequence[SendRecord],
-        events: Sequence[Event],
-        malformed: Sequence[Malformed] = (),
-    ) -> asyncio.Future[int]:
-        """Queue one transaction; the dispatcher hears of its events once committed."""
-        commit = self._store.submit(
-            self._store.store.commit_outcomes,
-            sends=[send_update(s) for s in sends],
-            events=events,
-            malformed=malformed,
-        )
-        if events:
-
-            def committed(done: asyncio.Future[int]) -> None:
-                if not done.cancelled() and done.exception() is None:
-                    # One transaction holds the write lock: its rows have
-                    # consecutive seqs ending at the returned one.
-                    self._on_events(done.result(), events)
-
-            commit.add_done_callback(committed)
-        return commit
 
     async def _commit(
         self,
@@ -117,12 +92,13 @@ class Tracker:
         events: Sequence[Event],
         malformed: Sequence[Malformed] = (),
     ) -> None:
-        await self._submit(sends, events, malformed)
+        await self._writer.write(
+            updates=[send_update(s) for s in sends], events=events, malformed=malformed
+        )
 
     async def flush(self) -> None:
-        """Wait for every notification transaction queued so far (raises StoreError)."""
-        while self._commits:
-            await self._commits.popleft()
+        """Wait until everything written so far is committed (raises StoreError)."""
+        await self._writer.flush()
 
     # -- sends ------------------------------------------------------------------
 
@@ -142,7 +118,7 @@ class Tracker:
 
     async def register(self, send: SendRecord) -> None:
         """Write the send before it goes to GWS (rule 1)."""
-        await self._store.run(self._store.store.insert_send, dataclasses.replace(send))
+        await self._writer.write(inserts=[send_row(send)])
         self.correlator.add(send)
         self._gauge()
 
@@ -153,11 +129,7 @@ class Tracker:
         self._metrics.sends.labels("accepted").inc()
         send = self.correlator.accepted(send_id, reference_id, self._clock())
         if send is not None:
-            self._commits.append(
-                self._store.submit(self._store.store.update_send, send_update(send))
-            )
-            while self._commits and self._commits[0].done():
-                self._commits.popleft().result()
+            self._writer.write(updates=[send_update(send)])
             log.info(
                 "send_accepted",
                 send_id=send_id,
@@ -217,14 +189,11 @@ class Tracker:
         Between chunks the loop serves the API.
         """
         for start in range(0, len(messages), CHUNK):
-            self._commits.append(self._process(messages[start : start + CHUNK]))
-            while len(self._commits) > MAX_QUEUED_COMMITS:
-                await self._commits.popleft()
-            if start + CHUNK < len(messages):
+            committed = self._process(messages[start : start + CHUNK])
+            if self._writer.queued_events > MAX_QUEUED_EVENTS:
+                await committed
+            elif start + CHUNK < len(messages):
                 await asyncio.sleep(0)
-        # A failed commit must stop the listener (the store is the truth).
-        while self._commits and self._commits[0].done():
-            self._commits.popleft().result()
 
     def _process(self, messages: list[Message]) -> asyncio.Future[int]:
         """Parse and correlate one chunk; returns its queued transaction."""
@@ -284,7 +253,9 @@ class Tracker:
             log.warning(
                 "notification_malformed", reason=bad.reason, detail=bad.detail, channel=bad.channel
             )
-        commit = self._submit(resolved, events, batch.malformed)
+        commit = self._writer.write(
+            updates=[send_update(s) for s in resolved], events=events, malformed=batch.malformed
+        )
         self._count(received, matched, unmatched, latency)
         log_batch("daemon.tracker", "email_state_changed", log_rows)
         if resolved:
