@@ -26,6 +26,7 @@ import contextlib
 import enum
 import gc
 import itertools
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -309,6 +310,9 @@ class ClientSettings:
     max_network_delay: float = 10.0
     # A server puts its whole queue into one answer (227,500 messages seen).
     max_response_bytes: int = 256 * 1024 * 1024
+    # Under a steady stream, at most one connect per this many seconds (see
+    # `_connect_loop`); 0 connects again at once.
+    batch_window: float = 0.0
     # Short cap: recovery after a server restart should take well under a
     # second, and one client retrying twice a second, jittered, is no storm.
     backoff: BackoffPolicy = field(
@@ -568,11 +572,26 @@ class BayeuxClient:
 
         On long-polling the next /meta/connect is sent before the previous
         batch is handed over, so the server fills it while we work.
+
+        Under a steady stream (the server answered at once, with data) the
+        next connect waits until `batch_window` after the previous one: a
+        round trip, a transaction and a sink write then serve many messages
+        instead of a few, for at most that much latency. A trickle is not
+        delayed: its connects are held by the server.
         """
         transport = self._transport
         assert transport is not None
         batch: list[Message] = []
+        window = self._settings.batch_window
+        next_connect = 0.0
         while not self._closing.is_set():
+            if next_connect:
+                if batch:
+                    await self._on_batch(batch)
+                    batch = []
+                await self._pause(next_connect - time.monotonic())
+                next_connect = 0.0
+            sent_at = time.monotonic()
             request = asyncio.ensure_future(
                 transport.exchange([self._connect_message()], timeout=self._connect_timeout())
             )
@@ -620,6 +639,8 @@ class BayeuxClient:
                     await self._on_batch(batch)
                     batch = []
                 await self._pause(interval)
+            elif batch and window > 0 and time.monotonic() - sent_at < window:
+                next_connect = sent_at + window
         if batch:
             await self._on_batch(batch)
 

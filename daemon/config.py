@@ -63,6 +63,8 @@ class GwsSettings:
     wait_at_start: bool = True
     # Bound on one CometD answer (servers send their whole queue at once).
     max_batch_bytes: int = 256 * 1024 * 1024
+    # Under a steady stream of notifications, gather this long per long-poll.
+    batch_window_seconds: float = 0.005
 
     @property
     def notifications_url(self) -> str:
@@ -352,6 +354,7 @@ def _gws(
         allow_websocket=table.boolean("allow_websocket", True),
         wait_at_start=table.boolean("wait_at_start", True),
         max_batch_bytes=table.integer("max_batch_bytes", 256 * 1024 * 1024, minimum=64 * 1024),
+        batch_window_seconds=table.number("batch_window_seconds", 0.005),
     )
     table.finish()
     return settings

@@ -53,6 +53,7 @@ class Listener:
                 channels=settings.channels,
                 allow_websocket=settings.allow_websocket,
                 max_response_bytes=settings.max_batch_bytes,
+                batch_window=settings.batch_window_seconds,
             ),
             on_batch=tracker.on_batch,
             on_subscribed=self._on_subscribed,

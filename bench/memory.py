@@ -1,0 +1,192 @@
+"""The daemon's memory: with 100,000 pending sends held, and over 1,000,000 events.
+
+    .venv/bin/python bench/memory.py [--quick] [--pending N] [--bursts B] [--burst-size S]
+
+A store with N pending sends is written before the daemon starts (against
+cometd-server.js with its GWS stub listing those emails as still Composing). RSS
+(psutil) once it has reconciled them; then a warm-up (the N outcomes of those sends,
+then one burst of unmatched notifications); then B bursts of S unmatched
+notifications, each waited for in the sink. RSS after warm-up, after every burst
+and after the run; the change over the run in %. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+from typing import Any
+
+import common
+
+TARGET_PENDING_MB = 150.0
+TARGET_DRIFT_PERCENT = 10.0
+UNMATCHED_START = 100_000_000  # referenceIds / SEQ ids no pending send has
+SETTLE_SECONDS = 2.0
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pending", type=int, help="pending sends held (100,000)")
+    parser.add_argument("--bursts", type=int, help="measured bursts (10)")
+    parser.add_argument("--burst-size", type=int, help="notifications per burst (100,000)")
+
+
+class RssSampler(threading.Thread):
+    """The daemon's RSS every 0.25 s, for the peak."""
+
+    def __init__(self, meter: common.CpuMeter) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.meter = meter
+        self.peak = 0.0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.25):
+            try:
+                self.peak = max(self.peak, self.meter.rss_mb())
+            except Exception:  # the process went away: nothing more to sample
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(5)
+
+
+async def burst(
+    peer: common.CometdPeer,
+    tailer: common.SinkTailer,
+    meter: common.CpuMeter,
+    start: int,
+    size: int,
+) -> tuple[float, float]:
+    """Publish `size` notifications from `start`; wait for them all in the sink.
+
+    Returns (seconds, daemon CPU % of one core).
+    """
+    expected = tailer.lines + size
+    meter.start()
+    await peer.publish(size, start=start)
+    if not await tailer.wait_lines(expected, timeout=1800, idle=120):
+        raise common.BenchError(f"the sink has {tailer.lines:,} lines, expected {expected:,}")
+    cpu, wall = meter.stop()
+    return wall, 100 * cpu / wall
+
+
+async def main() -> None:
+    args = common.parse_args(__doc__ or "", _options)
+    pending = args.pending or (10_000 if args.quick else 100_000)
+    bursts = args.bursts or (5 if args.quick else 10)
+    size = args.burst_size or (10_000 if args.quick else 100_000)
+
+    rows: list[dict[str, Any]] = []
+    with common.workdir("memory") as work:
+        seconds = common.populate_store(work / "state.db", 1, pending)
+        common.note(f"memory: {pending:,} pending sends written in {seconds:.1f} s")
+        async with common.cometd_peer(gws_stub=pending, gws_stub_start=1) as peer:
+            config = common.daemon_config(work, gws_url=peer.base_url)
+            async with common.running_daemon(config, work) as daemon:
+                meter = common.CpuMeter(daemon.pid)
+                rss_started = meter.rss_mb()
+                reconciled = await daemon.wait_log("reconciled", timeout=600)
+                rss_reconciled = meter.rss_mb()
+                await asyncio.sleep(SETTLE_SECONDS)
+                rss_pending = meter.rss_mb()
+                common.note(f"memory: {pending:,} pending held: RSS {rss_pending:.1f} MB")
+                sampler = RssSampler(meter)
+                sampler.start()
+                tailer = common.SinkTailer(daemon.sink_path, interval=0.01, keep=False)
+                tailer.skip_existing()
+                tailer.start()
+                try:
+                    common.note(f"memory: warm-up: {pending:,} outcomes, {size:,} unmatched")
+                    await burst(peer, tailer, meter, 1, pending)
+                    await burst(peer, tailer, meter, UNMATCHED_START, size)
+                    await asyncio.sleep(SETTLE_SECONDS)
+                    rss_warm = meter.rss_mb()
+                    next_start = UNMATCHED_START + size
+                    for number in range(1, bursts + 1):
+                        took, cpu = await burst(peer, tailer, meter, next_start, size)
+                        next_start += size
+                        rss = meter.rss_mb()
+                        rows.append(
+                            {
+                                "burst": number,
+                                "events_total": number * size,
+                                "seconds": round(took, 2),
+                                "events_per_s": round(size / took),
+                                "daemon_cpu_percent_of_one_core": round(cpu, 1),
+                                "rss_mb": round(rss, 1),
+                            }
+                        )
+                        common.note(f"  burst {number}/{bursts}: RSS {rss:.1f} MB")
+                    await asyncio.sleep(SETTLE_SECONDS)
+                    rss_end = meter.rss_mb()
+                finally:
+                    tailer.stop()
+                    sampler.stop()
+            log = common.log_summary(daemon.read_log())
+
+    drift = 100 * (rss_end - rss_warm) / rss_warm
+    verdict = {
+        "pending_held_mb": round(rss_pending, 1),
+        "target_pending_mb": TARGET_PENDING_MB,
+        "pending_target_met": rss_pending <= TARGET_PENDING_MB,
+        "change_over_run_percent": round(drift, 1),
+        "target_change_percent": TARGET_DRIFT_PERCENT,
+        "change_target_met": abs(drift) <= TARGET_DRIFT_PERCENT,
+    }
+    table = common.Table(
+        f"daemon RSS, MB ({pending:,} pending; {bursts} x {size:,} events)",
+        ["when", "events", "RSS MB", "events/s", "daemon cpu %"],
+    )
+    table.add("started (pending loaded)", 0, rss_started, None, None)
+    table.add("reconciled", 0, rss_reconciled, None, None)
+    table.add(f"reconciled + {SETTLE_SECONDS:g} s", 0, rss_pending, None, None)
+    table.add("after warm-up", 0, rss_warm, None, None)
+    for row in rows:
+        table.add(
+            f"after burst {row['burst']}",
+            row["events_total"],
+            row["rss_mb"],
+            row["events_per_s"],
+            row["daemon_cpu_percent_of_one_core"],
+        )
+    table.add(f"after the run + {SETTLE_SECONDS:g} s", bursts * size, rss_end, None, None)
+    table.add("peak (sampled every 0.25 s)", None, sampler.peak, None, None)
+    table.add("change after warm-up -> after run, %", None, round(drift, 1), None, None)
+    common.emit(
+        "memory",
+        {
+            "quick": args.quick,
+            "method": {
+                "rss": "psutil memory_info().rss of the daemon process",
+                "pending": f"{pending:,} accepted sends written to the store before start; "
+                "the GWS stub lists their emails as Composing, so reconciliation keeps them "
+                "all pending",
+                "warm_up": f"the {pending:,} outcomes of the pending sends (all resolved), then "
+                f"{size:,} unmatched notifications",
+                "run": f"{bursts} bursts of {size:,} unmatched notifications (SEQ ids from "
+                f"{UNMATCHED_START:,}), each published as fast as the peer can and waited "
+                "for in the jsonl sink",
+            },
+            "pending": pending,
+            "reconciled_log_line": reconciled,
+            "rss_mb": {
+                "started": round(rss_started, 1),
+                "reconciled": round(rss_reconciled, 1),
+                "pending_held": round(rss_pending, 1),
+                "after_warm_up": round(rss_warm, 1),
+                "after_run": round(rss_end, 1),
+                "peak": round(sampler.peak, 1),
+            },
+            "bursts": rows,
+            "events_after_warm_up": bursts * size,
+            "daemon_log": log,
+            "verdict": verdict,
+        },
+        [table],
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
