@@ -91,19 +91,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def build_app(context: ApiContext) -> web.Application:
     token = context.settings.http.token
 
+    limit = context.settings.http.max_body_bytes
+
     @web.middleware
-    async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The bearer token (when configured), and a GWS-style 413."""
         if token is not None and not request.path.startswith(("/healthz", "/readyz", "/metrics")):
             given = request.headers.get("Authorization", "")
             expected = "Bearer " + token.reveal()
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 return _gws_error(401, NOT_AUTHENTICATED, "Missing or invalid bearer token")
-        return await handler(request)
-
-    limit = context.settings.http.max_body_bytes
-
-    @web.middleware
-    async def too_large(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
@@ -111,7 +108,7 @@ def build_app(context: ApiContext) -> web.Application:
                 413, INPUT_VALIDATION_ERROR, f"Request body is larger than {limit} bytes"
             )
 
-    app = web.Application(client_max_size=limit, middlewares=[bearer, too_large])
+    app = web.Application(client_max_size=limit, middlewares=[guard])
     app[_CONTEXT] = context
     app.router.add_post("/api/v2/me/emails/{email_id}", _email_operation)
     app.router.add_get("/v1/sends/{send_id}", _get_send)

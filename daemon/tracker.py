@@ -130,11 +130,16 @@ class Tracker:
         send = self.correlator.accepted(send_id, reference_id, self._clock())
         if send is not None:
             self._writer.write(updates=[send_update(send)])
-            log.info(
+            log_batch(
+                "daemon.tracker",
                 "send_accepted",
-                send_id=send_id,
-                email_id=send.email_id,
-                reference_id=send.reference_id,
+                [
+                    {
+                        "send_id": send_id,
+                        "email_id": send.email_id,
+                        "reference_id": send.reference_id,
+                    }
+                ],
             )
         return send
 

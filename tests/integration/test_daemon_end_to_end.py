@@ -396,3 +396,24 @@ async def test_status_shows_connection_pending_and_sinks_as_a_table_and_as_json(
         assert [s["name"] for s in document["sinks"]] == ["archive"]
     down = await _cli("status", "--config", str(config))
     assert "does not answer" in down
+
+
+async def test_with_a_token_the_api_needs_it_and_health_and_metrics_do_not(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    assert simulator.base_url
+    (tmp_path / "api-token").write_text("t0k3n-for-tests\n")
+    config = write_config(
+        tmp_path, gws_url=simulator.base_url, http={"token_file": str(tmp_path / "api-token")}
+    )
+    async with DaemonProcess(config) as daemon:
+        status, answer = await daemon.send("TK-1")
+        assert status == 401
+        assert answer["statusCode"] == 20
+        assert simulator.sends_received == 0
+        status, answer = await daemon.send("TK-1", Authorization="Bearer t0k3n-for-tests")
+        assert status == 200
+        assert (await daemon.get_json("/healthz"))[0] == 200
+        assert "gws_notifyd_sends_total" in await daemon.metrics()
+        assert (await daemon.get_json(f"/v1/sends/{answer['sendId']}"))[0] == 401
+    assert b"t0k3n-for-tests" not in b"".join(daemon.raw_stdout)
