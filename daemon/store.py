@@ -5,9 +5,12 @@ it is); the daemon uses `AsyncStore`, which runs every call on one dedicated
 thread so that the event loop never waits on disk and calls never interleave.
 
 Rules it keeps:
-- a send is written before it is forwarded to GWS (`insert_send`);
+- a send is written before it is forwarded to GWS (`commit_outcomes(inserts=)`,
+  awaited by the API before it forwards);
 - resolving sends and writing their events is one transaction
-  (`commit_outcomes`), and a batch of notifications is one transaction;
+  (`commit_outcomes`); notifications are written many per transaction, never
+  one per message (`OutcomeWriter` groups whatever arrives during a commit;
+  the tracker hands over a large Bayeux answer in chunks of 2,000);
 - an outbox row is deleted only once every sink's cursor has passed it
   (`prune_outbox`); a sink that gives up on an event moves it to dead letters
   first, in the same transaction that moves its cursor.

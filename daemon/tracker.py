@@ -111,7 +111,7 @@ class Tracker:
                 # We died between forwarding and the answer: GWS may have sent it.
                 send.status = SendStatus.UNANSWERED
                 send.answered_at = now
-                await self._store.run(self._store.store.update_send, send_update(send))
+                await self._writer.write(updates=[send_update(send)])
         self.correlator.restore(sends)
         self._gauge()
         return len(sends)
@@ -147,7 +147,7 @@ class Tracker:
         self._metrics.sends.labels("error").inc()
         send = self.correlator.answer_lost(send_id, self._clock())
         if send is not None:
-            await self._store.run(self._store.store.update_send, send_update(send))
+            await self._writer.write(updates=[send_update(send)])
             log.warning("send_answer_lost", send_id=send_id, email_id=send.email_id, reason=reason)
 
     async def rejected(
@@ -189,9 +189,9 @@ class Tracker:
         """One Bayeux answer: parse, correlate, store; in transactions of CHUNK messages.
 
         The work of a chunk is done on the event loop while the previous
-        chunk's transaction commits on the store's thread; at most
-        MAX_QUEUED_COMMITS wait, which is the backpressure on the listener.
-        Between chunks the loop serves the API.
+        chunk's transaction commits on the store's thread (group commit, see
+        `OutcomeWriter`); past MAX_QUEUED_EVENTS waiting, the listener waits,
+        which is the backpressure. Between chunks the loop serves the API.
         """
         for start in range(0, len(messages), CHUNK):
             committed = self._process(messages[start : start + CHUNK])
