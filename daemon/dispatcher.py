@@ -221,11 +221,20 @@ class Dispatcher:
         worker.status.cursor = seq
         self._metrics.outbox_backlog.labels(worker.sink.name).set(max(0, self._head - seq))
 
-    async def _save_cursors(self) -> None:
+    def unsaved_cursors(self) -> dict[str, int] | None:
+        """Cursors that moved since last handed out to be saved (then taken as saved:
+        a failed write stops the daemon, and the store never moves a cursor back)."""
         cursors = {name: w.status.cursor for name, w in self._workers.items()}
-        if cursors != self._saved_cursors:
-            await self._store.run(self._store.store.set_cursors, cursors)
-            self._saved_cursors = cursors
+        changed = {n: c for n, c in cursors.items() if self._saved_cursors.get(n) != c}
+        if not changed:
+            return None
+        self._saved_cursors = cursors
+        return changed
+
+    async def _save_cursors(self) -> None:
+        changed = self.unsaved_cursors()
+        if changed:
+            await self._store.run(self._store.store.set_cursors, changed)
 
     async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> None:
         sink, status, settings = worker.sink, worker.status, worker.settings

@@ -122,6 +122,7 @@ class Service:
             metrics=metrics,
             on_events=dispatcher.notify,
             channels=settings.gws.channels,
+            cursors=dispatcher.unsaved_cursors,
         )
         restored = await tracker.restore()
         try:

@@ -389,6 +389,7 @@ class Store:
         sends: Sequence[SendRecord | SendUpdate] = (),
         events: Sequence[Event] = (),
         malformed: Sequence[Malformed] = (),
+        cursors: dict[str, int] | None = None,
     ) -> int:
         """Update sends, append their events and keep malformed input, atomically.
 
@@ -411,6 +412,8 @@ class Store:
             if events:
                 self._insert_events_packed(events)
                 last = self._scalar("SELECT last_insert_rowid()")
+            if cursors:
+                self._move_cursors(cursors)
             if malformed:
                 self._db.executemany(
                     "INSERT INTO dead_letters (sink, reason, detail, failed_at, body) "
@@ -474,10 +477,13 @@ class Store:
     def set_cursors(self, cursors: dict[str, int]) -> None:
         """Move several sinks' cursors forward in one transaction (never back)."""
         with self._transaction():
-            self._db.executemany(
-                "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?",
-                [(seq, sink, seq) for sink, seq in cursors.items()],
-            )
+            self._move_cursors(cursors)
+
+    def _move_cursors(self, cursors: dict[str, int]) -> None:
+        self._db.executemany(
+            "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?",
+            [(seq, sink, seq) for sink, seq in cursors.items()],
+        )
 
     def set_cursor(self, sink: str, seq: int) -> None:
         with self._transaction():
@@ -632,10 +638,16 @@ class OutcomeWriter:
     """
 
     def __init__(
-        self, store: AsyncStore, on_committed: Callable[[int, Sequence[Event]], None]
+        self,
+        store: AsyncStore,
+        on_committed: Callable[[int, Sequence[Event]], None],
+        cursors: Callable[[], dict[str, int] | None] = lambda: None,
     ) -> None:
         self._store = store
         self._on_committed = on_committed
+        # Sink cursors ride along with every transaction (no extra commit),
+        # so after a crash little is delivered twice.
+        self._cursors = cursors
         self._next: _Group | None = None
         self._running: _Group | None = None
         self.failure: BaseException | None = None
@@ -677,6 +689,7 @@ class OutcomeWriter:
             sends=group.updates,
             events=group.events,
             malformed=group.malformed,
+            cursors=self._cursors(),
         )
         commit.add_done_callback(lambda finished: self._finished(group, finished))
 

@@ -72,6 +72,7 @@ class Tracker:
         metrics: Metrics,
         on_events: Callable[[int, Sequence[Event]], None],
         channels: Sequence[str],
+        cursors: Callable[[], dict[str, int] | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.correlator = correlator
@@ -81,7 +82,7 @@ class Tracker:
         self._on_events = on_events
         self._channels = frozenset(channels)
         self._clock = clock
-        self._writer = OutcomeWriter(store, on_events)
+        self._writer = OutcomeWriter(store, on_events, cursors)
 
     def _gauge(self) -> None:
         self._metrics.pending_sends.set(len(self.correlator))
