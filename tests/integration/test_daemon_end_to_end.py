@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from daemon_process import DaemonProcess, read_jsonl, send_body, write_config
+from daemon_process import DaemonProcess, read_jsonl, run_cli, send_body, write_config
 
 from daemon.simulator import Simulator
 
@@ -222,19 +222,8 @@ async def test_malformed_notifications_are_counted_kept_and_do_not_stop_the_list
 
 
 async def _cli(*args: str) -> str:
-    import asyncio
-    import sys
-
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "daemon",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await process.communicate()
-    return out.decode()
+    _, out, err = await run_cli(*args)
+    return out + err
 
 
 async def test_a_send_without_outcome_is_read_back_by_get_after_the_timeout(

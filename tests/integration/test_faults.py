@@ -9,7 +9,6 @@ import asyncio
 import itertools
 import random
 import signal
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +21,7 @@ from daemon_process import (
     DaemonProcess,
     config_document,
     read_jsonl,
+    run_cli,
     send_body,
     to_toml,
     wait_for,
@@ -463,13 +463,5 @@ async def test_a_dead_lettered_event_can_be_listed_shown_and_replayed(
 
 
 async def _cli(*args: str) -> str:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "daemon",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await process.communicate()
-    return out.decode()
+    _, out, err = await run_cli(*args)
+    return out + err

@@ -186,7 +186,8 @@ async def test_alerts_and_dashboard_use_only_exported_metrics_and_labels(
     # The README's contract: every exported family appears somewhere.
     exported = {name for name in exposition.series if not name.endswith("_created")}
     unused = {
-        name for name in exported - used
+        name
+        for name in exported - used
         if not name.endswith(("_count", "_sum")) and name != "gws_notifyd_build_info"
     }
     assert not unused, f"exported but neither alerted on nor charted: {sorted(unused)}"

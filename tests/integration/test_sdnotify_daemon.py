@@ -103,9 +103,7 @@ async def test_ready_then_watchdog_pings_then_stopping_from_the_main_pid(
 
         await daemon.signal(signal.SIGTERM)
         code = await daemon.wait_exit()
-        await wait_for(
-            lambda: notify_socket.first("STOPPING=1") is not None, message="STOPPING=1"
-        )
+        await wait_for(lambda: notify_socket.first("STOPPING=1") is not None, message="STOPPING=1")
 
     assert code == 0
     lines = notify_socket.lines()
