@@ -465,3 +465,50 @@ async def test_a_dead_lettered_event_can_be_listed_shown_and_replayed(
 async def _cli(*args: str) -> str:
     _, out, err = await run_cli(*args)
     return out + err
+
+
+async def test_a_full_outbox_is_announced_and_refuses_new_sends_without_dropping_anything(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    assert simulator.base_url
+    receiver = WebhookReceiver()  # down: nothing leaves the outbox
+    config = write_config(
+        tmp_path,
+        gws_url=simulator.base_url,
+        store={"max_outbox_events": 100},
+        sinks=[{"name": "crm", "type": "webhook", "url": receiver.url, "backoff_max_seconds": 0.5}],
+    )
+    async with DaemonProcess(config) as daemon:
+        await simulator.publish(
+            "/v2/me/emails",
+            [
+                {
+                    "messageType": "EmailStateChangeMessage",
+                    "notificationType": "PropertiesUpdated",
+                    "email": {"id": f"F-{i}", "state": "Composing"},
+                }
+                for i in range(120)
+            ],
+        )
+        warning = await daemon.wait_log(lambda e: e.get("event") == "outbox_near_full")
+        assert warning["capacity"] == 100
+
+        async def full() -> bool:
+            return "gws_notifyd_outbox_events 120.0" in await daemon.metrics()
+
+        await wait_for(full, message="120 events counted in the outbox")
+        async with daemon.http.post(
+            f"{daemon.api}/api/v2/me/emails/F-SEND", json=send_body()
+        ) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"]
+        assert simulator.sends_received == 0
+        await receiver.start()
+        try:
+            await wait_for(
+                lambda: len(receiver.received) >= 120,
+                timeout=30,
+                message="all 120 events at the webhook once it is up",
+            )
+        finally:
+            await receiver.stop()
