@@ -108,6 +108,12 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     return process.returncode, out.decode(), err.decode()
 
 
+async def cli_output(*args: str) -> str:
+    """What `gws-notifyd ARGS` printed, stdout then stderr."""
+    _, out, err = await run_cli(*args)
+    return out + err
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

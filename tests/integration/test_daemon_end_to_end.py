@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from daemon_process import DaemonProcess, read_jsonl, run_cli, send_body, write_config
+from daemon_process import DaemonProcess, cli_output, read_jsonl, send_body, write_config
 
 from daemon.simulator import Simulator
 
@@ -217,13 +217,8 @@ async def test_malformed_notifications_are_counted_kept_and_do_not_stop_the_list
             assert f'gws_notifyd_notifications_malformed_total{{reason="{reason}"}} 1.0' in text
         status, _ready = await daemon.readyz()
         assert status == 200
-    result = await _cli("dead-letters", "list", "--config", str(config))
+    result = await cli_output("dead-letters", "list", "--config", str(config))
     assert "4 dead letter(s)" in result
-
-
-async def _cli(*args: str) -> str:
-    _, out, err = await run_cli(*args)
-    return out + err
 
 
 async def test_a_send_without_outcome_is_read_back_by_get_after_the_timeout(
@@ -373,17 +368,17 @@ async def test_status_shows_connection_pending_and_sinks_as_a_table_and_as_json(
     )
     async with DaemonProcess(config) as daemon:
         await daemon.send("ST-1")
-        table = await _cli("status", "--config", str(config))
+        table = await cli_output("status", "--config", str(config))
         assert "READY" in table
         assert "CometD: connected, subscribed (long-polling)" in table
         assert "pending sends: 1" in table
         assert "archive" in table
-        document = orjson.loads(await _cli("status", "--config", str(config), "--json"))
+        document = orjson.loads(await cli_output("status", "--config", str(config), "--json"))
         assert document["pendingSends"] == 1
         assert document["cometd"]["subscribed"] is True
         assert document["ready"]["ready"] is True
         assert [s["name"] for s in document["sinks"]] == ["archive"]
-    down = await _cli("status", "--config", str(config))
+    down = await cli_output("status", "--config", str(config))
     assert "does not answer" in down
 
 

@@ -19,9 +19,9 @@ import orjson
 import pytest
 from daemon_process import (
     DaemonProcess,
+    cli_output,
     config_document,
     read_jsonl,
-    run_cli,
     send_body,
     to_toml,
     wait_for,
@@ -443,28 +443,25 @@ async def test_a_dead_lettered_event_can_be_listed_shown_and_replayed(
         async with DaemonProcess(config) as daemon:
             _, answer = await daemon.send("D-1")
             await daemon.wait_log(lambda e: e.get("event") == "sink_dead_letter")
-            listing = await _cli("dead-letters", "list", "--config", str(config))
+            listing = await cli_output("dead-letters", "list", "--config", str(config))
             assert "crm" in listing
             assert "1 dead letter(s)" in listing
             letter_id = listing.splitlines()[1].split()[0]
             shown = orjson.loads(
-                await _cli("dead-letters", "show", letter_id, "--config", str(config))
+                await cli_output("dead-letters", "show", letter_id, "--config", str(config))
             )
             assert shown["body"]["data"]["send"]["sendId"] == answer["sendId"]
             assert "HTTP 400" in shown["detail"]
             receiver.refusing = False
-            replayed = await _cli("dead-letters", "replay", "--all", "--config", str(config))
+            replayed = await cli_output("dead-letters", "replay", "--all", "--config", str(config))
             assert "replayed 1" in replayed
             await wait_for(lambda: receiver.received, message="the replayed event")
             assert receiver.received[0].headers["Idempotency-Key"] == shown["eventId"]
-            assert "0 dead letter(s)" in await _cli("dead-letters", "list", "--config", str(config))
+            assert "0 dead letter(s)" in await cli_output(
+                "dead-letters", "list", "--config", str(config)
+            )
     finally:
         await receiver.stop()
-
-
-async def _cli(*args: str) -> str:
-    _, out, err = await run_cli(*args)
-    return out + err
 
 
 async def test_a_full_outbox_is_announced_and_refuses_new_sends_without_dropping_anything(
