@@ -90,9 +90,6 @@ class StoreSettings:
 @dataclass(frozen=True, slots=True)
 class CorrelationSettings:
     send_timeout_seconds: float = 120.0
-    # How long a notification that matches nothing waits for Send answers
-    # still in flight, which may carry its referenceId.
-    early_hold_seconds: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,7 +480,6 @@ def settings_from_dict(
     correlation_table = root.table("correlation")
     correlation = CorrelationSettings(
         send_timeout_seconds=correlation_table.number("send_timeout_seconds", 120.0, above=True),
-        early_hold_seconds=correlation_table.number("early_hold_seconds", 5.0),
     )
     correlation_table.finish()
 

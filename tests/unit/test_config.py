@@ -101,7 +101,7 @@ def test_a_minimal_file_gets_every_default(tmp_path: Path) -> None:
     assert settings.store.synchronous == "normal"
     assert settings.store.max_outbox_events == 1_000_000
     assert settings.store.retention_hours == 168.0
-    assert settings.correlation == CorrelationSettings(120.0, 5.0)
+    assert settings.correlation == CorrelationSettings(120.0)
     assert settings.sinks == ()
     assert settings.service == ServiceSettings(20.0)
     assert settings.logging == LoggingSettings("info", "auto")
@@ -240,7 +240,7 @@ def test_sinks_must_be_an_array_of_tables(tmp_path: Path) -> None:
     [
         ("gws", "request_timeout_seconds", 0, "must be greater than 0, got 0"),
         ("correlation", "send_timeout_seconds", -1, "must be greater than 0, got -1"),
-        ("correlation", "early_hold_seconds", -0.5, "must be at least 0, got -0.5"),
+        ("service", "shutdown_timeout_seconds", -0.5, "must be at least 0, got -0.5"),
         ("http", "max_body_bytes", 10, "must be at least 1024, got 10"),
         ("store", "max_outbox_events", 5, "must be at least 100, got 5"),
     ],
