@@ -134,10 +134,10 @@ class Dispatcher:
                     with contextlib.suppress(asyncio.CancelledError):
                         await worker.task
             await worker.sink.close()
-            # The last word on where this sink stands.
-            await self._store.run(
-                self._store.store.set_cursor, worker.sink.name, worker.status.cursor
-            )
+        # The last word on where these sinks stand.
+        await self._store.run(
+            self._store.store.set_cursors, {w.sink.name: w.status.cursor for w in workers}
+        )
 
     # -- events in ----------------------------------------------------------------
 
@@ -200,7 +200,7 @@ class Dispatcher:
             if rows:
                 await self._deliver(worker, rows)
             elif horizon > status.cursor:
-                await self._advance(worker, horizon)
+                self._advance(worker, horizon)
 
     @staticmethod
     def _take_fresh(worker: _Worker) -> list[OutboxRow]:
@@ -213,11 +213,12 @@ class Dispatcher:
         count = min(len(fresh), worker.settings.batch_size)
         return [fresh.popleft() for _ in range(count)]
 
-    async def _advance(self, worker: _Worker, seq: int) -> None:
-        # The cursor reaches the store with the next maintenance round (every
-        # MAINTENANCE_SECONDS), not per batch: a transaction per batch per sink
-        # cost more than the batch. After a crash a sink may get again what it
-        # took in that last moment: at least once, with the same event ids.
+    def _advance(self, worker: _Worker, seq: int) -> None:
+        # The cursor reaches the store with the next notification transaction
+        # (`unsaved_cursors`) or maintenance round, not in a transaction of its
+        # own per batch, which cost more than the batch. After a crash a sink
+        # may get again what it took in that last moment: at least once, with
+        # the same event ids.
         worker.status.cursor = seq
         self._metrics.outbox_backlog.labels(worker.sink.name).set(max(0, self._head - seq))
 
@@ -250,7 +251,7 @@ class Dispatcher:
                 )
                 if exc.delivered:
                     taken, rows = rows[: exc.delivered], rows[exc.delivered :]
-                    await self._taken(worker, taken)
+                    self._taken(worker, taken)
                     if not rows:
                         continue
                 now = time.time()
@@ -290,11 +291,11 @@ class Dispatcher:
                 )
             status.failing_since = None
             status.last_error = None
-            await self._taken(worker, rows)
+            self._taken(worker, rows)
             rows = []
 
-    async def _taken(self, worker: _Worker, rows: list[OutboxRow]) -> None:
-        await self._advance(worker, rows[-1].seq)
+    def _taken(self, worker: _Worker, rows: list[OutboxRow]) -> None:
+        self._advance(worker, rows[-1].seq)
         worker.status.delivered += len(rows)
         self._metrics.sink_deliveries.labels(worker.sink.name, "delivered").inc(len(rows))
 

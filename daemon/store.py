@@ -23,7 +23,7 @@ import contextlib
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,10 +129,6 @@ _SEND_COLUMNS = (
 
 def send_row(send: SendRecord) -> tuple[Any, ...]:
     """A new send as a row, taken now (for `commit_outcomes(inserts=...)`)."""
-    return _send_row(send)
-
-
-def _send_row(send: SendRecord) -> tuple[Any, ...]:
     return (
         send.send_id,
         send.email_id,
@@ -288,22 +284,10 @@ class Store:
     # -- sends -------------------------------------------------------------------
 
     def insert_send(self, send: SendRecord) -> None:
-        with self._transaction():
-            self._db.execute(
-                f"INSERT INTO sends ({_SEND_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                _send_row(send),
-            )
+        self.commit_outcomes(inserts=[send_row(send)])
 
     def update_send(self, send: SendRecord | SendUpdate) -> None:
-        with self._transaction():
-            self._update_sends([send if isinstance(send, tuple) else send_update(send)])
-
-    def _update_sends(self, updates: Iterable[SendUpdate]) -> None:
-        self._db.executemany(
-            "UPDATE sends SET status=?, reference_id=?, answered_at=?, resolved_at=?, "
-            "outcome_state=?, status_code=?, status_message=? WHERE send_id=?",
-            updates,
-        )
+        self.commit_outcomes(sends=[send])
 
     # Batches are written with ONE statement each, their rows packed into a
     # JSON parameter that SQLite unpacks in C. executemany() needs the GIL for
@@ -486,10 +470,7 @@ class Store:
         )
 
     def set_cursor(self, sink: str, seq: int) -> None:
-        with self._transaction():
-            self._db.execute(
-                "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?", (seq, sink, seq)
-            )
+        self.set_cursors({sink: seq})
 
     def cursors(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT sink, seq FROM sink_cursors").fetchall())
