@@ -20,6 +20,7 @@ from daemon.cometd import Message
 from daemon.correlator import NOT_SENT_STATES, Correlator, Matched
 from daemon.events import Event, EventFactory
 from daemon.gws.messages import (
+    EMAIL_STATE_CHANGE,
     KNOWN_OTHER_TYPES,
     MALFORMED_REASONS,
     EmailStateChange,
@@ -53,7 +54,7 @@ _KNOWN_NOTIFICATION_TYPES = frozenset(
         "Error",
     }
 )
-_KNOWN_MESSAGE_TYPES = KNOWN_OTHER_TYPES | {"EmailStateChangeMessage"}
+_KNOWN_MESSAGE_TYPES = KNOWN_OTHER_TYPES | {EMAIL_STATE_CHANGE}
 
 
 def _label(value: str | None, known: frozenset[str]) -> str:
@@ -79,7 +80,6 @@ class Tracker:
         self._store = store
         self._events = events
         self._metrics = metrics
-        self._on_events = on_events
         self._channels = frozenset(channels)
         self._clock = clock
         self._writer = OutcomeWriter(store, on_events, cursors)
@@ -107,12 +107,13 @@ class Tracker:
         """Load pending sends after a start; a send whose answer we never saw is unanswered."""
         sends = await self._store.run(self._store.store.load_pending)
         now = self._clock()
-        for send in sends:
-            if send.status is SendStatus.IN_FLIGHT:
-                # We died between forwarding and the answer: GWS may have sent it.
-                send.status = SendStatus.UNANSWERED
-                send.answered_at = now
-                await self._writer.write(updates=[send_update(send)])
+        in_flight = [s for s in sends if s.status is SendStatus.IN_FLIGHT]
+        for send in in_flight:
+            # We died between forwarding and the answer: GWS may have sent it.
+            send.status = SendStatus.UNANSWERED
+            send.answered_at = now
+        if in_flight:
+            await self._writer.write(updates=[send_update(s) for s in in_flight])
         self.correlator.restore(sends)
         self._gauge()
         return len(sends)
@@ -211,13 +212,13 @@ class Tracker:
         resolved: list[SendRecord] = []
         events: list[Event] = []
         log_rows: list[dict[str, Any]] = []
-        received: CounterType[tuple[str, str, str]] = CounterType()
+        received: CounterType[tuple[str, str, str | None]] = CounterType()
         matched = unmatched = 0
         latency: dict[str, list[float]] = {}
         correlator = self.correlator
         state_changed = self._events.state_changed
         for change in batch.changes:
-            received[(change.channel, change.notification_type, "")] += 1
+            received[(change.channel, EMAIL_STATE_CHANGE, change.notification_type)] += 1
             decision = correlator.find(change)
             send = decision.send if isinstance(decision, Matched) else None
             try:
@@ -252,7 +253,7 @@ class Tracker:
                 }
             )
         for ignored in batch.ignored:
-            received[(ignored.channel, "", ignored.message_type)] += 1
+            received[(ignored.channel, ignored.message_type, None)] += 1
         for bad in batch.malformed:
             reason = bad.reason if bad.reason in MALFORMED_REASONS else "other"
             metrics.notifications_malformed.labels(reason).inc()
@@ -270,21 +271,17 @@ class Tracker:
 
     def _count(
         self,
-        received: CounterType[tuple[str, str, str]],
+        received: CounterType[tuple[str, str, str | None]],
         matched: int,
         unmatched: int,
         latency: dict[str, list[float]],
     ) -> None:
         metrics = self._metrics
-        for (channel, notification_type, message_type), count in received.items():
+        for (channel, message_type, notification_type), count in received.items():
             metrics.notifications_received.labels(
                 self._channel_label(channel),
-                _label(message_type, _KNOWN_MESSAGE_TYPES)
-                if message_type
-                else "EmailStateChangeMessage",
-                _label(notification_type, _KNOWN_NOTIFICATION_TYPES)
-                if notification_type
-                else "none",
+                _label(message_type, _KNOWN_MESSAGE_TYPES),
+                _label(notification_type, _KNOWN_NOTIFICATION_TYPES),
             ).inc(count)
         if matched:
             metrics.correlations.labels("matched").inc(matched)
