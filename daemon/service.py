@@ -31,7 +31,7 @@ from aiohttp import web
 from daemon import __version__
 from daemon.api import ApiContext, RuntimeState, build_app
 from daemon.backoff import Backoff, BackoffPolicy
-from daemon.config import Settings, load_settings
+from daemon.config import Settings, SinkSettings, load_settings
 from daemon.correlator import Correlator
 from daemon.dispatcher import Dispatcher
 from daemon.errors import ConfigError, GwsError, GwsRequestError, SinkError, StoreError
@@ -66,7 +66,7 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
-def build_sinks(settings: Settings) -> list[tuple[Sink, object]]:
+def build_sinks(settings: Settings) -> list[tuple[Sink, SinkSettings]]:
     return [(build_sink(s), s) for s in settings.sinks]
 
 
@@ -126,7 +126,7 @@ class Service:
         )
         restored = await tracker.restore()
         try:
-            sinks = [(build_sink(s), s) for s in settings.sinks]
+            sinks = build_sinks(settings)
         except SinkError as exc:
             raise StartupError(str(exc), EX_CONFIG) from None
         await dispatcher.start(sinks)
@@ -328,7 +328,7 @@ class Service:
             return False
         try:
             new = load_settings(Path(source))
-            sinks = [(build_sink(s), s) for s in new.sinks]
+            sinks = build_sinks(new)
         except (ConfigError, SinkError) as exc:
             log.error("reload_rejected", error=str(exc), config=str(source))
             return False

@@ -147,15 +147,15 @@ class Listener:
         except GwsError as exc:
             log.warning("list_emails_failed", error=str(exc))
             listed = {}
-        results: list[bool] = []
-        rest: list[SendRecord] = []
-        for send in pending:
-            email = listed.get(send.email_id)
-            if email is None:
-                rest.append(send)
-            elif self._tracker.correlator.get(send.send_id) is not None:
-                results.append(await self._tracker.read_back(send, email, final=False))
-        results += await asyncio.gather(*(self._read_back(s, final=False) for s in rest))
+        # Together, so that their writes share transactions (group commit).
+        results = await asyncio.gather(
+            *(
+                self._tracker.read_back(s, listed[s.email_id], final=False)
+                if s.email_id in listed
+                else self._read_back(s, final=False)
+                for s in pending
+            )
+        )
         self.reconcile_seconds = time.perf_counter() - started
         self.reconciled_at = time.time()
         log.info(
@@ -166,8 +166,10 @@ class Listener:
         )
 
     async def _read_back(self, send: SendRecord, *, final: bool) -> bool:
+        """GET one email and apply it (at most READ_BACK_CONCURRENCY at a time)."""
         async with self._limit:
             if self._tracker.correlator.get(send.send_id) is None:
+                self._failed_checks.pop(send.send_id, None)
                 return False
             try:
                 email = await self._session.get_email(send.email_id)

@@ -17,7 +17,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -232,15 +232,7 @@ class GwsSession:
         answer = await self._call(
             "GET", "/api/v2/me/emails", operation="ListEmails", params={"fields": "*"}
         )
-        _raise_unless_ok(answer, "ListEmails")
-        emails = answer.body.get("emails") if isinstance(answer.body, dict) else None
-        if not isinstance(emails, list):
-            raise GwsRequestError(
-                operation="ListEmails",
-                http_status=answer.http_status,
-                status_code=None,
-                status_message="answer has no emails list",
-            )
+        emails = _field(answer, "emails", list, "ListEmails")
         return {e["id"]: e for e in emails if isinstance(e, dict) and isinstance(e.get("id"), str)}
 
     async def get_email(self, email_id: str) -> dict[str, Any] | None:
@@ -250,16 +242,24 @@ class GwsSession:
         )
         if answer.http_status == 404 or answer.status_code == 6:
             return None
-        _raise_unless_ok(answer, "GetEmail")
-        email = answer.body.get("email") if isinstance(answer.body, dict) else None
-        if not isinstance(email, dict):
-            raise GwsRequestError(
-                operation="GetEmail",
-                http_status=answer.http_status,
-                status_code=None,
-                status_message="answer has no email object",
-            )
-        return email
+        return _field(answer, "email", dict, "GetEmail")
+
+
+T = TypeVar("T")
+
+
+def _field(answer: Answer, key: str, kind: type[T], operation: str) -> T:
+    """`answer.body[key]` of the expected kind, from a successful answer."""
+    _raise_unless_ok(answer, operation)
+    value = answer.body.get(key) if isinstance(answer.body, dict) else None
+    if not isinstance(value, kind):
+        raise GwsRequestError(
+            operation=operation,
+            http_status=answer.http_status,
+            status_code=None,
+            status_message=f"answer has no {key!r} {kind.__name__}",
+        )
+    return value
 
 
 def basic_authorization(username: str, password: str) -> str:
