@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import orjson
 import pytest
+from edits import edited
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,23 +46,11 @@ GWS_SEND_NOTIFICATION: dict[str, Any] = {
 
 def notification(**changes: Any) -> dict[str, Any]:
     """The GWS sample with top-level keys replaced (None deletes the key)."""
-    data = copy.deepcopy(GWS_SEND_NOTIFICATION)
-    for key, value in changes.items():
-        if value is None:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    return data
+    return edited(GWS_SEND_NOTIFICATION, changes)
 
 
 def with_email(**changes: Any) -> dict[str, Any]:
-    data = notification()
-    for key, value in changes.items():
-        if value is None:
-            data["email"].pop(key, None)
-        else:
-            data["email"][key] = value
-    return data
+    return edited(GWS_SEND_NOTIFICATION, changes, within="email")
 
 
 def test_the_gws_sample_notification_parses_into_an_email_state_change() -> None:

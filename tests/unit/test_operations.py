@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from edits import edited
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -47,24 +48,12 @@ GWS_SAMPLE_CC: dict[str, Any] = {
 
 def body(**changes: Any) -> dict[str, Any]:
     """The GWS sample with top-level keys replaced (None deletes)."""
-    data = copy.deepcopy(GWS_SAMPLE)
-    for key, value in changes.items():
-        if value is None:
-            data.pop(key, None)
-        else:
-            data[key] = value
-    return data
+    return edited(GWS_SAMPLE, changes)
 
 
 def email(**changes: Any) -> dict[str, Any]:
     """The GWS sample with `email` keys replaced (None deletes)."""
-    data = copy.deepcopy(GWS_SAMPLE)
-    for key, value in changes.items():
-        if value is None:
-            data["email"].pop(key, None)
-        else:
-            data["email"][key] = value
-    return data
+    return edited(GWS_SAMPLE, changes, within="email")
 
 
 def parse(data: object) -> SendRequest | Operation | Invalid:
