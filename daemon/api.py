@@ -11,13 +11,12 @@
     GET  /readyz                  subscribed, store writable, not draining (JSON says which)
     GET  /metrics                 Prometheus text format
 
-Owns HTTP concerns only (status codes, bodies, the bearer token); what a
-send *means* is the tracker's business.
+Owns HTTP concerns only (status codes, bodies, the bearer token): what a
+Send *does* is `daemon.sending`'s business, whose outcomes are mapped here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -30,24 +29,32 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from daemon import __version__
-from daemon.config import Settings
+from daemon.config import HttpSettings
 from daemon.dispatcher import Dispatcher
-from daemon.errors import GwsAnswerLostError, GwsUnreachableError, StoreError
-from daemon.gws.listener import Listener
-from daemon.gws.operations import Invalid, Operation, SendRequest, parse_operation
-from daemon.gws.session import Answer, GwsSession
+from daemon.errors import StoreError
+from daemon.gws.operations import (
+    INTERNAL_ERROR,
+    INVALID,
+    NOT_AUTHENTICATED,
+    PROCESSING_INCOMPLETE,
+    Invalid,
+)
 from daemon.metrics import Metrics
-from daemon.sends import PENDING_STATUSES, SendRecord, SendStatus, new_send_id
+from daemon.notifications import NotificationListener
+from daemon.sending import (
+    Answered,
+    NeverLeft,
+    NotRecorded,
+    OutboxFull,
+    Outcome,
+    SendWorkflow,
+)
+from daemon.sends import PENDING_STATUSES, SendStatus
 from daemon.store import MALFORMED_SINK, AsyncStore
 from daemon.tracker import Tracker
 
 log = structlog.get_logger(logger_name="daemon.api")
 
-# GWS statusCodes used in our own answers (reference/gws-api.md).
-INTERNAL_ERROR = 4
-PROCESSING_INCOMPLETE = 9
-INPUT_VALIDATION_ERROR = 10
-NOT_AUTHENTICATED = 20
 RETRY_AFTER_SECONDS = "5"
 
 
@@ -57,19 +64,17 @@ class RuntimeState:
 
     started_at: float = field(default_factory=time.time)
     draining: bool = False
-    sends_in_flight: int = 0
-    sends_idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(slots=True)
 class ApiContext:
-    settings: Settings
+    http: HttpSettings
     metrics: Metrics
     tracker: Tracker
-    session: GwsSession
     store: AsyncStore
     dispatcher: Dispatcher
-    listener: Listener
+    listener: NotificationListener
+    workflow: SendWorkflow
     state: RuntimeState
 
 
@@ -79,8 +84,18 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-def _gws_error(status: int, code: int, message: str, **extra: object) -> web.Response:
-    return _json({"statusCode": code, "statusMessage": message, **extra}, status=status)
+def _gws_error(
+    status: int,
+    code: int,
+    message: str,
+    *,
+    headers: dict[str, str] | None = None,
+    send_id: str | None = None,
+) -> web.Response:
+    body: dict[str, object] = {"statusCode": code, "statusMessage": message}
+    if send_id is not None:
+        body["sendId"] = send_id
+    return _json(body, status, headers)
 
 
 _CONTEXT = web.AppKey("context", ApiContext)
@@ -89,9 +104,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_app(context: ApiContext) -> web.Application:
-    token = context.settings.http.token
+    token = context.http.token
 
-    limit = context.settings.http.max_body_bytes
+    limit = context.http.max_body_bytes
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -105,7 +120,7 @@ def build_app(context: ApiContext) -> web.Application:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
             return _gws_error(
-                413, INPUT_VALIDATION_ERROR, f"Request body is larger than {limit} bytes"
+                413, INVALID, f"Request body is larger than {limit} bytes"
             )
 
     app = web.Application(client_max_size=limit, middlewares=[guard])
@@ -122,120 +137,68 @@ def build_app(context: ApiContext) -> web.Application:
 
 # -- Send drop-in -----------------------------------------------------------------
 
+_RETRY_LATER = {"Retry-After": RETRY_AFTER_SECONDS}
+
 
 async def _email_operation(request: web.Request) -> web.StreamResponse:
     context = request.app[_CONTEXT]
     if context.state.draining:
-        return _json(
-            {
-                "statusCode": INTERNAL_ERROR,
-                "statusMessage": "gws-notifyd is shutting down; retry later",
-            },
-            status=503,
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
-    email_id = request.match_info["email_id"]
-    raw = await request.read()
-    operation = parse_operation(raw)
-    if isinstance(operation, Invalid):
-        log.info(
-            "send_invalid",
-            email_id=email_id,
-            field=operation.field,
-            status_message=operation.message,
-        )
-        return _json(operation.as_json(), status=400)
-    if isinstance(operation, Operation):
-        return await _pass_through(context, email_id, raw, operation.name)
-    if context.dispatcher.outbox_full():
-        log.warning("send_refused_outbox_full", email_id=email_id)
-        return _json(
-            {
-                "statusCode": INTERNAL_ERROR,
-                "statusMessage": "gws-notifyd outbox is full: sinks are not keeping up",
-            },
-            status=503,
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        )
-    # Shielded: once the send is recorded, finishing its bookkeeping must not
-    # depend on the integration keeping its connection open.
-    state = context.state
-    state.sends_in_flight += 1
-    state.sends_idle.clear()
-    try:
-        return await asyncio.shield(_send(context, email_id, raw, operation))
-    finally:
-        state.sends_in_flight -= 1
-        if state.sends_in_flight == 0:
-            state.sends_idle.set()
-
-
-async def _send(
-    context: ApiContext, email_id: str, raw: bytes, request: SendRequest
-) -> web.Response:
-    tracker = context.tracker
-    send = SendRecord(
-        send_id=new_send_id(),
-        email_id=email_id,
-        queue_name=request.queue_name,
-        requested_at=time.time(),
-        subject=request.subject,
-        to=request.to,
-    )
-    try:
-        await tracker.register(send)
-    except StoreError as exc:
-        log.error("send_not_recorded", email_id=email_id, error=str(exc))
-        return _gws_error(503, INTERNAL_ERROR, "gws-notifyd cannot record the send")
-    send_id = send.send_id
-    try:
-        answer = await context.session.email_operation(email_id, raw, operation="Send")
-    except GwsUnreachableError as exc:
-        await tracker.rejected(send_id, status_code=None, status_message=str(exc), http_status=None)
-        return _gws_error(502, INTERNAL_ERROR, f"GWS unreachable: {exc}", sendId=send_id)
-    except GwsAnswerLostError as exc:
-        # GWS may have sent it: it stays pending (rule 7), resolved by a
-        # notification or by GET; the integration can ask /v1/sends/{sendId}.
-        await tracker.answer_lost(send_id, str(exc))
         return _gws_error(
-            504,
-            PROCESSING_INCOMPLETE,
-            "No answer from GWS; the send stays pending, see /v1/sends/" + send_id,
-            sendId=send_id,
+            503, INTERNAL_ERROR, "gws-notifyd is shutting down; retry later", headers=_RETRY_LATER
         )
+    raw = await request.read()
+    outcome = await context.workflow.handle(request.match_info["email_id"], raw)
+    return _answer(outcome)
+
+
+def _answer(outcome: Outcome) -> web.Response:
+    """The HTTP answer for what the Send workflow made of a request."""
+    if isinstance(outcome, Answered):
+        return _answered(outcome)
+    if isinstance(outcome, Invalid):
+        return _json(outcome.as_json(), status=400)
+    if isinstance(outcome, OutboxFull):
+        return _gws_error(
+            503,
+            INTERNAL_ERROR,
+            "gws-notifyd outbox is full: sinks are not keeping up",
+            headers=_RETRY_LATER,
+        )
+    if isinstance(outcome, NotRecorded):
+        return _gws_error(503, INTERNAL_ERROR, "gws-notifyd cannot record the send")
+    if isinstance(outcome, NeverLeft):
+        return _gws_error(
+            502, INTERNAL_ERROR, f"GWS unreachable: {outcome.reason}", send_id=outcome.send_id
+        )
+    if outcome.send_id is None:
+        return _gws_error(504, PROCESSING_INCOMPLETE, f"No answer from GWS: {outcome.reason}")
+    return _gws_error(
+        504,
+        PROCESSING_INCOMPLETE,
+        "No answer from GWS; the send stays pending, see /v1/sends/" + outcome.send_id,
+        send_id=outcome.send_id,
+    )
+
+
+def _answered(outcome: Answered) -> web.Response:
+    answer = outcome.answer
+    if outcome.send_id is None:  # passed through, byte for byte
+        headers = {"Content-Type": answer.content_type} if answer.content_type else None
+        return web.Response(body=answer.raw, status=answer.http_status, headers=headers)
     body: dict[str, Any] = dict(answer.body) if isinstance(answer.body, dict) else {}
     if answer.ok:
-        tracker.accepted(send_id, answer.reference_id)
-        reference_id = answer.reference_id if answer.reference_id is not None else send.reference_id
         body.setdefault("statusCode", 0)
-        body["sendId"] = send_id
-        if reference_id is not None:
-            body["referenceId"] = reference_id
+        body["sendId"] = outcome.send_id
+        if outcome.reference_id is not None:
+            body["referenceId"] = outcome.reference_id
         return _json(body, status=answer.http_status)
-    await tracker.rejected(
-        send_id,
-        status_code=answer.status_code,
-        status_message=answer.status_message,
-        http_status=answer.http_status,
-    )
     if not body:
         body = {
             "statusCode": INTERNAL_ERROR,
             "statusMessage": f"GWS answered HTTP {answer.http_status}",
         }
-    body["sendId"] = send_id
+    body["sendId"] = outcome.send_id
     return _json(body, status=answer.http_status)
-
-
-async def _pass_through(context: ApiContext, email_id: str, raw: bytes, name: str) -> web.Response:
-    try:
-        answer: Answer = await context.session.email_operation(email_id, raw, operation=name)
-    except GwsUnreachableError as exc:
-        return _gws_error(502, INTERNAL_ERROR, f"GWS unreachable: {exc}")
-    except GwsAnswerLostError as exc:
-        return _gws_error(504, PROCESSING_INCOMPLETE, f"No answer from GWS: {exc}")
-    headers = {"Content-Type": answer.content_type} if answer.content_type else None
-    return web.Response(body=answer.raw, status=answer.http_status, headers=headers)
 
 
 # -- what the daemon knows ------------------------------------------------------------
@@ -244,9 +207,9 @@ async def _pass_through(context: ApiContext, email_id: str, raw: bytes, name: st
 async def _get_send(request: web.Request) -> web.Response:
     context = request.app[_CONTEXT]
     send_id = request.match_info["send_id"]
-    send = context.tracker.correlator.get(send_id)
+    send = context.tracker.get(send_id)
     if send is None:
-        send = await context.store.run(context.store.store.get_send, send_id)
+        send = await context.store.get_send(send_id)
     if send is None:
         return _json({"error": f"no send {send_id!r}"}, status=404)
     return _json(send.as_json())
@@ -260,14 +223,14 @@ async def _list_sends(request: web.Request) -> web.Response:
     except ValueError:
         return _json({"error": "limit must be an integer"}, status=400)
     if state == "pending":
-        sends = sorted(context.tracker.correlator.pending(), key=lambda s: s.requested_at)[:limit]
+        sends = sorted(context.tracker.pending(), key=lambda s: s.requested_at)[:limit]
     else:
         known = {s.value for s in SendStatus}
         if state is not None and state not in known:
             choices = ", ".join(["pending", *sorted(known)])
             return _json({"error": f"state must be one of {choices}"}, status=400)
         statuses = [state] if state else None
-        sends = await context.store.run(context.store.store.list_sends, statuses, limit)
+        sends = await context.store.list_sends(statuses, limit)
     return _json({"sends": [s.as_json() for s in sends], "count": len(sends)})
 
 
@@ -291,9 +254,9 @@ def status_document(context: ApiContext) -> dict[str, Any]:
             "transport": listener.transport,
             "lastReconcileSeconds": listener.reconcile_seconds,
         },
-        "pendingSends": len(context.tracker.correlator),
+        "pendingSends": len(context.tracker),
         "pendingStates": list(PENDING_STATUSES),
-        "outboxEvents": context.store.store.outbox_rows,
+        "outboxEvents": context.store.outbox_rows,
         "sinks": [
             {
                 "name": s.name,
@@ -323,7 +286,7 @@ async def readiness(context: ApiContext) -> dict[str, Any]:
         "notDraining": not context.state.draining,
     }
     try:
-        await context.store.run(context.store.store.check_writable)
+        await context.store.check_writable()
         checks["storeWritable"] = True
     except StoreError as exc:
         checks["storeWritable"] = False
@@ -345,7 +308,7 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     context = request.app[_CONTEXT]
-    context.metrics.outbox_events.set(context.store.store.outbox_rows)
+    context.metrics.outbox_events.set(context.store.outbox_rows)
     return web.Response(
         body=context.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

@@ -1,14 +1,16 @@
 """`gws-notifyd`: run · check · demo · simulate · send · status · dead-letters.
 
-Exit codes: 0 fine, 1 failure of the command, 2 usage, 69 GWS or the daemon
-unreachable, 70 internal error, 77 credentials refused, 78 bad configuration
-(one line on stderr naming the key, no traceback).
+Exit codes are in `daemon.exitcodes`; a bad configuration is one line on
+stderr naming the key, no traceback. Process-wide tuning (the garbage
+collector, the thread switch interval) belongs to `run` alone, so the
+in-process demo and the tests run on an untouched interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import sys
 import time
 from collections.abc import Sequence
@@ -17,13 +19,18 @@ from typing import Any
 
 import orjson
 
-from daemon import __version__
+from daemon import __version__, exitcodes
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError, GwsNotifydError, StoreError
 from daemon.logging import configure_logging
 
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
+# Young collections every 100k allocations (not 700); the older generations
+# still get collected every 1M / 10M, so cyclic garbage does not pile up.
+GC_THRESHOLDS = (100_000, 10, 10)
+# The store's thread needs the GIL a few times per transaction; while the loop
+# is busy it waits a whole switch interval each time (5 ms by default), which
+# made commits, not parsing, the bottleneck of a burst.
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -121,13 +128,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _dead_letters(args)
     except ConfigError as exc:
         print(f"gws-notifyd: config error: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return exitcodes.CONFIG
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED
     except GwsNotifydError as exc:
         print(f"gws-notifyd: {exc}", file=sys.stderr)
-        return 1
-    return 2
+        return exitcodes.FAILURE
+    return exitcodes.USAGE
 
 
 def _run(path: Path) -> int:
@@ -135,7 +142,21 @@ def _run(path: Path) -> int:
 
     settings = _load(path)
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
-    return asyncio.run(Service(settings).run())
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    return asyncio.run(Service(settings, on_started=_tune_collector).run())
+
+
+def _tune_collector() -> None:
+    """Once start-up has built its long-lived objects (pending sends among them).
+
+    The notification path allocates millions of short-lived objects per large
+    batch; with the default thresholds the collector runs thousands of times
+    per batch and rescans everything long-lived. Freeze what start-up built
+    and collect young objects less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _check(path: Path) -> int:
@@ -148,7 +169,7 @@ def _check(path: Path) -> int:
     )
     if not settings.sinks:
         print("warning: no [[sinks]]: events are kept only until they are pruned", file=sys.stderr)
-    return 0
+    return exitcodes.OK
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -159,7 +180,7 @@ def _simulate(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         print(f"gws-notifyd: --listen: expected HOST:PORT, got {args.listen!r}", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE
     configure_logging(level="info")
     settings = SimulatorSettings(
         username=args.username,
@@ -175,8 +196,8 @@ def _simulate(args: argparse.Namespace) -> int:
         pass
     except OSError as exc:
         print(f"gws-notifyd: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
-        return EX_UNAVAILABLE
-    return 0
+        return exitcodes.UNAVAILABLE
+    return exitcodes.OK
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -199,22 +220,22 @@ async def _send(args: argparse.Namespace) -> int:
             print(orjson.dumps({"httpStatus": response.status, **answer}).decode())
             send_id = answer.get("sendId") if isinstance(answer, dict) else None
             if response.status >= 300 or not send_id or args.wait <= 0:
-                return 0 if response.status < 300 else 1
+                return exitcodes.OK if response.status < 300 else exitcodes.FAILURE
             deadline = time.monotonic() + args.wait
             while time.monotonic() < deadline:
                 async with http.get(f"{api}/v1/sends/{send_id}") as response:
                     record = await response.json()
                 if not record.get("pending"):
                     print(orjson.dumps(record).decode())
-                    return 0
+                    return exitcodes.OK
                 await asyncio.sleep(0.2)
             print(
                 f"gws-notifyd: send {send_id} still pending after {args.wait:g} s", file=sys.stderr
             )
-            return 1
+            return exitcodes.FAILURE
     except aiohttp.ClientError as exc:
         print(f"gws-notifyd: cannot reach {api}: {exc}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return exitcodes.UNAVAILABLE
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -234,13 +255,13 @@ async def _status(args: argparse.Namespace) -> int:
                 ready = await response.json()
     except aiohttp.ClientError as exc:
         print(f"gws-notifyd: the daemon does not answer at {api}: {exc}", file=sys.stderr)
-        return EX_UNAVAILABLE
+        return exitcodes.UNAVAILABLE
     document["ready"] = ready
     if args.json:
         print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
-        return 0
+        return exitcodes.OK
     print(_status_table(document))
-    return 0
+    return exitcodes.OK
 
 
 def _status_table(doc: dict[str, Any]) -> str:
@@ -272,12 +293,12 @@ def _dead_letters(args: argparse.Namespace) -> int:
     settings = _load(args.config, need_password=False)
     if not settings.store.path.exists():
         print(f"gws-notifyd: no store at {settings.store.path}", file=sys.stderr)
-        return 1
+        return exitcodes.FAILURE
     try:
         store = Store(settings.store.path, synchronous=settings.store.synchronous)
     except StoreError as exc:
         print(f"gws-notifyd: {exc}", file=sys.stderr)
-        return 1
+        return exitcodes.FAILURE
     try:
         if args.action == "list":
             letters = store.list_dead_letters(args.sink, args.limit)
@@ -291,16 +312,16 @@ def _dead_letters(args: argparse.Namespace) -> int:
                     f"{letter.email_id or '-':<18} {letter.reason}: {letter.detail or ''}"
                 )
             print(f"{len(letters)} dead letter(s)")
-            return 0
+            return exitcodes.OK
         if args.action == "show":
             if not args.ids:
                 print("gws-notifyd: dead-letters show needs an id", file=sys.stderr)
-                return 2
+                return exitcodes.USAGE
             for letter_id in args.ids:
                 found = store.get_dead_letter(letter_id)
                 if found is None:
                     print(f"gws-notifyd: no dead letter {letter_id}", file=sys.stderr)
-                    return 1
+                    return exitcodes.FAILURE
                 letter = found
                 try:
                     body: Any = orjson.loads(letter.body)
@@ -323,17 +344,17 @@ def _dead_letters(args: argparse.Namespace) -> int:
                         option=orjson.OPT_INDENT_2,
                     ).decode()
                 )
-            return 0
+            return exitcodes.OK
         ids = _select(store, args)
         if ids is None:
-            return 2
+            return exitcodes.USAGE
         if args.action == "replay":
             count = store.replay_dead_letters(ids)
             print(f"replayed {count} dead letter(s); the daemon delivers them to their sink")
         else:
             count = store.purge_dead_letters(ids)
             print(f"purged {count} dead letter(s)")
-        return 0
+        return exitcodes.OK
     finally:
         store.close()
 

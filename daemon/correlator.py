@@ -24,15 +24,10 @@ from typing import NamedTuple
 
 import structlog
 
-from daemon.gws.messages import EmailStateChange
+from daemon.gws.messages import ERROR, SENT, EmailStateChange
 from daemon.sends import SendRecord, SendStatus
 
 log = structlog.get_logger(logger_name="daemon.correlator")
-
-SENT = "Sent"
-ERROR = "Error"
-# GET of an email in this state says the Send has not happened (yet).
-NOT_SENT_STATES = frozenset({"Composing"})
 
 
 class Matched(NamedTuple):
@@ -50,7 +45,7 @@ Decision = Matched | Unmatched
 
 class Correlator:
     def __init__(self, *, send_timeout_seconds: float, recent_capacity: int = 10_000) -> None:
-        self.send_timeout_seconds = send_timeout_seconds
+        self._send_timeout = send_timeout_seconds
         self._pending: dict[str, SendRecord] = {}
         self._by_email: dict[str, list[SendRecord]] = {}
         self._by_reference: dict[int, SendRecord] = {}
@@ -79,13 +74,28 @@ class Correlator:
         if send.status is not SendStatus.IN_FLIGHT:
             self._schedule(send)
 
+    @property
+    def send_timeout_seconds(self) -> float:
+        return self._send_timeout
+
+    def set_send_timeout(self, seconds: float) -> None:
+        """Change the timeout, for deadlines already set too (a SIGHUP).
+
+        A send being checked keeps its check; a postponed one gets its new
+        deadline (the next check may come sooner, never later than it should).
+        """
+        self._send_timeout = seconds
+        for send in self._pending.values():
+            if send.status is not SendStatus.IN_FLIGHT and send.send_id not in self._checking:
+                self._schedule(send)
+
     def restore(self, sends: Iterable[SendRecord]) -> None:
         for send in sorted(sends, key=lambda s: s.requested_at):
             self.add(send)
 
     def _deadline(self, send: SendRecord) -> float:
         start = send.answered_at if send.answered_at is not None else send.requested_at
-        return start + self.send_timeout_seconds
+        return start + self._send_timeout
 
     def _schedule(self, send: SendRecord, at: float | None = None) -> None:
         deadline = at if at is not None else self._deadline(send)
@@ -247,9 +257,6 @@ class Correlator:
         send = self._pending.get(send_id)
         if send is not None:
             self._schedule(send, until)
-
-    def checked(self, send_id: str) -> None:
-        self._checking.discard(send_id)
 
     def next_deadline(self) -> float | None:
         return self._deadlines[0][0] if self._deadlines else None

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 import aiohttp
 import orjson
 
+from daemon import exitcodes
 from daemon.config import settings_from_dict
 from daemon.service import Service
 from daemon.simulator import Simulator, SimulatorSettings
@@ -120,7 +121,7 @@ async def run_demo(*, keep_running: bool = False, out: TextIO = sys.stdout) -> i
         while service.api_url is None or not await _ready(service.api_url):
             if running.done() or time.monotonic() > deadline:
                 out.write("the daemon did not become ready; see the log above\n")
-                return 1
+                return exitcodes.FAILURE
             await asyncio.sleep(0.05)
         api = service.api_url
         out.write(f"gws-notifyd    {api}  (state in {workdir})\n\n")
@@ -145,12 +146,12 @@ async def run_demo(*, keep_running: bool = False, out: TextIO = sys.stdout) -> i
                 out.write(f"  {line}\n")
         if len(events) < len(SENDS):
             out.write(f"expected {len(SENDS)} outcomes, got {len(events)}\n")
-            return 1
+            return exitcodes.FAILURE
         if keep_running:
             out.write("\nrunning until Ctrl-C ...\n")
             with contextlib.suppress(asyncio.CancelledError):
                 await running
-        return 0
+        return exitcodes.OK
     finally:
         service.request_stop()
         with contextlib.suppress(asyncio.CancelledError):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -23,18 +22,16 @@ import structlog
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import SinkSettings
 from daemon.errors import SinkError
-from daemon.events import Event
 from daemon.metrics import Metrics
 from daemon.sinks.base import Sink
-from daemon.store import MALFORMED_SINK, AsyncStore, OutboxRow
+from daemon.store import AsyncStore
+from daemon.store.rows import OutboxRow, StoredEvent
 
 log = structlog.get_logger(logger_name="daemon.dispatcher")
 
 # An idle worker still looks at the store this often, to see dead letters
 # replayed by `gws-notifyd dead-letters replay` from another process.
 IDLE_POLL_SECONDS = 1.0
-MAINTENANCE_SECONDS = 0.25
-NEAR_FULL_RATIO = 0.8
 # How many batches a sink may have waiting in memory before it reads from the store.
 MAX_FRESH = 20
 
@@ -74,21 +71,18 @@ class Dispatcher:
         self._max_outbox = max_outbox_events
         self._workers: dict[str, _Worker] = {}
         self._head = 0
-        self._maintenance: asyncio.Task[None] | None = None
-        self._warned_full_at = 0.0
         self._saved_cursors: dict[str, int] = {}
-        self.dead_letter_counts: dict[str, int] = {}
+        self._dead_letter_counts: dict[str, int] = {}
 
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self, sinks: Sequence[tuple[Sink, SinkSettings]]) -> None:
-        self._head = await self._store.run(self._store.store.head_seq)
+        self._head = await self._store.head_seq()
         self._metrics.outbox_capacity.set(self._max_outbox)
         await self._start_workers(sinks)
-        self._maintenance = asyncio.create_task(self._maintain(), name="outbox-maintenance")
 
     async def _start_workers(self, sinks: Sequence[tuple[Sink, SinkSettings]]) -> None:
-        cursors = await self._store.run(self._store.store.sync_sinks, [s.name for s, _ in sinks])
+        cursors = await self._store.sync_sinks([s.name for s, _ in sinks])
         for sink, settings in sinks:
             self._metrics.track_sink(sink.name)
             worker = _Worker(sink, settings, SinkStatus(sink.name, sink.kind, cursors[sink.name]))
@@ -112,10 +106,6 @@ class Dispatcher:
         return all(w.status.cursor >= target for w in self._workers.values())
 
     async def stop(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
         await self._stop_workers()
 
     async def _stop_workers(self) -> None:
@@ -135,13 +125,11 @@ class Dispatcher:
                         await worker.task
             await worker.sink.close()
         # The last word on where these sinks stand.
-        await self._store.run(
-            self._store.store.set_cursors, {w.sink.name: w.status.cursor for w in workers}
-        )
+        await self._store.set_cursors({w.sink.name: w.status.cursor for w in workers})
 
     # -- events in ----------------------------------------------------------------
 
-    def notify(self, head: int, events: Sequence[Event] = ()) -> None:
+    def notify(self, head: int, events: Sequence[StoredEvent] = ()) -> None:
         """Events up to seq `head` are in the outbox; `events`, if given, are the
         last of them (seqs head - len(events) + 1 ... head), for the fast path."""
         first_seq = head - len(events) + 1
@@ -192,8 +180,8 @@ class Dispatcher:
                 except TimeoutError:
                     worker.behind = True
                 continue
-            rows, horizon = await store.run(
-                store.store.read_outbox, worker.sink.name, status.cursor, worker.settings.batch_size
+            rows, horizon = await store.read_outbox(
+                worker.sink.name, status.cursor, worker.settings.batch_size
             )
             if len(rows) < worker.settings.batch_size:
                 worker.behind = False
@@ -232,10 +220,11 @@ class Dispatcher:
         self._saved_cursors = cursors
         return changed
 
-    async def _save_cursors(self) -> None:
+    async def save_cursors(self) -> None:
+        """Write the cursors that moved since they were last handed out."""
         changed = self.unsaved_cursors()
         if changed:
-            await self._store.run(self._store.store.set_cursors, changed)
+            await self._store.set_cursors(changed)
 
     async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> None:
         sink, status, settings = worker.sink, worker.status, worker.settings
@@ -303,8 +292,7 @@ class Dispatcher:
         self, worker: _Worker, row: OutboxRow, error: SinkError, attempts: int
     ) -> None:
         name = worker.sink.name
-        await self._store.run(
-            self._store.store.dead_letter,
+        await self._store.dead_letter(
             name,
             row,
             reason="permanent" if not error.retryable else "gave_up",
@@ -314,8 +302,8 @@ class Dispatcher:
         worker.status.cursor = max(worker.status.cursor, row.seq)
         worker.status.dead_lettered += 1
         self._metrics.sink_deliveries.labels(name, "dead_lettered").inc()
-        self.dead_letter_counts[name] = self.dead_letter_counts.get(name, 0) + 1
-        self._metrics.dead_letters.labels(name).set(self.dead_letter_counts[name])
+        self._dead_letter_counts[name] = self._dead_letter_counts.get(name, 0) + 1
+        self._metrics.dead_letters.labels(name).set(self._dead_letter_counts[name])
         log.error(
             "sink_dead_letter",
             sink=name,
@@ -326,33 +314,20 @@ class Dispatcher:
             attempts=attempts,
         )
 
-    # -- housekeeping -------------------------------------------------------------------
+    # -- what the store says ------------------------------------------------------------
 
-    async def _maintain(self) -> None:
-        store = self._store
-        for round_ in itertools.count():
-            # Small, frequent prunes: one large DELETE would hold up the
-            # notification transactions queued behind it.
-            await self._save_cursors()
-            await store.run(store.store.prune_outbox)
-            rows = store.store.outbox_rows
-            self._metrics.outbox_events.set(rows)
-            await store.checkpoint()
-            if round_ % 4 == 0:
-                counts = await store.run(store.store.dead_letter_counts)
-                self.dead_letter_counts = counts
-                for name in {*counts, *self._workers, MALFORMED_SINK}:
-                    self._metrics.dead_letters.labels(name).set(counts.get(name, 0))
-            now = time.monotonic()
-            if rows >= NEAR_FULL_RATIO * self._max_outbox and now - self._warned_full_at > 60:
-                self._warned_full_at = now
-                log.warning(
-                    "outbox_near_full",
-                    events=rows,
-                    capacity=self._max_outbox,
-                    backlog=self.backlog(),
-                )
-            await asyncio.sleep(MAINTENANCE_SECONDS)
+    @property
+    def sink_names(self) -> list[str]:
+        return list(self._workers)
+
+    @property
+    def dead_letter_counts(self) -> dict[str, int]:
+        """Dead letters by sink, as last counted (see `count_dead_letters`)."""
+        return self._dead_letter_counts
+
+    def count_dead_letters(self, counts: dict[str, int]) -> None:
+        """The store's count of dead letters by sink (they also change from the CLI)."""
+        self._dead_letter_counts = counts
 
     def outbox_full(self) -> bool:
-        return self._store.store.outbox_rows >= self._max_outbox
+        return self._store.outbox_rows >= self._max_outbox

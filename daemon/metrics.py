@@ -7,10 +7,10 @@ registry is passed in, never global, so each test builds its own.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
-
-from daemon.gws.messages import MALFORMED_REASONS
 
 PREFIX = "gws_notifyd_"
 SEND_OUTCOMES = ("accepted", "rejected", "error")
@@ -25,7 +25,14 @@ _REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        malformed_reasons: Sequence[str] = (),
+    ) -> None:
+        """`malformed_reasons`: the fixed label set of notifications_malformed_total
+        (the GWS adapter's), whose series exist from the start."""
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.build_info = Info(PREFIX + "build", "Version of gws-notifyd.", registry=r)
@@ -140,7 +147,7 @@ class Metrics:
             self.sends.labels(outcome)
         for result in CORRELATION_RESULTS:
             self.correlations.labels(result)
-        for reason in MALFORMED_REASONS:
+        for reason in malformed_reasons:
             self.notifications_malformed.labels(reason)
         for result in RECONCILIATION_RESULTS:
             self.reconciliations.labels(result)

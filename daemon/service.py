@@ -1,12 +1,17 @@
-"""The daemon's life: start-up order, signals, drain, reload, systemd notify.
+"""The daemon's life: start-up, serving, shutdown; signals and systemd notify.
 
-Start: store (and the pending sends in it) -> sinks and dispatcher -> local API
-(health answers from here on) -> GWS login (retried, unless told not to wait)
--> listener. READY=1 once subscribed.
+startup(): the parts (`daemon.app`) -> pending sends restored -> sinks and
+dispatcher -> local API (health answers from here on) -> housekeeping -> GWS
+login (retried, unless told not to wait) -> notification listener. READY=1
+once subscribed.
 
-SIGTERM/SIGINT: /readyz goes 503 and new Sends get 503 + Retry-After; Sends
+serve(): until SIGTERM/SIGINT, or until the listener ends on its own (exit
+70 for a store failure, 69 otherwise).
+
+shutdown(): /readyz goes 503 and new Sends get 503 + Retry-After; Sends
 already in flight finish; CometD disconnects; sinks drain for at most
-`shutdown_timeout_seconds`; exit 0. What was not delivered stays on disk.
+`shutdown_timeout_seconds`; then every resource is closed, in the reverse
+order of opening, by one exit stack. What was not delivered stays on disk.
 A second signal exits at once (still nothing lost: the store is the truth).
 
 SIGHUP: re-read the config file; sinks and timeouts take the new values. An
@@ -17,47 +22,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from daemon import __version__
-from daemon.api import ApiContext, RuntimeState, build_app
+from daemon import __version__, exitcodes
+from daemon.api import build_app
+from daemon.app import Components, build_components, build_sinks, new_metrics
 from daemon.backoff import Backoff, BackoffPolicy
-from daemon.config import Settings, SinkSettings, load_settings
-from daemon.correlator import Correlator
-from daemon.dispatcher import Dispatcher
+from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError, GwsError, GwsRequestError, SinkError, StoreError
-from daemon.events import EventFactory
-from daemon.gws.listener import Listener
-from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
 from daemon.sdnotify import SystemdNotifier
-from daemon.sinks import Sink, build_sink
-from daemon.store import AsyncStore, Store
-from daemon.tracker import Tracker
 
 log = structlog.get_logger(logger_name="daemon.service")
 
-EX_OK = 0
-EX_SOFTWARE = 70
-EX_UNAVAILABLE = 69
-EX_NOPERM = 77
-EX_CONFIG = 78
-
-# Young collections every 100k allocations (not 700); the older generations
-# still get collected every 1M / 10M, so cyclic garbage does not pile up.
-GC_THRESHOLDS = (100_000, 10, 10)
-SWITCH_INTERVAL_SECONDS = 0.0005
 STATUS_EVERY_SECONDS = 5.0
-PRUNE_EVERY_SECONDS = 3600.0
+LISTENER_CLOSE_SECONDS = 5.0
 
 
 class StartupError(Exception):
@@ -66,8 +53,10 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
-def build_sinks(settings: Settings) -> list[tuple[Sink, SinkSettings]]:
-    return [(build_sink(s), s) for s in settings.sinks]
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Service:
@@ -77,89 +66,51 @@ class Service:
         *,
         metrics: Metrics | None = None,
         notifier: SystemdNotifier | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> None:
+        """`on_started` runs once start-up has built everything (the `run`
+        command tunes the process's garbage collector there)."""
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or new_metrics()
         self.notifier = notifier or SystemdNotifier()
-        self.state = RuntimeState()
         self.api_url: str | None = None
+        self._on_started = on_started
         self._stop = asyncio.Event()
         self._signals = 0
-        self._context: ApiContext | None = None
+        self._parts: Components | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._listening: asyncio.Task[None] | None = None
 
     # -- the whole life -------------------------------------------------------------
 
     async def run(self) -> int:
         try:
-            return await self._run()
+            async with contextlib.AsyncExitStack() as stack:
+                stack.callback(self.notifier.close)
+                await self.startup(stack)
+                exit_code = await self.serve()
+                await self.shutdown()
+                return exit_code
         except StartupError as exc:
             log.error("startup_failed", error=str(exc))
             return exc.exit_code
         except StoreError as exc:
             # The store is the truth; without it nothing can be promised.
             log.error("store_failed", error=str(exc))
-            return EX_SOFTWARE
+            return exitcodes.SOFTWARE
 
-    async def _run(self) -> int:
+    async def startup(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.settings
-        metrics = self.metrics
-        metrics.build_info.info({"version": __version__})
-        store = AsyncStore(
-            Store(
-                settings.store.path,
-                synchronous=settings.store.synchronous,
-                max_outbox_events=settings.store.max_outbox_events,
-            )
-        )
-        dispatcher = Dispatcher(
-            store=store, metrics=metrics, max_outbox_events=settings.store.max_outbox_events
-        )
-        correlator = Correlator(send_timeout_seconds=settings.correlation.send_timeout_seconds)
-        tracker = Tracker(
-            correlator=correlator,
-            store=store,
-            events=EventFactory(source=settings.gws.base_url + "/api/v2/me/emails"),
-            metrics=metrics,
-            on_events=dispatcher.notify,
-            channels=settings.gws.channels,
-            cursors=dispatcher.unsaved_cursors,
-        )
-        restored = await tracker.restore()
+        self.metrics.build_info.info({"version": __version__})
+        parts = self._parts = await build_components(settings, stack, metrics=self.metrics)
+        restored = await parts.tracker.restore()
         try:
             sinks = build_sinks(settings)
         except SinkError as exc:
-            raise StartupError(str(exc), EX_CONFIG) from None
-        await dispatcher.start(sinks)
-        session = GwsSession(settings.gws, metrics)
-        await session.open()
-        listener = Listener(
-            session=session, tracker=tracker, metrics=metrics, settings=settings.gws
-        )
-        context = ApiContext(
-            settings=settings,
-            metrics=metrics,
-            tracker=tracker,
-            session=session,
-            store=store,
-            dispatcher=dispatcher,
-            listener=listener,
-            state=self.state,
-        )
-        self._context = context
-        runner = web.AppRunner(build_app(context), access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self._close(runner, listener, dispatcher, session, store)
-            raise StartupError(
-                f"http.listen: cannot listen on {settings.http.host}:{settings.http.port}: "
-                f"{exc.strerror}",
-                EX_UNAVAILABLE,
-            ) from None
-        port = runner.addresses[0][1]
-        self.api_url = f"http://{settings.http.host}:{port}"
+            raise StartupError(str(exc), exitcodes.CONFIG) from None
+        await parts.dispatcher.start(sinks)
+        stack.push_async_callback(parts.dispatcher.stop)
+        await self._serve_api(parts, stack)
         log.info(
             "started",
             version=__version__,
@@ -168,58 +119,92 @@ class Service:
             sinks=[s.name for s in settings.sinks],
             store=str(settings.store.path),
         )
-
-        # The notification path allocates millions of short-lived objects per
-        # large batch; with the default thresholds the collector runs thousands
-        # of times per batch and rescans everything long-lived. Freeze what
-        # start-up built and collect young objects less often.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
-        # The store's thread needs the GIL a few times per transaction; while
-        # the loop is busy it waits a whole switch interval each time (5 ms by
-        # default), which made commits, not parsing, the bottleneck of a burst.
-        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+        if self._on_started is not None:
+            self._on_started()
         self._install_signals()
-        helpers = [
+        self._tasks = [
             asyncio.create_task(self._watchdog(), name="watchdog"),
-            asyncio.create_task(self._report_status(listener, dispatcher), name="status"),
-            asyncio.create_task(self._prune(store), name="prune"),
+            asyncio.create_task(self._report_status(), name="status"),
+            asyncio.create_task(parts.housekeeping.run(), name="housekeeping"),
         ]
-        listening: asyncio.Task[None] | None = None
-        exit_code = EX_OK
-        try:
-            await self._login(session)
-            if not self._stop.is_set():
-                listening = asyncio.create_task(listener.run(), name="listener")
-                ready = asyncio.create_task(self._announce_ready(listener), name="ready")
-                helpers.append(ready)
-                stop = asyncio.create_task(self._stop.wait())
-                done, _ = await asyncio.wait({stop, listening}, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
-                if listening in done:
-                    error = listening.exception()
-                    log.error("listener_stopped", error=str(error))
-                    exit_code = EX_SOFTWARE if isinstance(error, StoreError) else EX_UNAVAILABLE
-        except StartupError:
-            for task in helpers:
-                task.cancel()
-            await self._close(runner, listener, dispatcher, session, store)
-            raise
-        await self._shutdown(runner, listener, listening, dispatcher, session, store, helpers)
-        return exit_code
+        stack.push_async_callback(_cancel, self._tasks)
+        await self._login(parts)
+        if not self._stop.is_set():
+            self._listening = asyncio.create_task(parts.listener.run(), name="listener")
+            stack.push_async_callback(parts.listener.close)
+            self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
 
-    async def _login(self, session: GwsSession) -> None:
+    async def _serve_api(self, parts: Components, stack: contextlib.AsyncExitStack) -> None:
+        http = self.settings.http
+        runner = web.AppRunner(
+            build_app(parts.api_context()), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, http.host, http.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(
+                f"http.listen: cannot listen on {http.host}:{http.port}: {exc.strerror}",
+                exitcodes.UNAVAILABLE,
+            ) from None
+        self.api_url = f"http://{http.host}:{runner.addresses[0][1]}"
+
+    async def serve(self) -> int:
+        """Until a stop is requested (0), or the listener ends on its own."""
+        listening = self._listening
+        if listening is None:
+            return exitcodes.OK
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait({stop, listening}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if listening not in done:
+            return exitcodes.OK
+        error = listening.exception()
+        log.error("listener_stopped", error=str(error))
+        return exitcodes.SOFTWARE if isinstance(error, StoreError) else exitcodes.UNAVAILABLE
+
+    async def shutdown(self) -> None:
+        """Drain: sends in flight finish, the listener stops, sinks catch up (bounded)."""
+        parts = self._parts
+        assert parts is not None
+        budget = self.settings.service.shutdown_timeout_seconds
+        started = time.monotonic()
+        parts.state.draining = True
+        self.notifier.stopping("draining")
+        log.info(
+            "draining",
+            sends_in_flight=parts.workflow.in_flight,
+            backlog=parts.dispatcher.backlog(),
+            budget_seconds=budget,
+        )
+        await parts.workflow.wait_idle(self.settings.gws.request_timeout_seconds + 1)
+        await parts.listener.close()
+        if self._listening is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._listening, LISTENER_CLOSE_SECONDS)
+        await parts.tracker.flush()
+        remaining = max(0.0, budget - (time.monotonic() - started))
+        drained = await parts.dispatcher.drain(remaining)
+        log.info(
+            "stopped",
+            drained=drained,
+            backlog=parts.dispatcher.backlog(),
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    async def _login(self, parts: Components) -> None:
         backoff = Backoff(BackoffPolicy(initial=1.0, maximum=30.0))
         while not self._stop.is_set():
             try:
-                await session.login()
+                await parts.session.login()
             except GwsRequestError as exc:
                 if exc.http_status in (401, 403):
                     raise StartupError(
                         f"GWS refused the credentials of gws.username "
                         f"{self.settings.gws.username!r}: {exc}",
-                        EX_NOPERM,
+                        exitcodes.NOPERM,
                     ) from None
                 error = str(exc)
             except GwsError as exc:
@@ -227,78 +212,19 @@ class Service:
             else:
                 return
             if not self.settings.gws.wait_at_start:
-                raise StartupError(f"GWS unreachable at start: {error}", EX_UNAVAILABLE)
+                raise StartupError(f"GWS unreachable at start: {error}", exitcodes.UNAVAILABLE)
             delay = backoff.next_delay()
             log.warning("gws_login_retry", error=error, delay_seconds=round(delay, 2))
             self.notifier.status(f"waiting for GWS: {error}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
-    async def _announce_ready(self, listener: Listener) -> None:
+    async def _announce_ready(self) -> None:
+        assert self._parts is not None
+        listener = self._parts.listener
         await listener.first_subscription.wait()
         self.notifier.ready(self._status_line())
         log.info("ready", transport=listener.transport)
-
-    async def _shutdown(
-        self,
-        runner: web.AppRunner,
-        listener: Listener,
-        listening: asyncio.Task[None] | None,
-        dispatcher: Dispatcher,
-        session: GwsSession,
-        store: AsyncStore,
-        helpers: list[asyncio.Task[None]],
-    ) -> None:
-        budget = self.settings.service.shutdown_timeout_seconds
-        started = time.monotonic()
-        self.state.draining = True
-        self.notifier.stopping("draining")
-        log.info(
-            "draining",
-            sends_in_flight=self.state.sends_in_flight,
-            backlog=dispatcher.backlog(),
-            budget_seconds=budget,
-        )
-        if self.state.sends_in_flight:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.state.sends_idle.wait(),
-                    self.settings.gws.request_timeout_seconds + 1,
-                )
-        await listener.close()
-        if listening is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(listening, 5.0)
-        if self._context is not None:
-            await self._context.tracker.flush()
-        remaining = max(0.0, budget - (time.monotonic() - started))
-        drained = await dispatcher.drain(remaining)
-        backlog = dispatcher.backlog()
-        for task in helpers:
-            task.cancel()
-        await self._close(runner, None, dispatcher, session, store)
-        log.info(
-            "stopped",
-            drained=drained,
-            backlog=backlog,
-            seconds=round(time.monotonic() - started, 3),
-        )
-
-    async def _close(
-        self,
-        runner: web.AppRunner,
-        listener: Listener | None,
-        dispatcher: Dispatcher,
-        session: GwsSession,
-        store: AsyncStore,
-    ) -> None:
-        if listener is not None:
-            await listener.close()
-        await runner.cleanup()
-        await dispatcher.stop()
-        await session.close()
-        await store.close()
-        self.notifier.close()
 
     # -- signals ----------------------------------------------------------------------
 
@@ -313,7 +239,7 @@ class Service:
         if self._signals > 1:
             log.warning("forced_exit", signal=signal.Signals(signum).name)
             # Everything acknowledged is already in the store.
-            os._exit(EX_SOFTWARE)
+            os._exit(exitcodes.SOFTWARE)
         log.info("stop_requested", signal=signal.Signals(signum).name)
         self.request_stop()
 
@@ -323,8 +249,8 @@ class Service:
     async def reload(self) -> bool:
         """Re-read the config: sinks and timeouts change, the rest needs a restart."""
         source = self.settings.source
-        context = self._context
-        if source is None or context is None:
+        parts = self._parts
+        if source is None or parts is None:
             return False
         try:
             new = load_settings(Path(source))
@@ -332,12 +258,11 @@ class Service:
         except (ConfigError, SinkError) as exc:
             log.error("reload_rejected", error=str(exc), config=str(source))
             return False
-        await context.dispatcher.replace_sinks(sinks)
-        context.tracker.correlator.send_timeout_seconds = new.correlation.send_timeout_seconds
+        await parts.dispatcher.replace_sinks(sinks)
+        parts.tracker.set_send_timeout(new.correlation.send_timeout_seconds)
         self.settings = replace(
             self.settings, sinks=new.sinks, correlation=new.correlation, service=new.service
         )
-        context.settings = self.settings
         log.info(
             "reloaded",
             sinks=[s.name for s in new.sinks],
@@ -348,19 +273,19 @@ class Service:
     # -- background duties --------------------------------------------------------------
 
     def _status_line(self) -> str:
-        context = self._context
-        if context is None:
+        parts = self._parts
+        if parts is None:
             return "starting"
-        if self.state.draining:
+        if parts.state.draining:
             head = "draining"
-        elif context.listener.subscribed:
+        elif parts.listener.subscribed:
             head = "connected"
         else:
             head = "reconnecting"
-        backlog = sum(context.dispatcher.backlog().values())
-        return f"{head}; {len(context.tracker.correlator)} pending sends; backlog {backlog}"
+        backlog = sum(parts.dispatcher.backlog().values())
+        return f"{head}; {len(parts.tracker)} pending sends; backlog {backlog}"
 
-    async def _report_status(self, listener: Listener, dispatcher: Dispatcher) -> None:
+    async def _report_status(self) -> None:
         if not self.notifier.enabled:
             return
         while True:
@@ -376,11 +301,3 @@ class Service:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(interval / 2)
-
-    async def _prune(self, store: AsyncStore) -> None:
-        while True:
-            cutoff = time.time() - self.settings.store.retention_hours * 3600
-            removed = await store.run(store.store.prune_sends, cutoff)
-            if removed:
-                log.info("sends_pruned", removed=removed)
-            await asyncio.sleep(PRUNE_EVERY_SECONDS)

@@ -17,12 +17,16 @@ from typing import Any
 import structlog
 
 from daemon.cometd import Message
-from daemon.correlator import NOT_SENT_STATES, Correlator, Matched
+from daemon.correlator import Correlator, Matched
 from daemon.events import Event, EventFactory
 from daemon.gws.messages import (
+    EMAIL_NOTIFICATION_TYPES,
     EMAIL_STATE_CHANGE,
-    KNOWN_OTHER_TYPES,
+    EMAIL_STATES,
+    ERROR,
+    KNOWN_MESSAGE_TYPES,
     MALFORMED_REASONS,
+    NOT_SENT_STATES,
     EmailStateChange,
     Malformed,
     parse_batch,
@@ -41,20 +45,6 @@ CHUNK = 2000
 MAX_QUEUED_EVENTS = 4 * CHUNK
 
 # Label values must come from fixed sets; anything GWS invents becomes "other".
-_KNOWN_STATES = frozenset(
-    {"Sent", "Composing", "Canceled", "Completed", "Processing", "Invited", "Error"}
-)
-_KNOWN_NOTIFICATION_TYPES = frozenset(
-    {
-        "StatusChange",
-        "PropertiesUpdated",
-        "EmailSaved",
-        "AttachmentAdded",
-        "AttachmentRemoved",
-        "Error",
-    }
-)
-_KNOWN_MESSAGE_TYPES = KNOWN_OTHER_TYPES | {EMAIL_STATE_CHANGE}
 
 
 def _label(value: str | None, known: frozenset[str]) -> str:
@@ -69,23 +59,50 @@ class Tracker:
         *,
         correlator: Correlator,
         store: AsyncStore,
+        writer: OutcomeWriter,
         events: EventFactory,
         metrics: Metrics,
-        on_events: Callable[[int, Sequence[Event]], None],
         channels: Sequence[str],
-        cursors: Callable[[], dict[str, int] | None] = lambda: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.correlator = correlator
+        self._correlator = correlator
         self._store = store
+        self._writer = writer
         self._events = events
         self._metrics = metrics
         self._channels = frozenset(channels)
         self._clock = clock
-        self._writer = OutcomeWriter(store, on_events, cursors)
 
     def _gauge(self) -> None:
-        self._metrics.pending_sends.set(len(self.correlator))
+        self._metrics.pending_sends.set(len(self._correlator))
+
+    # -- what is pending ------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """How many sends are pending."""
+        return len(self._correlator)
+
+    def pending(self) -> list[SendRecord]:
+        return self._correlator.pending()
+
+    def get(self, send_id: str) -> SendRecord | None:
+        """A pending send (None once it has its outcome)."""
+        return self._correlator.get(send_id)
+
+    def due(self, now: float) -> list[SendRecord]:
+        """Pending sends whose deadline passed: to be read back (see `read_back`)."""
+        return self._correlator.due(now)
+
+    def postpone(self, send_id: str, until: float) -> None:
+        """A deadline check could not be made: try again at `until`."""
+        self._correlator.postpone(send_id, until)
+
+    def next_deadline(self) -> float | None:
+        return self._correlator.next_deadline()
+
+    def set_send_timeout(self, seconds: float) -> None:
+        """A new `send_timeout_seconds`, for deadlines already set too."""
+        self._correlator.set_send_timeout(seconds)
 
     async def _commit(
         self,
@@ -105,7 +122,7 @@ class Tracker:
 
     async def restore(self) -> int:
         """Load pending sends after a start; a send whose answer we never saw is unanswered."""
-        sends = await self._store.run(self._store.store.load_pending)
+        sends = await self._store.load_pending()
         now = self._clock()
         in_flight = [s for s in sends if s.status is SendStatus.IN_FLIGHT]
         for send in in_flight:
@@ -114,14 +131,14 @@ class Tracker:
             send.answered_at = now
         if in_flight:
             await self._writer.write(updates=[send_update(s) for s in in_flight])
-        self.correlator.restore(sends)
+        self._correlator.restore(sends)
         self._gauge()
         return len(sends)
 
     async def register(self, send: SendRecord) -> None:
         """Write the send before it goes to GWS (rule 1)."""
         await self._writer.write(inserts=[send_row(send)])
-        self.correlator.add(send)
+        self._correlator.add(send)
         self._gauge()
 
     def accepted(self, send_id: str, reference_id: int | None) -> SendRecord | None:
@@ -129,7 +146,7 @@ class Tracker:
         disk already (as in flight), and if this update is lost in a crash the
         send is restored as unanswered and read back, with the same outcome."""
         self._metrics.sends.labels("accepted").inc()
-        send = self.correlator.accepted(send_id, reference_id, self._clock())
+        send = self._correlator.accepted(send_id, reference_id, self._clock())
         if send is not None:
             self._writer.write(updates=[send_update(send)])
             log_batch(
@@ -147,7 +164,7 @@ class Tracker:
 
     async def answer_lost(self, send_id: str, reason: str) -> None:
         self._metrics.sends.labels("error").inc()
-        send = self.correlator.answer_lost(send_id, self._clock())
+        send = self._correlator.answer_lost(send_id, self._clock())
         if send is not None:
             await self._writer.write(updates=[send_update(send)])
             log.warning("send_answer_lost", send_id=send_id, email_id=send.email_id, reason=reason)
@@ -163,7 +180,7 @@ class Tracker:
         """GWS said no, or the Send never left: the outcome is known now."""
         self._metrics.sends.labels("rejected" if http_status is not None else "error").inc()
         now = self._clock()
-        send = self.correlator.reject(send_id, status_code, status_message, now)
+        send = self._correlator.reject(send_id, status_code, status_message, now)
         if send is None:
             return
         event = self._events.rejected(
@@ -215,7 +232,7 @@ class Tracker:
         received: CounterType[tuple[str, str, str | None]] = CounterType()
         matched = unmatched = 0
         latency: dict[str, list[float]] = {}
-        correlator = self.correlator
+        correlator = self._correlator
         state_changed = self._events.state_changed
         for change in batch.changes:
             received[(change.channel, EMAIL_STATE_CHANGE, change.notification_type)] += 1
@@ -280,8 +297,8 @@ class Tracker:
         for (channel, message_type, notification_type), count in received.items():
             metrics.notifications_received.labels(
                 self._channel_label(channel),
-                _label(message_type, _KNOWN_MESSAGE_TYPES),
-                _label(notification_type, _KNOWN_NOTIFICATION_TYPES),
+                _label(message_type, KNOWN_MESSAGE_TYPES),
+                _label(notification_type, EMAIL_NOTIFICATION_TYPES),
             ).inc(count)
         if matched:
             metrics.correlations.labels("matched").inc(matched)
@@ -297,9 +314,9 @@ class Tracker:
 
     @staticmethod
     def _state_label(change: EmailStateChange) -> str:
-        if change.notification_type == "Error":
-            return "Error"
-        return _label(change.state, _KNOWN_STATES)
+        if change.notification_type == ERROR:
+            return ERROR
+        return _label(change.state, EMAIL_STATES)
 
     # -- read-backs -----------------------------------------------------------------
 
@@ -314,12 +331,12 @@ class Tracker:
         now = self._clock()
         state = email.get("state") if email else None
         state = state if isinstance(state, str) else None
-        if self.correlator.get(send.send_id) is None:
+        if self._correlator.get(send.send_id) is None:
             return False  # resolved by a notification meanwhile
         if state is not None and state not in NOT_SENT_STATES:
-            resolved = self.correlator.resolve(send.send_id, state, now)
+            resolved = self._correlator.resolve(send.send_id, state, now)
             assert resolved is not None
-            self._metrics.outcome_latency.labels(_label(state, _KNOWN_STATES)).observe(
+            self._metrics.outcome_latency.labels(_label(state, EMAIL_STATES)).observe(
                 max(0.0, now - resolved.requested_at)
             )
             event = self._events.reconciled(resolved, state=state, at=now)
@@ -330,7 +347,7 @@ class Tracker:
         if not final:
             self._metrics.reconciliations.labels("still_pending").inc()
             return False
-        timed_out = self.correlator.time_out(send.send_id, now)
+        timed_out = self._correlator.time_out(send.send_id, now)
         assert timed_out is not None
         timed_out.outcome_state = state
         event = self._events.timed_out(timed_out, last_state=state, at=now)

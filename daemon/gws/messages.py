@@ -17,8 +17,26 @@ import orjson
 from daemon.cometd import Message
 
 EMAIL_STATE_CHANGE = "EmailStateChangeMessage"
+# Email states and notification types as GWS documents them (GWS API v2, EmailMessageType).
+SENT = "Sent"
+ERROR = "Error"
+EMAIL_STATES = frozenset(
+    {"Sent", "Composing", "Canceled", "Completed", "Processing", "Invited", "Error"}
+)
+# A GET of an email in one of these states says its Send has not happened (yet).
+NOT_SENT_STATES = frozenset({"Composing"})
+EMAIL_NOTIFICATION_TYPES = frozenset(
+    {
+        "StatusChange",
+        "PropertiesUpdated",
+        "EmailSaved",
+        "AttachmentAdded",
+        "AttachmentRemoved",
+        "Error",
+    }
+)
 # Notification types that carry the outcome of an operation such as Send.
-OUTCOME_TYPES = frozenset({"StatusChange", "Error"})
+OUTCOME_TYPES = frozenset({"StatusChange", ERROR})
 
 # Other GWS message types that may arrive on channels an operator subscribes
 # to (calls, devices, chats...). They are counted and otherwise ignored.
@@ -37,6 +55,9 @@ KNOWN_OTHER_TYPES = frozenset(
         "EmailMessage",
     }
 )
+
+# Every message type this module knows by name (metrics label the rest "other").
+KNOWN_MESSAGE_TYPES = KNOWN_OTHER_TYPES | {EMAIL_STATE_CHANGE}
 
 MALFORMED_REASONS = (
     "not_an_object",

@@ -1,6 +1,6 @@
 """Email operation bodies as the integration posts them: parsed and validated.
 
-Owns the Send contract of GWS (reference/gws-email-send.txt): `operationName`
+Owns the Send contract of GWS (the GWS API v2 page "Send" of email operations): `operationName`
 "Send", `queueName` (required), `email` with `to` (non-empty) and `from`
 (required), optional `subject`, `body`, `bodyAsPlainText`, `mime`, `cc`, `bcc`,
 and an optional boolean `saveLAR`. Problems come back as `Invalid` with a
@@ -15,8 +15,13 @@ from typing import Any
 
 import orjson
 
-MISSING = 1
-INVALID = 10
+# GWS statusCodes (GWS API v2, "Error handling"); the daemon uses the same in
+# the answers it makes up itself, so an integration reads one vocabulary.
+MISSING = 1  # a required parameter is missing
+INTERNAL_ERROR = 4
+PROCESSING_INCOMPLETE = 9  # the operation may or may not have been carried out
+INVALID = 10  # input validation error
+NOT_AUTHENTICATED = 20
 
 _OPTIONAL_TEXT = ("subject", "body", "bodyAsPlainText", "mime")
 _ADDRESS_LISTS = ("cc", "bcc")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from daemon.store import OutboxRow
+from daemon.store.rows import OutboxRow
 
 
 class Sink(ABC):

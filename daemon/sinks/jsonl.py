@@ -17,7 +17,7 @@ import structlog
 
 from daemon.errors import RetryableSinkError
 from daemon.sinks.base import Sink
-from daemon.store import OutboxRow
+from daemon.store.rows import OutboxRow
 
 log = structlog.get_logger(logger_name="daemon.sinks.jsonl")
 

@@ -8,7 +8,7 @@ import orjson
 import structlog
 
 from daemon.sinks.base import Sink
-from daemon.store import OutboxRow
+from daemon.store.rows import OutboxRow
 
 log = structlog.get_logger(logger_name="daemon.sinks.log")
 

@@ -29,7 +29,7 @@ from daemon import __version__
 from daemon.config import Secret
 from daemon.errors import PermanentSinkError, RetryableSinkError
 from daemon.sinks.base import Sink
-from daemon.store import OutboxRow
+from daemon.store.rows import OutboxRow
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 SIGNATURE_HEADER = "Gws-Notifyd-Signature"

@@ -398,16 +398,33 @@ def test_postponing_to_the_same_deadline_hands_the_send_out_once(correlator: Cor
     send = sent(correlator, reference_id=None, at=1001.0)
     correlator.postpone(send.send_id, until=1001.0 + TIMEOUT)
     assert correlator.due(now=5000.0) == [send]
-    correlator.checked(send.send_id)
     assert correlator.due(now=6000.0) == []
 
 
-def test_checked_send_is_not_rescheduled(correlator: Correlator) -> None:
+def test_send_being_checked_is_not_handed_out_again(correlator: Correlator) -> None:
     send = sent(correlator, reference_id=None, at=1001.0)
     assert correlator.due(now=5000.0) == [send]
-    correlator.checked(send.send_id)
     assert correlator.due(now=9999.0) == []
     assert send.pending
+
+
+def test_new_send_timeout_moves_deadlines_already_set(correlator: Correlator) -> None:
+    send = sent(correlator, reference_id=None, at=1001.0)
+    assert correlator.next_deadline() == 1001.0 + TIMEOUT
+
+    correlator.set_send_timeout(TIMEOUT * 10)
+
+    assert correlator.due(now=1001.0 + TIMEOUT) == []
+    assert correlator.next_deadline() == 1001.0 + TIMEOUT * 10
+    assert correlator.due(now=1001.0 + TIMEOUT * 10) == [send]
+
+
+def test_shorter_send_timeout_makes_a_send_due_sooner(correlator: Correlator) -> None:
+    send = sent(correlator, reference_id=None, at=1001.0)
+
+    correlator.set_send_timeout(TIMEOUT / 2)
+
+    assert correlator.due(now=1001.0 + TIMEOUT / 2) == [send]
 
 
 def test_resolved_send_is_not_due(correlator: Correlator) -> None:

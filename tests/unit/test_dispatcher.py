@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -65,12 +65,10 @@ async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 
         await asyncio.sleep(0.01)
 
 
-async def wait_for_cursors(store: AsyncStore, expected: dict[str, int]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while (cursors := await store.run(store.store.cursors)) != expected:
-        if time.monotonic() > deadline:
-            pytest.fail(f"cursors are {cursors}, expected {expected}")
-        await asyncio.sleep(0.01)
+async def saved_cursors(dispatcher: Dispatcher, inspector: Store) -> dict[str, int]:
+    """The cursors on disk once the dispatcher has saved what moved (housekeeping's job)."""
+    await dispatcher.save_cursors()
+    return inspector.sync_sinks(dispatcher.sink_names)
 
 
 @pytest.fixture
@@ -78,6 +76,14 @@ async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
     opened = AsyncStore(Store(tmp_path / "state.db"))
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+def inspector(store: AsyncStore, tmp_path: Path) -> Iterator[Store]:
+    """A second connection to the same file, as the CLI opens one."""
+    opened = Store(tmp_path / "state.db")
+    yield opened
+    opened.close()
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ async def write(store: AsyncStore, *numbers: int) -> int:
         Event(f"event-{n}", "gws.email.state_changed", f"email-{n}", 1000.0 + n, b'{"n":%d}' % n)
         for n in numbers
     ]
-    return await store.run(store.store.commit_outcomes, events=events)
+    return await store.submit_outcomes(events=events)
 
 
 @contextlib.asynccontextmanager
@@ -118,7 +124,7 @@ def delivered_metric(metrics: Metrics, sink: str, outcome: str) -> float | None:
 
 
 async def test_every_event_reaches_every_sink_once_in_order(
-    store: AsyncStore, metrics: Metrics
+    store: AsyncStore, metrics: Metrics, inspector: Store
 ) -> None:
     small, large = FakeSink("small"), FakeSink("large")
     async with running(
@@ -132,8 +138,7 @@ async def test_every_event_reaches_every_sink_once_in_order(
         assert small.taken == event_ids(*range(1, 26))
         assert large.taken == event_ids(*range(1, 26))
         assert max(len(b) for b in small.batches) <= 7
-        # Cursors reach the store with the next maintenance round.
-        await wait_for_cursors(store, {"small": 25, "large": 25})
+        assert await saved_cursors(dispatcher, inspector) == {"small": 25, "large": 25}
         assert dispatcher.backlog() == {"small": 0, "large": 0}
         assert delivered_metric(metrics, "small", "delivered") == 25
 
@@ -166,7 +171,7 @@ async def test_stop_closes_the_sinks(store: AsyncStore, metrics: Metrics) -> Non
 
 
 async def test_failing_sink_is_retried_while_another_keeps_progressing(
-    store: AsyncStore, metrics: Metrics
+    store: AsyncStore, metrics: Metrics, inspector: Store
 ) -> None:
     healthy = False
 
@@ -198,7 +203,7 @@ async def test_failing_sink_is_retried_while_another_keeps_progressing(
         assert steady.taken == event_ids(1, 2, 3, 4, 5)
         assert flaky_status.failing_since is None
         assert flaky_status.last_error is None
-        assert await store.run(store.store.list_dead_letters) == []
+        assert inspector.list_dead_letters() == []
 
 
 async def test_partial_delivery_is_not_handed_over_twice(
@@ -222,7 +227,7 @@ async def test_partial_delivery_is_not_handed_over_twice(
 
 
 async def test_retryable_failure_past_give_up_time_is_dead_lettered(
-    store: AsyncStore, metrics: Metrics
+    store: AsyncStore, metrics: Metrics, inspector: Store
 ) -> None:
     def always_down(ids: list[str]) -> SinkError | None:
         return RetryableSinkError("HTTP 503")
@@ -233,7 +238,7 @@ async def test_retryable_failure_past_give_up_time_is_dead_lettered(
     async with running(store, metrics, pair) as dispatcher:
         assert await dispatcher.drain(DEADLINE)
 
-        [letter] = await store.run(store.store.list_dead_letters, "hopeless")
+        [letter] = inspector.list_dead_letters("hopeless")
         assert letter.event_id == "event-1"
         assert letter.reason == "gave_up"
         assert letter.attempts >= 2
@@ -244,7 +249,7 @@ async def test_retryable_failure_past_give_up_time_is_dead_lettered(
 
 
 async def test_permanent_failure_dead_letters_exactly_that_event_and_continues(
-    store: AsyncStore, metrics: Metrics
+    store: AsyncStore, metrics: Metrics, inspector: Store
 ) -> None:
     def refuse_event_3(ids: list[str]) -> SinkError | None:
         if "event-3" in ids:
@@ -260,17 +265,17 @@ async def test_permanent_failure_dead_letters_exactly_that_event_and_continues(
 
         assert picky.taken == event_ids(1, 2, 4, 5, 6)
         assert other.taken == event_ids(1, 2, 3, 4, 5, 6)
-        [letter] = await store.run(store.store.list_dead_letters)
+        [letter] = inspector.list_dead_letters()
         assert (letter.sink, letter.event_id, letter.reason) == ("picky", "event-3", "permanent")
         assert letter.body == b'{"n":3}'
         assert letter.detail == "HTTP 400"
-        await wait_for_cursors(store, {"picky": 6, "other": 6})
+        assert await saved_cursors(dispatcher, inspector) == {"picky": 6, "other": 6}
         assert delivered_metric(metrics, "picky", "dead_lettered") == 1
         assert dispatcher.dead_letter_counts == {"picky": 1}
 
 
 async def test_permanent_failure_of_the_last_event_catches_up(
-    store: AsyncStore, metrics: Metrics
+    store: AsyncStore, metrics: Metrics, inspector: Store
 ) -> None:
     def refuse_all(ids: list[str]) -> SinkError | None:
         return PermanentSinkError("HTTP 422")
@@ -279,13 +284,13 @@ async def test_permanent_failure_of_the_last_event_catches_up(
     await write(store, 1, 2)
     async with running(store, metrics, sink) as dispatcher:
         assert await dispatcher.drain(DEADLINE)
-        letters = await store.run(store.store.list_dead_letters, "refusing")
+        letters = inspector.list_dead_letters("refusing")
         assert [d.event_id for d in letters] == event_ids(1, 2)
         assert sink.taken == []
 
 
 async def test_replayed_dead_letter_goes_to_its_sink_only(
-    store: AsyncStore, metrics: Metrics
+    store: AsyncStore, metrics: Metrics, inspector: Store
 ) -> None:
     refusing = True
 
@@ -296,13 +301,13 @@ async def test_replayed_dead_letter_goes_to_its_sink_only(
     await write(store, 1)
     async with running(store, metrics, picky, other) as dispatcher:
         assert await dispatcher.drain(DEADLINE)
-        [letter] = await store.run(store.store.list_dead_letters)
+        [letter] = inspector.list_dead_letters()
         refusing = False
 
-        assert await store.run(store.store.replay_dead_letters, [letter.id]) == 1
-        dispatcher.notify(await store.run(store.store.head_seq))
+        assert inspector.replay_dead_letters([letter.id]) == 1
+        dispatcher.notify(await store.head_seq())
 
         assert await dispatcher.drain(DEADLINE)
         assert picky.taken == event_ids(1)
         assert other.taken == event_ids(1)
-        assert await store.run(store.store.list_dead_letters) == []
+        assert inspector.list_dead_letters() == []

@@ -13,7 +13,7 @@ from daemon.errors import StoreError
 from daemon.events import Event
 from daemon.gws.messages import Malformed
 from daemon.sends import SendRecord, SendStatus
-from daemon.store import MALFORMED_SINK, SCHEMA_VERSION, OutboxRow, Store
+from daemon.store import MALFORMED_SINK, SCHEMA_VERSION, OutboxRow, Store, send_row
 
 
 @pytest.fixture
@@ -43,6 +43,15 @@ def raw_query(path: Path, sql: str) -> list[tuple[object, ...]]:
         return db.execute(sql).fetchall()
     finally:
         db.close()
+
+
+def insert(store: Store, *sends: SendRecord) -> None:
+    store.commit_outcomes(inserts=[send_row(s) for s in sends])
+
+
+def cursors(store: Store) -> dict[str, int]:
+    """What the cursor table holds, read from the file."""
+    return dict(raw_query(store.path, "SELECT sink, seq FROM sink_cursors"))  # type: ignore[arg-type]
 
 
 def make_send(send_id: str, *, requested_at: float = 1000.0, **fields: object) -> SendRecord:
@@ -107,7 +116,7 @@ def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
 
 def test_inserted_send_reads_back_whole(store: Store) -> None:
     send = make_send("s1", reference_id=26)
-    store.insert_send(send)
+    insert(store, send)
     assert store.get_send("s1") == send
     assert store.get_send("nope") is None
 
@@ -115,55 +124,55 @@ def test_inserted_send_reads_back_whole(store: Store) -> None:
 def test_send_without_recipients_or_subject_reads_back_the_same(store: Store) -> None:
     send = make_send("s1")
     send.to, send.subject = (), None
-    store.insert_send(send)
+    insert(store, send)
     assert store.get_send("s1") == send
 
 
 def test_load_pending_returns_pending_sends_oldest_first(store: Store) -> None:
-    store.insert_send(make_send("late", requested_at=30.0, status=SendStatus.ACCEPTED))
-    store.insert_send(make_send("early", requested_at=10.0))
-    store.insert_send(make_send("middle", requested_at=20.0, status=SendStatus.UNANSWERED))
-    store.insert_send(make_send("done", requested_at=5.0, status=SendStatus.RESOLVED))
+    insert(store, make_send("late", requested_at=30.0, status=SendStatus.ACCEPTED))
+    insert(store, make_send("early", requested_at=10.0))
+    insert(store, make_send("middle", requested_at=20.0, status=SendStatus.UNANSWERED))
+    insert(store, make_send("done", requested_at=5.0, status=SendStatus.RESOLVED))
 
     pending = store.load_pending()
 
     assert [s.send_id for s in pending] == ["early", "middle", "late"]
-    assert store.count_pending() == 3
+    assert len(store.load_pending()) == 3
 
 
 def test_update_send_changes_its_outcome_fields(store: Store) -> None:
     send = make_send("s1")
-    store.insert_send(send)
+    insert(store, send)
     send.status = SendStatus.RESOLVED
     send.reference_id = 31
     send.answered_at = 1001.0
     send.resolved_at = 1002.0
     send.outcome_state = "Sent"
 
-    store.update_send(send)
+    store.commit_outcomes(sends=[send])
 
     assert store.get_send("s1") == send
     assert store.load_pending() == []
 
 
 def test_duplicate_send_id_is_a_store_error(store: Store) -> None:
-    store.insert_send(make_send("s1"))
+    insert(store, make_send("s1"))
     with pytest.raises(StoreError):
-        store.insert_send(make_send("s1"))
+        insert(store, make_send("s1"))
 
 
 def test_list_sends_filters_by_status_newest_first(store: Store) -> None:
-    store.insert_send(make_send("a", requested_at=1.0))
-    store.insert_send(make_send("b", requested_at=2.0, status=SendStatus.REJECTED))
-    store.insert_send(make_send("c", requested_at=3.0))
+    insert(store, make_send("a", requested_at=1.0))
+    insert(store, make_send("b", requested_at=2.0, status=SendStatus.REJECTED))
+    insert(store, make_send("c", requested_at=3.0))
     assert [s.send_id for s in store.list_sends(["in_flight"])] == ["c", "a"]
     assert [s.send_id for s in store.list_sends(limit=2)] == ["c", "b"]
 
 
 def test_prune_sends_keeps_pending_and_recent(store: Store) -> None:
-    store.insert_send(make_send("old", status=SendStatus.RESOLVED, resolved_at=10.0))
-    store.insert_send(make_send("new", status=SendStatus.RESOLVED, resolved_at=100.0))
-    store.insert_send(make_send("pending"))
+    insert(store, make_send("old", status=SendStatus.RESOLVED, resolved_at=10.0))
+    insert(store, make_send("new", status=SendStatus.RESOLVED, resolved_at=100.0))
+    insert(store, make_send("pending"))
     assert store.prune_sends(resolved_before=50.0) == 1
     assert sorted(s.send_id for s in store.list_sends()) == ["new", "pending"]
 
@@ -173,7 +182,7 @@ def test_prune_sends_keeps_pending_and_recent(store: Store) -> None:
 
 def test_commit_outcomes_writes_sends_events_and_malformed_together(store: Store) -> None:
     send = make_send("s1")
-    store.insert_send(send)
+    insert(store, send)
     send.status, send.outcome_state, send.resolved_at = SendStatus.RESOLVED, "Sent", 1002.0
     junk = Malformed("/v2/me/emails", "no_email", "email is missing", b'{"x":1}')
 
@@ -194,7 +203,7 @@ def test_commit_outcomes_writes_sends_events_and_malformed_together(store: Store
 
 def test_commit_outcomes_writes_nothing_when_any_part_fails(store: Store) -> None:
     send = make_send("s1")
-    store.insert_send(send)
+    insert(store, send)
     resolved = make_send("s1", status=SendStatus.RESOLVED, outcome_state="Sent")
     broken = Malformed("/v2/me/emails", "no_email", "x", None)  # type: ignore[arg-type]
 
@@ -217,7 +226,7 @@ def test_commit_outcomes_without_events_returns_zero(store: Store) -> None:
 def test_sinks_start_at_the_head_of_an_empty_outbox(store: Store) -> None:
     write_events(store, 1, 2)
     store.sync_sinks(["a"])
-    store.set_cursor("a", 2)
+    store.set_cursors({"a": 2})
     store.prune_outbox()
 
     cursors = store.sync_sinks(["a", "b"])
@@ -229,7 +238,7 @@ def test_sinks_start_at_the_head_of_an_empty_outbox(store: Store) -> None:
 def test_a_new_sink_starts_at_the_oldest_event_still_waiting(store: Store) -> None:
     write_events(store, 1, 2, 3)
     store.sync_sinks(["a"])
-    store.set_cursor("a", 1)
+    store.set_cursors({"a": 1})
     store.prune_outbox()
 
     cursors = store.sync_sinks(["a", "b"])
@@ -242,7 +251,7 @@ def test_a_new_sink_starts_at_the_oldest_event_still_waiting(store: Store) -> No
 def test_sync_sinks_forgets_sinks_no_longer_configured(store: Store) -> None:
     store.sync_sinks(["a", "b"])
     assert set(store.sync_sinks(["b"])) == {"b"}
-    assert set(store.cursors()) == {"b"}
+    assert set(cursors(store)) == {"b"}
 
 
 def test_read_outbox_returns_rows_in_order_and_its_horizon(store: Store) -> None:
@@ -269,16 +278,16 @@ def test_read_outbox_limit_puts_the_horizon_at_the_last_row(store: Store) -> Non
 
 def test_set_cursor_never_moves_back(store: Store) -> None:
     store.sync_sinks(["a"])
-    store.set_cursor("a", 5)
-    store.set_cursor("a", 3)
-    assert store.cursors() == {"a": 5}
+    store.set_cursors({"a": 5})
+    store.set_cursors({"a": 3})
+    assert cursors(store) == {"a": 5}
 
 
 def test_prune_outbox_deletes_only_what_every_sink_has_taken(store: Store) -> None:
     write_events(store, 1, 2, 3, 4)
     store.sync_sinks(["a", "b"])
-    store.set_cursor("a", 4)
-    store.set_cursor("b", 2)
+    store.set_cursors({"a": 4})
+    store.set_cursors({"b": 2})
 
     assert store.prune_outbox() == 2
 
@@ -286,7 +295,7 @@ def test_prune_outbox_deletes_only_what_every_sink_has_taken(store: Store) -> No
     rows, _ = store.read_outbox("b", 2, 10)
     assert ids(rows) == ["event-3", "event-4"]
     assert store.prune_outbox() == 0
-    store.set_cursor("b", 4)
+    store.set_cursors({"b": 4})
     assert store.prune_outbox() == 2
     assert store.outbox_rows == 0
 
@@ -294,7 +303,7 @@ def test_prune_outbox_deletes_only_what_every_sink_has_taken(store: Store) -> No
 def test_prune_with_a_sink_that_took_nothing_deletes_nothing(store: Store) -> None:
     store.sync_sinks(["a", "idle"])
     write_events(store, 1, 2)
-    store.set_cursor("a", 2)
+    store.set_cursors({"a": 2})
     assert store.prune_outbox() == 0
     assert store.outbox_rows == 2
 
@@ -302,7 +311,7 @@ def test_prune_with_a_sink_that_took_nothing_deletes_nothing(store: Store) -> No
 def test_seq_keeps_growing_after_the_outbox_is_emptied(store: Store, path: Path) -> None:
     store.sync_sinks(["a"])
     write_events(store, 1, 2)
-    store.set_cursor("a", 2)
+    store.set_cursors({"a": 2})
     store.prune_outbox()
     with reopened(path) as again:
         assert write_events(again, 3) == 3
@@ -318,7 +327,7 @@ def test_dead_letter_keeps_the_event_and_moves_that_sink_past_it(store: Store) -
 
     store.dead_letter("a", rows[1], reason="permanent", detail="HTTP 400", attempts=1)
 
-    assert store.cursors() == {"a": 2, "b": 0}
+    assert cursors(store) == {"a": 2, "b": 0}
     [letter] = store.list_dead_letters("a")
     assert (letter.sink, letter.event_id, letter.type, letter.email_id) == (
         "a",
@@ -341,9 +350,9 @@ def test_dead_letter_does_not_move_a_cursor_back(store: Store) -> None:
     write_events(store, 1, 2, 3)
     store.sync_sinks(["a"])
     rows, _ = store.read_outbox("a", 0, 10)
-    store.set_cursor("a", 3)
+    store.set_cursors({"a": 3})
     store.dead_letter("a", rows[0], reason="gave_up", detail="x", attempts=9)
-    assert store.cursors() == {"a": 3}
+    assert cursors(store) == {"a": 3}
 
 
 def test_replay_puts_an_event_back_for_its_sink_only(store: Store) -> None:
@@ -351,8 +360,8 @@ def test_replay_puts_an_event_back_for_its_sink_only(store: Store) -> None:
     store.sync_sinks(["a", "b"])
     rows, _ = store.read_outbox("a", 0, 10)
     store.dead_letter("a", rows[0], reason="permanent", detail="HTTP 400", attempts=1)
-    store.set_cursor("a", 2)
-    store.set_cursor("b", 2)
+    store.set_cursors({"a": 2})
+    store.set_cursors({"b": 2})
     [letter] = store.list_dead_letters("a")
 
     assert store.replay_dead_letters([letter.id]) == 1
@@ -373,12 +382,12 @@ def test_a_replayed_row_is_pruned_once_its_sink_took_it(store: Store) -> None:
     store.sync_sinks(["a", "b"])
     rows, _ = store.read_outbox("a", 0, 10)
     store.dead_letter("a", rows[0], reason="permanent", detail="x", attempts=1)
-    store.set_cursor("b", 1)
+    store.set_cursors({"b": 1})
     store.replay_dead_letters([letter.id for letter in store.list_dead_letters()])
-    store.set_cursor("b", 2)  # b passes the replay by its horizon
+    store.set_cursors({"b": 2})  # b passes the replay by its horizon
 
     assert store.prune_outbox() == 1  # event 1 only: a has not taken its replay
-    store.set_cursor("a", 2)
+    store.set_cursors({"a": 2})
     assert store.prune_outbox() == 1
     assert store.outbox_rows == 0
 
@@ -427,11 +436,11 @@ def test_dead_letter_detail_is_bounded(store: Store) -> None:
 
 def test_reopening_the_file_keeps_everything(store: Store, path: Path) -> None:
     pending = make_send("pending", status=SendStatus.ACCEPTED, reference_id=26, answered_at=1.5)
-    store.insert_send(pending)
-    store.insert_send(make_send("done", status=SendStatus.RESOLVED))
+    insert(store, pending)
+    insert(store, make_send("done", status=SendStatus.RESOLVED))
     write_events(store, 1, 2, 3)
     store.sync_sinks(["a", "b"])
-    store.set_cursor("a", 3)
+    store.set_cursors({"a": 3})
     rows, _ = store.read_outbox("b", 0, 10)
     store.dead_letter("b", rows[0], reason="permanent", detail="x", attempts=1)
     store.close()
@@ -439,7 +448,7 @@ def test_reopening_the_file_keeps_everything(store: Store, path: Path) -> None:
     with reopened(path) as again:
         assert again.load_pending() == [pending]
         assert again.get_send("done") is not None
-        assert again.cursors() == {"a": 3, "b": 1}
+        assert cursors(again) == {"a": 3, "b": 1}
         assert again.outbox_rows == 3
         assert again.head_seq() == 3
         rows, _ = again.read_outbox("b", 1, 10)

@@ -1,10 +1,10 @@
-"""The GWS notification listener: subscribes, receives, reconciles, checks deadlines.
+"""The notification listener: subscribes, receives, reconciles, checks deadlines.
 
-Owns the Bayeux client for GWS and the two read-back duties of rule 3 and 6:
-after every (re)handshake it re-logs in (a new GWS session needs a new CSRF
-token and contact-center session), then reads back the state of every pending
-send; and it GETs each send whose deadline passed. It hands every batch to the
-tracker and never waits on a sink.
+Owns the Bayeux client for GWS and the two read-back duties of README
+"Correlation", rule 6: after every (re)handshake it re-logs in (a new
+GWS session needs a new CSRF token and contact-center session), then reads
+back the state of every pending send; and it GETs each send whose deadline
+passed. It hands every batch to the tracker and never waits on a sink.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from daemon.metrics import Metrics
 from daemon.sends import SendRecord, SendStatus
 from daemon.tracker import Tracker
 
-log = structlog.get_logger(logger_name="daemon.gws.listener")
+log = structlog.get_logger(logger_name="daemon.notifications")
 
 # GETs in parallel while reconciling: enough to read back 1,000 sends in about
 # a second, few enough not to look like an attack to GWS.
@@ -33,7 +33,7 @@ READ_BACK_CONCURRENCY = 16
 RECHECK_POLICY = BackoffPolicy(initial=5.0, maximum=60.0, floor=1.0)
 
 
-class Listener:
+class NotificationListener:
     def __init__(
         self,
         *,
@@ -64,7 +64,6 @@ class Listener:
         self._reconciling: asyncio.Task[None] | None = None
         self._limit = asyncio.Semaphore(READ_BACK_CONCURRENCY)
         self._failed_checks: dict[str, int] = {}
-        self.reconciled_at: float | None = None
         self.reconcile_seconds: float | None = None
 
     @property
@@ -129,16 +128,15 @@ class Listener:
         self._reconciling = asyncio.create_task(self.reconcile(), name="reconcile")
 
     async def reconcile(self) -> None:
-        """Read back every pending send whose answer we have (rule 3).
+        """Read back every pending send whose answer we have.
 
         One GET of the whole workspace first; a GET per email only for the
         sends it does not show (GWS may drop a sent email from the list).
         """
         pending = [
-            s for s in self._tracker.correlator.pending() if s.status is not SendStatus.IN_FLIGHT
+            s for s in self._tracker.pending() if s.status is not SendStatus.IN_FLIGHT
         ]
         if not pending:
-            self.reconciled_at = time.time()
             self.reconcile_seconds = 0.0
             return
         started = time.perf_counter()
@@ -157,7 +155,6 @@ class Listener:
             )
         )
         self.reconcile_seconds = time.perf_counter() - started
-        self.reconciled_at = time.time()
         log.info(
             "reconciled",
             pending=len(pending),
@@ -168,7 +165,7 @@ class Listener:
     async def _read_back(self, send: SendRecord, *, final: bool) -> bool:
         """GET one email and apply it (at most READ_BACK_CONCURRENCY at a time)."""
         async with self._limit:
-            if self._tracker.correlator.get(send.send_id) is None:
+            if self._tracker.get(send.send_id) is None:
                 self._failed_checks.pop(send.send_id, None)
                 return False
             try:
@@ -181,7 +178,7 @@ class Listener:
                 if final:
                     failures = self._failed_checks.get(send.send_id, 0) + 1
                     self._failed_checks[send.send_id] = failures
-                    self._tracker.correlator.postpone(
+                    self._tracker.postpone(
                         send.send_id, time.time() + RECHECK_POLICY.delay(failures)
                     )
                 return False
@@ -190,9 +187,9 @@ class Listener:
 
     async def _deadline_loop(self) -> None:
         while True:
-            due = self._tracker.correlator.due(time.time())
+            due = self._tracker.due(time.time())
             if due:
                 await asyncio.gather(*(self._read_back(s, final=True) for s in due))
-            next_at = self._tracker.correlator.next_deadline()
+            next_at = self._tracker.next_deadline()
             wait = 1.0 if next_at is None else min(1.0, max(0.05, next_at - time.time()))
             await asyncio.sleep(wait)

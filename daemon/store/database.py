@@ -1,186 +1,36 @@
-"""SQLite store: pending sends, the outbox, per-sink cursors, dead letters.
+"""The synchronous SQL: `Store` and its transactions. The only module that writes SQL.
 
-The only module that speaks SQL. `Store` is synchronous (the CLI uses it as
-it is); the daemon uses `AsyncStore`, which runs every call on one dedicated
-thread so that the event loop never waits on disk and calls never interleave.
-
-Rules it keeps:
-- a send is written before it is forwarded to GWS (`commit_outcomes(inserts=)`,
-  awaited by the API before it forwards);
-- resolving sends and writing their events is one transaction
-  (`commit_outcomes`); notifications are written many per transaction, never
-  one per message (`OutcomeWriter` groups whatever arrives during a commit;
-  the tracker hands over a large Bayeux answer in chunks of 2,000);
-- an outbox row is deleted only once every sink's cursor has passed it
-  (`prune_outbox`); a sink that gives up on an event moves it to dead letters
-  first, in the same transaction that moves its cursor.
+The CLI uses `Store` as it is; the daemon reaches it through `AsyncStore`
+(`daemon.store.bridge`), which runs every call on one dedicated thread.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
-import sys
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import Any, Literal
 
 import orjson
-import structlog
 
 from daemon.errors import StoreError
-from daemon.events import Event
-from daemon.gws.messages import Malformed
-from daemon.sends import PENDING_STATUSES, SendRecord, SendStatus
+from daemon.sends import PENDING_STATUSES, SendRecord
+from daemon.store.rows import (
+    MALFORMED_SINK,
+    DeadLetter,
+    KeptInput,
+    OutboxRow,
+    SendRow,
+    SendUpdate,
+    StoredEvent,
+)
+from daemon.store.schema import SEND_COLUMNS, migrate, send_from_row, send_update
 
-log = structlog.get_logger(logger_name="daemon.store")
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-MALFORMED_SINK = "(listener)"
 # A checkpoint fsyncs; on a busy disk that stalls the commits around it for
 # tens of milliseconds. Fewer, larger ones (measured: 4 MiB gave p99 19 ms at
 # 5,000 notifications/s, 32 MiB 8-10 ms) keep the stalls out of the p99.
 CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
-
-# Each entry upgrades the schema by one version; never edit a released entry.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE sends (
-            send_id TEXT PRIMARY KEY,
-            email_id TEXT NOT NULL,
-            queue_name TEXT NOT NULL,
-            subject TEXT,
-            recipients TEXT NOT NULL,
-            requested_at REAL NOT NULL,
-            status TEXT NOT NULL,
-            reference_id INTEGER,
-            answered_at REAL,
-            resolved_at REAL,
-            outcome_state TEXT,
-            status_code INTEGER,
-            status_message TEXT
-        ) WITHOUT ROWID""",
-        # By time only: requested_at never changes, so resolving a send (the
-        # hot path) does not touch this index; an index on status cost 40 %
-        # of the resolution's write.
-        "CREATE INDEX sends_by_time ON sends(requested_at)",
-        """CREATE TABLE outbox (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            event_id TEXT NOT NULL,
-            type TEXT NOT NULL,
-            email_id TEXT,
-            created_at REAL NOT NULL,
-            only_sink TEXT,
-            body BLOB NOT NULL
-        )""",
-        "CREATE TABLE sink_cursors (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
-        """CREATE TABLE dead_letters (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            sink TEXT NOT NULL,
-            event_id TEXT,
-            type TEXT,
-            email_id TEXT,
-            reason TEXT NOT NULL,
-            detail TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            failed_at REAL NOT NULL,
-            body BLOB NOT NULL
-        )""",
-        "CREATE INDEX dead_letters_by_sink ON dead_letters(sink, id)",
-    ),
-)
-SCHEMA_VERSION = len(_MIGRATIONS)
-
-
-class OutboxRow(NamedTuple):
-    seq: int
-    event_id: str
-    type: str
-    email_id: str | None
-    created_at: float
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    id: int
-    sink: str
-    event_id: str | None
-    type: str | None
-    email_id: str | None
-    reason: str
-    detail: str | None
-    attempts: int
-    failed_at: float
-    body: bytes
-
-
-_SEND_COLUMNS = (
-    "send_id, email_id, queue_name, subject, recipients, requested_at, status, "
-    "reference_id, answered_at, resolved_at, outcome_state, status_code, status_message"
-)
-
-
-def send_row(send: SendRecord) -> tuple[Any, ...]:
-    """A new send as a row, taken now (for `commit_outcomes(inserts=...)`)."""
-    return (
-        send.send_id,
-        send.email_id,
-        send.queue_name,
-        send.subject,
-        "\x1f".join(send.to),
-        send.requested_at,
-        send.status.value,
-        send.reference_id,
-        send.answered_at,
-        send.resolved_at,
-        send.outcome_state,
-        send.status_code,
-        send.status_message,
-    )
-
-
-SendUpdate = tuple[Any, ...]
-
-
-def send_update(send: SendRecord) -> SendUpdate:
-    """The changing columns of a send, taken now (the store writes on another thread)."""
-    return (
-        send.status.value,
-        send.reference_id,
-        send.answered_at,
-        send.resolved_at,
-        send.outcome_state,
-        send.status_code,
-        send.status_message,
-        send.send_id,
-    )
-
-
-def _send_from_row(row: Sequence[Any]) -> SendRecord:
-    # Queues, subjects and addresses repeat across many pending sends; one
-    # string object each keeps 100k restored sends small.
-    return SendRecord(
-        send_id=row[0],
-        email_id=row[1],
-        queue_name=sys.intern(row[2]),
-        subject=sys.intern(row[3]) if row[3] is not None else None,
-        to=tuple(sys.intern(a) for a in row[4].split("\x1f")) if row[4] else (),
-        requested_at=row[5],
-        status=SendStatus(row[6]),
-        reference_id=row[7],
-        answered_at=row[8],
-        resolved_at=row[9],
-        outcome_state=row[10],
-        status_code=row[11],
-        status_message=row[12],
-    )
 
 
 class Store:
@@ -216,7 +66,7 @@ class Store:
             # this automatic one (at 128 MiB of WAL) is only the backstop.
             self._db.execute("PRAGMA wal_autocheckpoint=8192")
             self._db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
-            self._migrate()
+            migrate(self._db, path)
             self._outbox_rows = self._scalar("SELECT COUNT(*) FROM outbox")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
@@ -248,20 +98,6 @@ class Store:
         row = self._db.execute(sql, params).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
-    def _migrate(self) -> None:
-        version = self._scalar("PRAGMA user_version")
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"store {self.path} has schema version {version}; this gws-notifyd knows "
-                f"up to {SCHEMA_VERSION} (downgrade is not supported)"
-            )
-        for number in range(version, SCHEMA_VERSION):
-            with self._transaction():
-                for statement in _MIGRATIONS[number]:
-                    self._db.execute(statement)
-                self._db.execute(f"PRAGMA user_version={number + 1}")
-            log.info("store_migrated", path=str(self.path), schema_version=number + 1)
-
     def _transaction(self, *, write: bool = True) -> _Transaction:
         return _Transaction(self._db, write=write)
 
@@ -283,12 +119,6 @@ class Store:
 
     # -- sends -------------------------------------------------------------------
 
-    def insert_send(self, send: SendRecord) -> None:
-        self.commit_outcomes(inserts=[send_row(send)])
-
-    def update_send(self, send: SendRecord | SendUpdate) -> None:
-        self.commit_outcomes(sends=[send])
-
     # Batches are written with ONE statement each, their rows packed into a
     # JSON parameter that SQLite unpacks in C. executemany() needs the GIL for
     # every row, and while the event loop is busy that wait (the GIL's 5 ms
@@ -304,7 +134,7 @@ class Store:
             (orjson.dumps(updates),),
         )
 
-    def _insert_events_packed(self, events: Sequence[Event]) -> None:
+    def _insert_events_packed(self, events: Sequence[StoredEvent]) -> None:
         index = []
         position = 1  # substr() counts from 1
         for event in events:
@@ -322,16 +152,16 @@ class Store:
     def load_pending(self) -> list[SendRecord]:
         marks = ",".join("?" * len(PENDING_STATUSES))
         rows = self._db.execute(
-            f"SELECT {_SEND_COLUMNS} FROM sends WHERE status IN ({marks}) ORDER BY requested_at",
+            f"SELECT {SEND_COLUMNS} FROM sends WHERE status IN ({marks}) ORDER BY requested_at",
             PENDING_STATUSES,
         ).fetchall()
-        return [_send_from_row(row) for row in rows]
+        return [send_from_row(row) for row in rows]
 
     def get_send(self, send_id: str) -> SendRecord | None:
         row = self._db.execute(
-            f"SELECT {_SEND_COLUMNS} FROM sends WHERE send_id=?", (send_id,)
+            f"SELECT {SEND_COLUMNS} FROM sends WHERE send_id=?", (send_id,)
         ).fetchone()
-        return _send_from_row(row) if row else None
+        return send_from_row(row) if row else None
 
     def list_sends(
         self, statuses: Sequence[str] | None = None, limit: int = 1000
@@ -339,21 +169,15 @@ class Store:
         if statuses:
             marks = ",".join("?" * len(statuses))
             rows = self._db.execute(
-                f"SELECT {_SEND_COLUMNS} FROM sends WHERE status IN ({marks}) "
+                f"SELECT {SEND_COLUMNS} FROM sends WHERE status IN ({marks}) "
                 "ORDER BY requested_at DESC LIMIT ?",
                 (*statuses, limit),
             ).fetchall()
         else:
             rows = self._db.execute(
-                f"SELECT {_SEND_COLUMNS} FROM sends ORDER BY requested_at DESC LIMIT ?", (limit,)
+                f"SELECT {SEND_COLUMNS} FROM sends ORDER BY requested_at DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [_send_from_row(row) for row in rows]
-
-    def count_pending(self) -> int:
-        marks = ",".join("?" * len(PENDING_STATUSES))
-        return self._scalar(
-            f"SELECT COUNT(*) FROM sends WHERE status IN ({marks})", PENDING_STATUSES
-        )
+        return [send_from_row(row) for row in rows]
 
     def prune_sends(self, resolved_before: float) -> int:
         marks = ",".join("?" * len(PENDING_STATUSES))
@@ -369,10 +193,10 @@ class Store:
     def commit_outcomes(
         self,
         *,
-        inserts: Sequence[tuple[Any, ...]] = (),
+        inserts: Sequence[SendRow] = (),
         sends: Sequence[SendRecord | SendUpdate] = (),
-        events: Sequence[Event] = (),
-        malformed: Sequence[Malformed] = (),
+        events: Sequence[StoredEvent] = (),
+        malformed: Sequence[KeptInput] = (),
         cursors: dict[str, int] | None = None,
     ) -> int:
         """Update sends, append their events and keep malformed input, atomically.
@@ -387,7 +211,7 @@ class Store:
         with self._transaction():
             if inserts:
                 self._db.executemany(
-                    f"INSERT INTO sends ({_SEND_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO sends ({SEND_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     inserts,
                 )
             if updates:
@@ -468,12 +292,6 @@ class Store:
             "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?",
             [(seq, sink, seq) for sink, seq in cursors.items()],
         )
-
-    def set_cursor(self, sink: str, seq: int) -> None:
-        self.set_cursors({sink: seq})
-
-    def cursors(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT sink, seq FROM sink_cursors").fetchall())
 
     def prune_outbox(self) -> int:
         """Delete the rows every sink has taken."""
@@ -597,131 +415,3 @@ class _Transaction:
         self._db.execute("ROLLBACK")
         if isinstance(error, sqlite3.Error):
             raise StoreError(f"store write failed: {error}") from None
-
-
-@dataclass(slots=True)
-class _Group:
-    done: asyncio.Future[int]
-    inserts: list[tuple[Any, ...]] = field(default_factory=list)
-    updates: list[SendUpdate] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    malformed: list[Malformed] = field(default_factory=list)
-
-
-class OutcomeWriter:
-    """Group commit: what is written while a transaction runs goes into the next one.
-
-    When the store is idle a write starts its transaction at once (no added
-    latency); under load, the batches, sends and updates that arrive during
-    one commit share the next, so the cost of a transaction (locks, WAL
-    append, the hand-over to the store's thread) is paid per group, not per
-    batch. Writes are committed in the order they were made.
-    """
-
-    def __init__(
-        self,
-        store: AsyncStore,
-        on_committed: Callable[[int, Sequence[Event]], None],
-        cursors: Callable[[], dict[str, int] | None] = lambda: None,
-    ) -> None:
-        self._store = store
-        self._on_committed = on_committed
-        # Sink cursors ride along with every transaction (no extra commit),
-        # so after a crash little is delivered twice.
-        self._cursors = cursors
-        self._next: _Group | None = None
-        self._running: _Group | None = None
-        self.failure: BaseException | None = None
-
-    def write(
-        self,
-        *,
-        inserts: Sequence[tuple[Any, ...]] = (),
-        updates: Sequence[SendUpdate] = (),
-        events: Sequence[Event] = (),
-        malformed: Sequence[Malformed] = (),
-    ) -> asyncio.Future[int]:
-        """Queue rows; the future is done when they are committed (result: last seq)."""
-        if self.failure is not None:
-            raise StoreError(f"an earlier write failed: {self.failure}")
-        group = self._next
-        if group is None:
-            group = self._next = _Group(asyncio.get_running_loop().create_future())
-        group.inserts.extend(inserts)
-        group.updates.extend(updates)
-        group.events.extend(events)
-        group.malformed.extend(malformed)
-        if self._running is None:
-            self._launch()
-        return group.done
-
-    @property
-    def queued_events(self) -> int:
-        """Events waiting for the transaction after the running one."""
-        return len(self._next.events) if self._next is not None else 0
-
-    def _launch(self) -> None:
-        group, self._next = self._next, None
-        assert group is not None
-        self._running = group
-        commit = self._store.submit(
-            self._store.store.commit_outcomes,
-            inserts=group.inserts,
-            sends=group.updates,
-            events=group.events,
-            malformed=group.malformed,
-            cursors=self._cursors(),
-        )
-        commit.add_done_callback(lambda finished: self._finished(group, finished))
-
-    def _finished(self, group: _Group, commit: asyncio.Future[int]) -> None:
-        self._running = None
-        error = commit.exception() if not commit.cancelled() else StoreError("cancelled")
-        if error is not None:
-            self.failure = error
-            log.error("store_write_failed", error=str(error))
-            group.done.set_exception(error)
-            group.done.exception()  # retrieved here: the failure is reported above
-        else:
-            head = commit.result()
-            if group.events:
-                # One transaction holds the write lock: its rows have
-                # consecutive seqs ending at `head`.
-                self._on_committed(head, group.events)
-            group.done.set_result(head)
-        if self._next is not None:
-            self._launch()
-
-    async def flush(self) -> None:
-        """Wait until everything written so far is committed."""
-        while (group := self._next or self._running) is not None:
-            with contextlib.suppress(StoreError):
-                await asyncio.shield(group.done)
-            if self.failure is not None:
-                raise StoreError(f"a write failed: {self.failure}")
-
-
-class AsyncStore:
-    """Runs `Store` calls on one thread, in the order they were made."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
-
-    async def run(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self.submit(call, *args, **kwargs)
-
-    def submit(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
-        """Queue a call now (order is kept); await the future for its result."""
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._thread, lambda: call(*args, **kwargs))
-
-    async def checkpoint(self) -> bool:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._checkpoints, self.store.checkpoint)
-
-    async def close(self) -> None:
-        self._checkpoints.shutdown(wait=True)
-        await self.run(self.store.close)
-        self._thread.shutdown(wait=True)

@@ -1,0 +1,97 @@
+"""Store upkeep while the daemon runs: cursors saved, outbox pruned, WAL checkpointed.
+
+Owns the periodic work that keeps the store small and its figures current:
+every round it saves the sink cursors that moved, deletes outbox rows every
+sink has taken, checkpoints the WAL (on its own thread), refreshes the dead
+letter counts (the CLI changes them from another process) and warns when the
+outbox nears its cap; every hour it deletes sends resolved longer ago than
+`store.retention_hours`. It never delivers anything and never blocks a commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import structlog
+
+from daemon.dispatcher import Dispatcher
+from daemon.metrics import Metrics
+from daemon.store import MALFORMED_SINK, AsyncStore
+
+log = structlog.get_logger(logger_name="daemon.housekeeping")
+
+ROUND_SECONDS = 0.25
+# Dead letters are counted every this many rounds (a GROUP BY over the table).
+COUNT_EVERY_ROUNDS = 4
+PRUNE_SENDS_EVERY_SECONDS = 3600.0
+NEAR_FULL_RATIO = 0.8
+NEAR_FULL_WARN_EVERY_SECONDS = 60.0
+
+
+class Housekeeping:
+    def __init__(
+        self,
+        *,
+        store: AsyncStore,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        max_outbox_events: int,
+        retention_hours: float,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._metrics = metrics
+        self._max_outbox = max_outbox_events
+        self.retention_hours = retention_hours
+        self._warned_full_at = -NEAR_FULL_WARN_EVERY_SECONDS
+
+    async def run(self) -> None:
+        """Until cancelled: the outbox every round, the sends every hour."""
+        pruning = asyncio.create_task(self._prune_sends(), name="prune-sends")
+        try:
+            for round_ in itertools.count():
+                await self.outbox_round(count_dead_letters=round_ % COUNT_EVERY_ROUNDS == 0)
+                await asyncio.sleep(ROUND_SECONDS)
+        finally:
+            pruning.cancel()
+
+    async def outbox_round(self, *, count_dead_letters: bool = True) -> None:
+        # Small, frequent prunes: one large DELETE would hold up the
+        # notification transactions queued behind it.
+        await self._dispatcher.save_cursors()
+        await self._store.prune_outbox()
+        rows = self._store.outbox_rows
+        self._metrics.outbox_events.set(rows)
+        await self._store.checkpoint()
+        if count_dead_letters:
+            counts = await self._store.dead_letter_counts()
+            self._dispatcher.count_dead_letters(counts)
+            for name in {*counts, *self._dispatcher.sink_names, MALFORMED_SINK}:
+                self._metrics.dead_letters.labels(name).set(counts.get(name, 0))
+        now = time.monotonic()
+        if (
+            rows >= NEAR_FULL_RATIO * self._max_outbox
+            and now - self._warned_full_at > NEAR_FULL_WARN_EVERY_SECONDS
+        ):
+            self._warned_full_at = now
+            log.warning(
+                "outbox_near_full",
+                events=rows,
+                capacity=self._max_outbox,
+                backlog=self._dispatcher.backlog(),
+            )
+
+    async def prune_sends(self) -> int:
+        """Delete sends resolved more than `retention_hours` ago."""
+        cutoff = time.time() - self.retention_hours * 3600
+        removed = await self._store.prune_sends(cutoff)
+        if removed:
+            log.info("sends_pruned", removed=removed)
+        return removed
+
+    async def _prune_sends(self) -> None:
+        while True:
+            await self.prune_sends()
+            await asyncio.sleep(PRUNE_SENDS_EVERY_SECONDS)
