@@ -227,61 +227,70 @@ class Dispatcher:
             await self._store.set_cursors(changed)
 
     async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> None:
-        sink, status, settings = worker.sink, worker.status, worker.settings
-        backoff = Backoff(BackoffPolicy(initial=0.5, maximum=settings.backoff_max_seconds))
-        metrics = self._metrics
+        """Hand `rows` to the sink until it has taken (or dead-lettered) every one."""
+        backoff = Backoff(BackoffPolicy(initial=0.5, maximum=worker.settings.backoff_max_seconds))
+        duration = self._metrics.sink_delivery_duration.labels(worker.sink.name)
         while rows and not worker.stop.is_set():
             started = time.perf_counter()
             try:
-                await sink.deliver(rows)
+                await worker.sink.deliver(rows)
             except SinkError as exc:
-                metrics.sink_delivery_duration.labels(sink.name).observe(
-                    time.perf_counter() - started
-                )
-                if exc.delivered:
-                    taken, rows = rows[: exc.delivered], rows[exc.delivered :]
-                    self._taken(worker, taken)
-                    if not rows:
-                        continue
-                now = time.time()
-                status.failing_since = status.failing_since or now
-                status.last_error = str(exc)
-                gave_up = (
-                    settings.give_up_after_seconds > 0
-                    and now - status.failing_since >= settings.give_up_after_seconds
-                )
-                if not exc.retryable or gave_up:
-                    await self._dead_letter(worker, rows[0], exc, backoff.attempt + 1)
-                    rows = rows[1:]
-                    backoff.reset()
-                    # The next event gets its own give-up window.
-                    status.failing_since = None
-                    continue
-                delay = backoff.next_delay()
-                status.retries += 1
-                metrics.sink_deliveries.labels(sink.name, "retried").inc(len(rows))
-                log.warning(
-                    "sink_retry",
-                    sink=sink.name,
-                    error=str(exc),
-                    attempt=backoff.attempt,
-                    delay_seconds=round(delay, 3),
-                    events=len(rows),
-                )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(worker.stop.wait(), delay)
+                duration.observe(time.perf_counter() - started)
+                rows = await self._after_failure(worker, rows, exc, backoff)
                 continue
-            metrics.sink_delivery_duration.labels(sink.name).observe(time.perf_counter() - started)
-            if status.failing_since is not None:
-                log.info(
-                    "sink_recovered",
-                    sink=sink.name,
-                    after_seconds=round(time.time() - status.failing_since, 3),
-                )
-            status.failing_since = None
-            status.last_error = None
+            duration.observe(time.perf_counter() - started)
+            self._recovered(worker.status)
             self._taken(worker, rows)
             rows = []
+
+    async def _after_failure(
+        self, worker: _Worker, rows: list[OutboxRow], error: SinkError, backoff: Backoff
+    ) -> list[OutboxRow]:
+        """What is left to deliver after a failed attempt (and the wait before the next)."""
+        status, settings = worker.status, worker.settings
+        if error.delivered:
+            taken, rows = rows[: error.delivered], rows[error.delivered :]
+            self._taken(worker, taken)
+            if not rows:
+                return rows
+        now = time.time()
+        status.failing_since = status.failing_since or now
+        status.last_error = str(error)
+        gave_up = (
+            settings.give_up_after_seconds > 0
+            and now - status.failing_since >= settings.give_up_after_seconds
+        )
+        if not error.retryable or gave_up:
+            await self._dead_letter(worker, rows[0], error, backoff.attempt + 1)
+            backoff.reset()
+            # The next event gets its own give-up window.
+            status.failing_since = None
+            return rows[1:]
+        delay = backoff.next_delay()
+        status.retries += 1
+        self._metrics.sink_deliveries.labels(worker.sink.name, "retried").inc(len(rows))
+        log.warning(
+            "sink_retry",
+            sink=worker.sink.name,
+            error=str(error),
+            attempt=backoff.attempt,
+            delay_seconds=round(delay, 3),
+            events=len(rows),
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.stop.wait(), delay)
+        return rows
+
+    @staticmethod
+    def _recovered(status: SinkStatus) -> None:
+        if status.failing_since is not None:
+            log.info(
+                "sink_recovered",
+                sink=status.name,
+                after_seconds=round(time.time() - status.failing_since, 3),
+            )
+        status.failing_since = None
+        status.last_error = None
 
     def _taken(self, worker: _Worker, rows: list[OutboxRow]) -> None:
         self._advance(worker, rows[-1].seq)

@@ -36,6 +36,23 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.build_info = Info(PREFIX + "build", "Version of gws-notifyd.", registry=r)
+        self._define_send_metrics(r)
+        self._define_outbox_metrics(r)
+        self._define_gws_metrics(r)
+        self.ready = Gauge(PREFIX + "ready", "1 while /readyz answers 200.", registry=r)
+
+        # Series of the fixed label sets exist from the start, so that rate()
+        # and absent() work before the first event of each kind.
+        for outcome in SEND_OUTCOMES:
+            self.sends.labels(outcome)
+        for result in CORRELATION_RESULTS:
+            self.correlations.labels(result)
+        for reason in malformed_reasons:
+            self.notifications_malformed.labels(reason)
+        for result in RECONCILIATION_RESULTS:
+            self.reconciliations.labels(result)
+
+    def _define_send_metrics(self, r: CollectorRegistry) -> None:
         self.notifications_received = Counter(
             PREFIX + "notifications_received_total",
             "Notifications received from GWS, by channel and type.",
@@ -70,6 +87,8 @@ class Metrics:
             buckets=_OUTCOME_BUCKETS,
             registry=r,
         )
+
+    def _define_outbox_metrics(self, r: CollectorRegistry) -> None:
         self.sink_deliveries = Counter(
             PREFIX + "sink_deliveries_total",
             "Events handed to sinks, by sink and outcome.",
@@ -103,6 +122,8 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+
+    def _define_gws_metrics(self, r: CollectorRegistry) -> None:
         self.cometd_connected = Gauge(
             PREFIX + "cometd_connected", "1 while the CometD connection is up.", registry=r
         )
@@ -139,18 +160,6 @@ class Metrics:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
-        self.ready = Gauge(PREFIX + "ready", "1 while /readyz answers 200.", registry=r)
-
-        # Series of the fixed label sets exist from the start, so that rate()
-        # and absent() work before the first event of each kind.
-        for outcome in SEND_OUTCOMES:
-            self.sends.labels(outcome)
-        for result in CORRELATION_RESULTS:
-            self.correlations.labels(result)
-        for reason in malformed_reasons:
-            self.notifications_malformed.labels(reason)
-        for result in RECONCILIATION_RESULTS:
-            self.reconciliations.labels(result)
 
     def track_sink(self, sink: str) -> None:
         """Create a sink's series (called for each configured sink)."""

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections import Counter as CounterType
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -51,6 +52,18 @@ def _label(value: str | None, known: frozenset[str]) -> str:
     if value is None:
         return "none"
     return value if value in known else "other"
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What one chunk of notifications did, counted and logged once per chunk."""
+
+    received: CounterType[tuple[str, str, str | None]] = field(default_factory=CounterType)
+    resolved: list[SendRecord] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    log_rows: list[dict[str, Any]] = field(default_factory=list)
+    unmatched: int = 0
+    latency: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Tracker:
@@ -223,88 +236,84 @@ class Tracker:
         """Parse and correlate one chunk; returns its queued transaction."""
         now = self._clock()
         batch = parse_batch(messages)
-        metrics = self._metrics
         if messages:
-            metrics.last_notification.set(now)
-        resolved: list[SendRecord] = []
-        events: list[Event] = []
-        log_rows: list[dict[str, Any]] = []
-        received: CounterType[tuple[str, str, str | None]] = CounterType()
-        matched = unmatched = 0
-        latency: dict[str, list[float]] = {}
-        correlator = self._correlator
-        state_changed = self._events.state_changed
+            self._metrics.last_notification.set(now)
+        tally = _Tally()
         for change in batch.changes:
-            received[(change.channel, EMAIL_STATE_CHANGE, change.notification_type)] += 1
-            decision = correlator.find(change)
-            send = decision.send if isinstance(decision, Matched) else None
-            try:
-                # The event is built before the decision is applied: a failure
-                # here must not leave a send resolved without its event.
-                event = state_changed(change, send, received_at=now)
-            except Exception as exc:  # one message never stops the listener
-                log.exception("notification_unprocessable", email_id=change.email_id)
-                batch.malformed.append(
-                    Malformed(change.channel, "unprocessable", repr(exc)[:500], change.raw[:4096])
-                )
-                continue
-            correlator.apply(decision, now)
-            if not isinstance(decision, Matched):
-                unmatched += 1
-            elif not decision.repeat:
-                resolved.append(decision.send)
-                matched += 1
-                latency.setdefault(self._state_label(change), []).append(
-                    now - decision.send.requested_at
-                )
-            events.append(event)
-            log_rows.append(
-                {
-                    "email_id": change.email_id,
-                    "reference_id": change.reference_id,
-                    "send_id": send.send_id if send else None,
-                    "state": change.state,
-                    "notification_type": change.notification_type,
-                    "correlated": send is not None,
-                    "event_id": event.id,
-                }
-            )
+            self._correlate(change, now, tally, batch.malformed)
         for ignored in batch.ignored:
-            received[(ignored.channel, ignored.message_type, None)] += 1
-        for bad in batch.malformed:
-            reason = bad.reason if bad.reason in MALFORMED_REASONS else "other"
-            metrics.notifications_malformed.labels(reason).inc()
-            log.warning(
-                "notification_malformed", reason=bad.reason, detail=bad.detail, channel=bad.channel
-            )
+            tally.received[(ignored.channel, ignored.message_type, None)] += 1
+        self._report_malformed(batch.malformed)
         commit = self._writer.write(
-            updates=[send_update(s) for s in resolved], events=events, malformed=batch.malformed
+            updates=[send_update(s) for s in tally.resolved],
+            events=tally.events,
+            malformed=batch.malformed,
         )
-        self._count(received, matched, unmatched, latency)
-        log_batch("daemon.tracker", "email_state_changed", log_rows)
-        if resolved:
+        self._count(tally)
+        log_batch("daemon.tracker", "email_state_changed", tally.log_rows)
+        if tally.resolved:
             self._gauge()
         return commit
 
-    def _count(
-        self,
-        received: CounterType[tuple[str, str, str | None]],
-        matched: int,
-        unmatched: int,
-        latency: dict[str, list[float]],
+    def _correlate(
+        self, change: EmailStateChange, now: float, tally: _Tally, malformed: list[Malformed]
     ) -> None:
+        """One email state change: its send (if any), its event, its log row."""
+        tally.received[(change.channel, EMAIL_STATE_CHANGE, change.notification_type)] += 1
+        decision = self._correlator.find(change)
+        send = decision.send if isinstance(decision, Matched) else None
+        try:
+            # The event is built before the decision is applied: a failure
+            # here must not leave a send resolved without its event.
+            event = self._events.state_changed(change, send, received_at=now)
+        except Exception as exc:  # one message never stops the listener
+            log.exception("notification_unprocessable", email_id=change.email_id)
+            malformed.append(
+                Malformed(change.channel, "unprocessable", repr(exc)[:500], change.raw[:4096])
+            )
+            return
+        self._correlator.apply(decision, now)
+        if not isinstance(decision, Matched):
+            tally.unmatched += 1
+        elif not decision.repeat:
+            tally.resolved.append(decision.send)
+            tally.latency.setdefault(self._state_label(change), []).append(
+                now - decision.send.requested_at
+            )
+        tally.events.append(event)
+        tally.log_rows.append(
+            {
+                "email_id": change.email_id,
+                "reference_id": change.reference_id,
+                "send_id": send.send_id if send else None,
+                "state": change.state,
+                "notification_type": change.notification_type,
+                "correlated": send is not None,
+                "event_id": event.id,
+            }
+        )
+
+    def _report_malformed(self, malformed: list[Malformed]) -> None:
+        for bad in malformed:
+            reason = bad.reason if bad.reason in MALFORMED_REASONS else "other"
+            self._metrics.notifications_malformed.labels(reason).inc()
+            log.warning(
+                "notification_malformed", reason=bad.reason, detail=bad.detail, channel=bad.channel
+            )
+
+    def _count(self, tally: _Tally) -> None:
         metrics = self._metrics
-        for (channel, message_type, notification_type), count in received.items():
+        for (channel, message_type, notification_type), count in tally.received.items():
             metrics.notifications_received.labels(
                 self._channel_label(channel),
                 _label(message_type, KNOWN_MESSAGE_TYPES),
                 _label(notification_type, EMAIL_NOTIFICATION_TYPES),
             ).inc(count)
-        if matched:
-            metrics.correlations.labels("matched").inc(matched)
-        if unmatched:
-            metrics.correlations.labels("unmatched").inc(unmatched)
-        for state, values in latency.items():
+        if tally.resolved:
+            metrics.correlations.labels("matched").inc(len(tally.resolved))
+        if tally.unmatched:
+            metrics.correlations.labels("unmatched").inc(tally.unmatched)
+        for state, values in tally.latency.items():
             histogram = metrics.outcome_latency.labels(state)
             for value in values:
                 histogram.observe(max(0.0, value))

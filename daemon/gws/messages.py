@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -160,6 +160,11 @@ def _problem(data: object, size: int, max_bytes: int) -> tuple[str, str] | Ignor
         if message_type in KNOWN_OTHER_TYPES:
             return Ignored("", message_type)
         return "unknown_message_type", f"messageType {message_type[:80]!r}"
+    return _email_problem(data)
+
+
+def _email_problem(data: dict[str, Any]) -> tuple[str, str] | None:
+    """What is wrong with an EmailStateChangeMessage (None: nothing)."""
     notification_type = data.get("notificationType")
     if not isinstance(notification_type, str) or not notification_type:
         return "no_notification_type", "notificationType is missing or not a string"
@@ -172,7 +177,10 @@ def _problem(data: object, size: int, max_bytes: int) -> tuple[str, str] | Ignor
     state = email.get("state")
     if state is not None and not isinstance(state, str):
         return "bad_state", "email.state is not a string"
-    reference_id = data.get("referenceId")
+    return _reference_id_problem(data.get("referenceId"))
+
+
+def _reference_id_problem(reference_id: object) -> tuple[str, str] | None:
     if reference_id is None or (type(reference_id) is int and -_INT64 <= reference_id < _INT64):
         return None
     # GWS sends small integers; a numeric string is tolerated, anything else

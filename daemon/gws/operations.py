@@ -111,6 +111,10 @@ def validate_send(body: dict[str, Any]) -> SendRequest | Invalid:
         return _missing("email")
     if not isinstance(email, dict):
         return _invalid("email", "must be an object")
+    return _validate_email(queue, email)
+
+
+def _validate_email(queue: str, email: dict[str, Any]) -> SendRequest | Invalid:
     to = _address_list(email, "to", required=True)
     if isinstance(to, Invalid):
         return to

@@ -127,27 +127,17 @@ class GwsSession:
         body: bytes | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Answer:
-        headers = {"Accept": _JSON}
-        if body is not None:
-            headers["Content-Type"] = _JSON
-        if method != "GET" and self._csrf is not None:
-            headers[self._csrf[0]] = self._csrf[1]
         started = time.perf_counter()
         result = "error"
         try:
             async with self.http.request(
-                method, self._url(path), data=body, headers=headers, params=params
+                method,
+                self._url(path),
+                data=body,
+                headers=self._headers(method, with_body=body is not None),
+                params=params,
             ) as response:
-                raw = await response.read()
-                self._learn_csrf(response.headers)
-                content_type = response.headers.get("Content-Type", "")
-                parsed: Any = None
-                if raw:
-                    try:
-                        parsed = orjson.loads(raw)
-                    except orjson.JSONDecodeError:
-                        parsed = None
-                answer = Answer(response.status, parsed, raw, content_type)
+                answer = await self._answer(response)
                 result = "ok" if answer.ok else "rejected"
                 return answer
         except aiohttp.ClientConnectorError as exc:
@@ -164,6 +154,25 @@ class GwsSession:
             self._metrics.gws_requests.labels(operation, result).observe(
                 time.perf_counter() - started
             )
+
+    def _headers(self, method: str, *, with_body: bool) -> dict[str, str]:
+        headers = {"Accept": _JSON}
+        if with_body:
+            headers["Content-Type"] = _JSON
+        if method != "GET" and self._csrf is not None:
+            headers[self._csrf[0]] = self._csrf[1]
+        return headers
+
+    async def _answer(self, response: aiohttp.ClientResponse) -> Answer:
+        raw = await response.read()
+        self._learn_csrf(response.headers)
+        parsed: Any = None
+        if raw:
+            try:
+                parsed = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                parsed = None
+        return Answer(response.status, parsed, raw, response.headers.get("Content-Type", ""))
 
     def _learn_csrf(self, headers: Mapping[str, str]) -> None:
         name = headers.get("X-CSRF-HEADER")

@@ -159,26 +159,30 @@ class BayeuxServer:
         replies: list[bytes] = []
         data: list[bytes] = []
         for message in messages:
-            if not isinstance(message, dict):
-                replies.append(_dumps(_error_reply({}, "/meta/unknown", "400::invalid message")))
-                continue
-            channel = message.get("channel")
-            if channel == "/meta/handshake":
-                replies.append(self._handshake(message, session))
-            elif channel == "/meta/connect":
-                queued, reply = await self._connect(message, session, request)
-                data.extend(queued)
-                replies.append(reply)
-            elif channel == "/meta/subscribe":
-                replies.extend(self._subscribe(message, session, subscribe=True))
-            elif channel == "/meta/unsubscribe":
-                replies.extend(self._subscribe(message, session, subscribe=False))
-            elif channel == "/meta/disconnect":
-                replies.append(self._disconnect(message, session))
-            else:
-                replies.append(self._client_publish(message, session))
+            replies.extend(await self._answer(message, session, request, data))
         data.extend(replies)
         return web.Response(body=b"[" + b",".join(data) + b"]", content_type=_JSON)
+
+    async def _answer(
+        self, message: object, session: str | None, request: web.Request, data: list[bytes]
+    ) -> list[bytes]:
+        """The replies to one message of a request; a connect adds its queue to `data`."""
+        if not isinstance(message, dict):
+            return [_dumps(_error_reply({}, "/meta/unknown", "400::invalid message"))]
+        channel = message.get("channel")
+        if channel == "/meta/handshake":
+            return [self._handshake(message, session)]
+        if channel == "/meta/connect":
+            queued, reply = await self._connect(message, session, request)
+            data.extend(queued)
+            return [reply]
+        if channel == "/meta/subscribe":
+            return self._subscribe(message, session, subscribe=True)
+        if channel == "/meta/unsubscribe":
+            return self._subscribe(message, session, subscribe=False)
+        if channel == "/meta/disconnect":
+            return [self._disconnect(message, session)]
+        return [self._client_publish(message, session)]
 
     # -- publishing and client management -----------------------------------
 
@@ -277,21 +281,7 @@ class BayeuxServer:
         # A newer connect replaces a held one: the old answer goes out empty.
         client.wake(_Wake.SUPERSEDED)
 
-        hold = self._hold_seconds(message)
-        reason: _Wake | None = None
-        if hold > 0 and not client.queue and not self._closing:
-            future: asyncio.Future[_Wake] = asyncio.get_running_loop().create_future()
-            client.held = future
-            try:
-                done, _ = await asyncio.wait({future}, timeout=hold)
-                reason = future.result() if done else None
-            finally:
-                if client.held is future:
-                    client.held = None
-                if not future.done():
-                    future.cancel()
-                client.last_seen = self._clock()
-
+        reason = await self._hold(client, self._hold_seconds(message))
         if reason is _Wake.REMOVED or client.removed is _Wake.REMOVED:
             return [], _dumps(_unknown_client(message, "/meta/connect"))
         reply: dict[str, Any] = {
@@ -307,6 +297,22 @@ class BayeuxServer:
         if reason is not _Wake.SUPERSEDED and not _peer_gone(request):
             queued, client.queue = client.queue, []
         return queued, _dumps(_with_id(reply, message))
+
+    async def _hold(self, client: _Client, hold: float) -> _Wake | None:
+        """Hold a connect with nothing queued for up to `hold` s; why it woke (None: time)."""
+        if hold <= 0 or client.queue or self._closing:
+            return None
+        future: asyncio.Future[_Wake] = asyncio.get_running_loop().create_future()
+        client.held = future
+        try:
+            done, _ = await asyncio.wait({future}, timeout=hold)
+            return future.result() if done else None
+        finally:
+            if client.held is future:
+                client.held = None
+            if not future.done():
+                future.cancel()
+            client.last_seen = self._clock()
 
     def _subscribe(
         self, message: dict[str, Any], session: str | None, *, subscribe: bool

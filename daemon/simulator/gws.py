@@ -350,28 +350,11 @@ class Simulator:
             denied = _gws_error(401, 20, "Not authenticated")
             denied.headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="GWS"'
             return denied
-        session_id = request.cookies.get(SESSION_COOKIE)
-        session = self._sessions.get(session_id) if session_id else None
-        is_new = session is None
-        if session is None:
-            session = _HttpSession(
-                session_id=secrets.token_hex(16).upper(), csrf_token=secrets.token_urlsafe(24)
-            )
-            self._sessions[session.session_id] = session
+        session, is_new = self._session_of(request)
         request[_SESSION] = session
-
-        csrf_ok = (
-            request.method != hdrs.METH_POST
-            or not self.settings.csrf
-            or request.path.startswith(NOTIFICATIONS_PATH)
-            or not request.path.startswith("/api/v2/")
-            or hmac.compare_digest(
-                request.headers.get(CSRF_HEADER, "").encode(), session.csrf_token.encode()
-            )
-        )
         response: web.StreamResponse
         try:
-            if csrf_ok:
+            if self._csrf_ok(request, session):
                 response = await handler(request)
             else:
                 response = _gws_error(403, 3, "Missing or invalid Csrf token")
@@ -385,6 +368,29 @@ class Simulator:
             response.headers["X-CSRF-HEADER"] = CSRF_HEADER
             response.headers[CSRF_HEADER] = session.csrf_token
         return response
+
+    def _session_of(self, request: web.Request) -> tuple[_HttpSession, bool]:
+        """The request's HTTP session (by cookie), and whether it was made just now."""
+        session_id = request.cookies.get(SESSION_COOKIE)
+        session = self._sessions.get(session_id) if session_id else None
+        if session is not None:
+            return session, False
+        session = _HttpSession(
+            session_id=secrets.token_hex(16).upper(), csrf_token=secrets.token_urlsafe(24)
+        )
+        self._sessions[session.session_id] = session
+        return session, True
+
+    def _csrf_ok(self, request: web.Request, session: _HttpSession) -> bool:
+        return (
+            request.method != hdrs.METH_POST
+            or not self.settings.csrf
+            or request.path.startswith(NOTIFICATIONS_PATH)
+            or not request.path.startswith("/api/v2/")
+            or hmac.compare_digest(
+                request.headers.get(CSRF_HEADER, "").encode(), session.csrf_token.encode()
+            )
+        )
 
     def _authenticated(self, request: web.Request) -> bool:
         scheme, _, encoded = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
@@ -478,6 +484,29 @@ class Simulator:
         reference_id = request[_SESSION].take_reference_id()
         self.sends_accepted += 1
 
+        notifications = self._send_outcome(email_id, email, sent_fields, reference_id)
+
+        answer: dict[str, Any] = {"statusCode": 0}
+        if settings.reference_id_in_answer:
+            answer["referenceId"] = reference_id
+        if settings.notify_before_answer:
+            await self._pause(settings.notify_delay_seconds)
+            self._publish_emails(notifications)
+        else:
+            self._publish_emails_later(settings.notify_delay_seconds, notifications)
+        if email_id in settings.hang_emails:
+            await self._hang(request)
+        return _json(answer)
+
+    def _send_outcome(
+        self,
+        email_id: str,
+        email: dict[str, Any],
+        sent_fields: dict[str, Any],
+        reference_id: int,
+    ) -> list[dict[str, Any]]:
+        """What a Send does to the email, and the notifications that say so."""
+        settings = self.settings
         notifications: list[dict[str, Any]]
         if email_id in settings.error_emails:
             notifications = [
@@ -503,20 +532,7 @@ class Simulator:
                         "email": _snapshot(email),
                     }
                 )
-        if email_id in settings.drop_emails:
-            notifications = []
-
-        answer: dict[str, Any] = {"statusCode": 0}
-        if settings.reference_id_in_answer:
-            answer["referenceId"] = reference_id
-        if settings.notify_before_answer:
-            await self._pause(settings.notify_delay_seconds)
-            self._publish_emails(notifications)
-        else:
-            self._publish_emails_later(settings.notify_delay_seconds, notifications)
-        if email_id in settings.hang_emails:
-            await self._hang(request)
-        return _json(answer)
+        return [] if email_id in settings.drop_emails else notifications
 
     def _other_operation(
         self, request: web.Request, email_id: str, operation: str, body: dict[str, Any]
