@@ -17,7 +17,12 @@ import asyncio
 import threading
 from typing import Any
 
-import common
+import measure
+import notifyd
+import peers
+import report
+import seeding
+from basics import EMAILS_CHANNEL, BenchError
 
 TARGET_PENDING_MB = 150.0
 TARGET_DRIFT_PERCENT = 10.0
@@ -34,7 +39,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
 class RssSampler(threading.Thread):
     """The daemon's RSS every 0.25 s, for the peak."""
 
-    def __init__(self, meter: common.CpuMeter) -> None:
+    def __init__(self, meter: measure.CpuMeter) -> None:
         super().__init__(name="rss-sampler", daemon=True)
         self.meter = meter
         self.peak = 0.0
@@ -53,9 +58,9 @@ class RssSampler(threading.Thread):
 
 
 async def burst(
-    peer: common.CometdPeer,
-    tailer: common.SinkTailer,
-    meter: common.CpuMeter,
+    peer: peers.NodePeer,
+    tailer: measure.SinkTailer,
+    meter: measure.CpuMeter,
     start: int,
     size: int,
 ) -> tuple[float, float]:
@@ -65,40 +70,40 @@ async def burst(
     """
     expected = tailer.lines + size
     meter.start()
-    await peer.publish(size, start=start)
+    await peer.publish(EMAILS_CHANNEL, size, start)
     if not await tailer.wait_lines(expected, timeout=1800, idle=120):
-        raise common.BenchError(f"the sink has {tailer.lines:,} lines, expected {expected:,}")
+        raise BenchError(f"the sink has {tailer.lines:,} lines, expected {expected:,}")
     cpu, wall = meter.stop()
     return wall, 100 * cpu / wall
 
 
 async def main() -> None:
-    args = common.parse_args(__doc__ or "", _options)
+    args = report.parse_args(__doc__ or "", _options)
     pending = args.pending or (10_000 if args.quick else 100_000)
     bursts = args.bursts or (5 if args.quick else 10)
     size = args.burst_size or (10_000 if args.quick else 100_000)
 
     rows: list[dict[str, Any]] = []
-    with common.workdir("memory") as work:
-        seconds = common.populate_store(work / "state.db", 1, pending)
-        common.note(f"memory: {pending:,} pending sends written in {seconds:.1f} s")
-        async with common.cometd_peer(gws_stub=pending, gws_stub_start=1) as peer:
-            config = common.daemon_config(work, gws_url=peer.base_url)
-            async with common.running_daemon(config, work) as daemon:
-                meter = common.CpuMeter(daemon.pid)
+    with notifyd.workdir("memory") as work:
+        seconds = seeding.populate_store(work / "state.db", 1, pending)
+        report.note(f"memory: {pending:,} pending sends written in {seconds:.1f} s")
+        async with peers.cometd_peer(gws_stub=peers.GwsStub(pending, start=1)) as peer:
+            config = notifyd.daemon_config(work, gws_url=peer.base_url)
+            async with notifyd.running_daemon(config, work) as daemon:
+                meter = measure.CpuMeter(daemon.pid)
                 rss_started = meter.rss_mb()
-                reconciled = await daemon.wait_log("reconciled", timeout=600)
+                reconciled = await daemon.wait_log(notifyd.logged("reconciled"), timeout=600)
                 rss_reconciled = meter.rss_mb()
                 await asyncio.sleep(SETTLE_SECONDS)
                 rss_pending = meter.rss_mb()
-                common.note(f"memory: {pending:,} pending held: RSS {rss_pending:.1f} MB")
+                report.note(f"memory: {pending:,} pending held: RSS {rss_pending:.1f} MB")
                 sampler = RssSampler(meter)
                 sampler.start()
-                tailer = common.SinkTailer(daemon.sink_path, interval=0.01, keep=False)
+                tailer = measure.SinkTailer(notifyd.sink_path(work), interval=0.01, keep=False)
                 tailer.skip_existing()
                 tailer.start()
                 try:
-                    common.note(f"memory: warm-up: {pending:,} outcomes, {size:,} unmatched")
+                    report.note(f"memory: warm-up: {pending:,} outcomes, {size:,} unmatched")
                     await burst(peer, tailer, meter, 1, pending)
                     await burst(peer, tailer, meter, UNMATCHED_START, size)
                     await asyncio.sleep(SETTLE_SECONDS)
@@ -118,13 +123,13 @@ async def main() -> None:
                                 "rss_mb": round(rss, 1),
                             }
                         )
-                        common.note(f"  burst {number}/{bursts}: RSS {rss:.1f} MB")
+                        report.note(f"  burst {number}/{bursts}: RSS {rss:.1f} MB")
                     await asyncio.sleep(SETTLE_SECONDS)
                     rss_end = meter.rss_mb()
                 finally:
                     tailer.stop()
                     sampler.stop()
-            log = common.log_summary(daemon.read_log())
+            log = notifyd.log_summary(daemon.read_logs())
 
     drift = 100 * (rss_end - rss_warm) / rss_warm
     verdict = {
@@ -135,7 +140,7 @@ async def main() -> None:
         "target_change_percent": TARGET_DRIFT_PERCENT,
         "change_target_met": abs(drift) <= TARGET_DRIFT_PERCENT,
     }
-    table = common.Table(
+    table = report.Table(
         f"daemon RSS, MB ({pending:,} pending; {bursts} x {size:,} events)",
         ["when", "events", "RSS MB", "events/s", "daemon cpu %"],
     )
@@ -154,7 +159,7 @@ async def main() -> None:
     table.add(f"after the run + {SETTLE_SECONDS:g} s", bursts * size, rss_end, None, None)
     table.add("peak (sampled every 0.25 s)", None, sampler.peak, None, None)
     table.add("change after warm-up -> after run, %", None, round(drift, 1), None, None)
-    common.emit(
+    report.emit(
         "memory",
         {
             "quick": args.quick,

@@ -20,7 +20,15 @@ import asyncio
 import time
 from typing import Any
 
-import common
+import bare_clients
+import measure
+import notifyd
+import peers
+import profiling
+import report
+import seeding
+import stats
+from basics import EMAILS_CHANNEL, BenchError
 
 TARGET_RATIO = 1.0  # pipeline events/s over aiocometd-noloop's bare msg/s
 TARGET_STEADY_P99_MS = 10.0
@@ -32,7 +40,7 @@ STEADY_TICK_MS = 2
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, help="burst size (default 200,000)")
-    parser.add_argument("--mode", default="live", choices=sorted(common.RECEIVE_MODES))
+    parser.add_argument("--mode", default="live", choices=sorted(bare_clients.RECEIVE_MODES))
     parser.add_argument("--steady-rate", type=float, default=5000.0, help="msg/s (5,000)")
     parser.add_argument("--steady-seconds", type=float, help="default 20 (quick: 4)")
     parser.add_argument(
@@ -56,66 +64,70 @@ def _latency_section(seen: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]
     return {
         "events": len(seen),
         "correlated": correlated,
-        "latency_ms": common.summarize(common.latencies_ms(seen)),
+        "latency_ms": stats.summarize(stats.latencies_ms(seen)),
     }
 
 
 async def run_pipeline(args: argparse.Namespace, count: int, steady: int) -> dict[str, Any]:
     total = count + steady
-    with common.workdir("pipeline") as work:
-        seconds = common.populate_store(work / "state.db", 1, total)
-        common.note(f"pipeline: {total:,} pending sends written in {seconds:.1f} s")
-        async with common.cometd_peer(gws_stub=total, gws_stub_start=1) as peer:
-            config = common.daemon_config(work, gws_url=peer.base_url)
-            async with common.running_daemon(config, work) as daemon:
-                reconciled = await daemon.wait_log("reconciled", timeout=600)
-                common.note(f"pipeline: daemon reconciled {reconciled}")
-                meter = common.CpuMeter(daemon.pid)
+    with notifyd.workdir("pipeline") as work:
+        seconds = seeding.populate_store(work / "state.db", 1, total)
+        report.note(f"pipeline: {total:,} pending sends written in {seconds:.1f} s")
+        async with peers.cometd_peer(gws_stub=peers.GwsStub(total, start=1)) as peer:
+            config = notifyd.daemon_config(work, gws_url=peer.base_url)
+            async with notifyd.running_daemon(config, work) as daemon:
+                reconciled = await daemon.wait_log(notifyd.logged("reconciled"), timeout=600)
+                report.note(f"pipeline: daemon reconciled {reconciled}")
+                meter = measure.CpuMeter(daemon.pid)
                 rss_start = meter.rss_mb()
-                tailer = common.SinkTailer(daemon.sink_path)
+                tailer = measure.SinkTailer(notifyd.sink_path(work))
                 tailer.skip_existing()
                 tailer.start()
                 try:
                     # -- burst
                     profiled = daemon.pid if args.profile else None
-                    profiler = common.start_profiler(profiled, "pipeline-burst")
+                    profiler = profiling.start_profiler(profiled, "pipeline-burst")
                     meter.start()
                     published_at = time.time()
-                    await peer.publish(count, start=1, hold=args.mode == "queued")
+                    await peer.order_publish(
+                        EMAILS_CHANNEL, count, start=1, hold=args.mode == "queued"
+                    )
                     done = await tailer.wait_lines(count, timeout=1800, idle=120)
                     burst_cpu, _ = meter.stop()
-                    profile_burst = common.stop_profiler(profiler)
+                    profile_burst = profiling.stop_profiler(profiler)
                     if not done:
-                        raise common.BenchError(
-                            f"the sink got {tailer.lines:,} of {count:,} burst events"
-                        )
+                        raise BenchError(f"the sink got {tailer.lines:,} of {count:,} burst events")
                     burst_seconds = tailer.last_seen - published_at
                     rss_burst = meter.rss_mb()
-                    common.note(
+                    report.note(
                         f"pipeline: burst {count:,} in {burst_seconds:.2f} s = "
                         f"{count / burst_seconds:,.0f} events/s"
                     )
                     # -- steady
-                    common.note(
+                    report.note(
                         f"pipeline: steady {args.steady_rate:,.0f} msg/s, {steady:,} messages"
                     )
-                    profiler = common.start_profiler(profiled, "pipeline-steady")
+                    profiler = profiling.start_profiler(profiled, "pipeline-steady")
                     meter.start()
-                    await peer.publish(
-                        steady, start=1 + count, rate=args.steady_rate, tick_ms=args.steady_tick_ms
+                    await peer.order_publish(
+                        EMAILS_CHANNEL,
+                        steady,
+                        start=1 + count,
+                        rate=args.steady_rate,
+                        tick_ms=args.steady_tick_ms,
                     )
                     done = await tailer.wait_lines(total, timeout=600, idle=60)
                     steady_cpu, steady_wall = meter.stop()
-                    profile_steady = common.stop_profiler(profiler)
+                    profile_steady = profiling.stop_profiler(profiler)
                     if not done:
-                        raise common.BenchError(
+                        raise BenchError(
                             f"the sink got {tailer.lines - count:,} of {steady:,} steady events"
                         )
                 finally:
                     tailer.stop()
                 seen = tailer.events()
                 rss_end = meter.rss_mb()
-            log = common.log_summary(daemon.read_log())
+            log = notifyd.log_summary(daemon.read_logs())
     burst, steady_seen = seen[:count], seen[count:]
     return {
         "pending_sends": total,
@@ -150,17 +162,17 @@ async def run_pipeline(args: argparse.Namespace, count: int, steady: int) -> dic
 
 
 async def main() -> None:
-    args = common.parse_args(__doc__ or "", _options)
+    args = report.parse_args(__doc__ or "", _options)
     count = args.count or (10_000 if args.quick else 200_000)
     steady_seconds = args.steady_seconds or (4.0 if args.quick else 20.0)
     steady = round(args.steady_rate * steady_seconds)
 
-    bare: dict[str, common.ReceiveRun] = {}
+    bare: dict[str, bare_clients.ReceiveRun] = {}
     if not args.skip_bare:
         for client in ("ours", "aiocometd-noloop"):
-            common.note(f"bare: {client}, {args.mode}, {count:,} messages")
-            bare[client] = await common.run_receive(client, count, mode=args.mode)
-            common.note(f"  {bare[client].rate:,.0f} msg/s")
+            report.note(f"bare: {client}, {args.mode}, {count:,} messages")
+            bare[client] = await bare_clients.run_receive(client, count, mode=args.mode)
+            report.note(f"  {bare[client].rate:,.0f} msg/s")
     result = await run_pipeline(args, count, steady)
 
     rate = result["burst"]["events_per_s"]
@@ -189,18 +201,20 @@ async def main() -> None:
         <= TARGET_STEADY_CPU,
     }
 
-    throughput = common.Table(
+    throughput = report.Table(
         f"pipeline burst of {count:,} ({args.mode}) vs bare clients",
         ["what", "msg/s", "seconds", "publish->last msg/s", "cpu s", "pipeline / this"],
     )
     for name, run in bare.items():
+        # No ratio when the client's span was 0 (the whole burst came in one answer).
+        ratio = ratios.get(f"to_bare_{name}")
         throughput.add(
             f"bare {name}",
             run.rate,
             run.span_seconds,
             run.end_to_end_rate,
             run.cpu_seconds,
-            f"{ratios[f'to_bare_{name}']:.2f}x",
+            f"{ratio:.2f}x" if ratio is not None else None,
         )
     throughput.add(
         "daemon: publish -> last sink line",
@@ -210,7 +224,7 @@ async def main() -> None:
         result["burst"]["daemon_cpu_seconds"],
         None,
     )
-    latency = common.Table(
+    latency = report.Table(
         f"receipt -> sink-written latency, ms (tailer poll {result['tailer_poll_period_ms']} ms)",
         ["phase", "events", "correlated", "p50", "p90", "p99", "max", "daemon cpu %"],
     )
@@ -227,7 +241,7 @@ async def main() -> None:
             lat.get("max"),
             section["daemon_cpu_percent_of_one_core"],
         )
-    common.emit(
+    report.emit(
         "pipeline",
         {
             "quick": args.quick,

@@ -13,7 +13,8 @@ import argparse
 import asyncio
 from typing import Any
 
-import common
+import bare_clients
+import report
 
 TARGET_RATE = 100_000  # msg/s, ours
 TARGET_RATIO = 2.8  # ours / aiocometd-noloop
@@ -35,12 +36,12 @@ def _options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--clients",
-        default=",".join(common.RECEIVE_CLIENTS),
-        help="comma-separated subset of " + ", ".join(common.RECEIVE_CLIENTS),
+        default=",".join(bare_clients.RECEIVE_CLIENTS),
+        help="comma-separated subset of " + ", ".join(bare_clients.RECEIVE_CLIENTS),
     )
 
 
-def verdict(runs: list[common.ReceiveRun]) -> dict[str, Any]:
+def verdict(runs: list[bare_clients.ReceiveRun]) -> dict[str, Any]:
     ours = next((r for r in runs if r.client == "ours"), None)
     theirs = next((r for r in runs if r.client == "aiocometd-noloop"), None)
     if ours is None:
@@ -61,51 +62,51 @@ def verdict(runs: list[common.ReceiveRun]) -> dict[str, Any]:
 
 
 async def main() -> None:
-    args = common.parse_args(__doc__ or "", _options)
+    args = report.parse_args(__doc__ or "", _options)
     count = args.count or (20_000 if args.quick else 200_000)
     modes = [m for m in args.modes.split(",") if m]
     clients = [c for c in args.clients.split(",") if c]
     for name in modes:
-        if name not in common.RECEIVE_MODES:
+        if name not in bare_clients.RECEIVE_MODES:
             raise SystemExit(f"unknown mode {name!r}")
     for name in clients:
-        if name not in common.RECEIVE_CLIENTS:
+        if name not in bare_clients.RECEIVE_CLIENTS:
             raise SystemExit(f"unknown client {name!r}")
 
     tables = []
     results: dict[str, Any] = {}
     for mode in modes:
         runs = []
-        every: list[common.ReceiveRun] = []
+        every: list[bare_clients.ReceiveRun] = []
         for client in clients:
             tries = []
             for attempt in range(1, args.repeat + 1):
-                common.note(f"receive: {client}, {mode}, {count:,} messages, run {attempt}")
-                run = await common.run_receive(client, count, mode=mode)
-                common.note(
+                report.note(f"receive: {client}, {mode}, {count:,} messages, run {attempt}")
+                run = await bare_clients.run_receive(client, count, mode=mode)
+                report.note(
                     f"  {run.received:,} in {run.span_seconds:.2f} s = {run.rate:,.0f} msg/s"
                 )
                 if run.received != count:
-                    common.note(f"  INCOMPLETE: {client} lost {count - run.received:,} messages")
+                    report.note(f"  INCOMPLETE: {client} lost {count - run.received:,} messages")
                 tries.append(run)
             every += tries
             runs.append(sorted(tries, key=lambda r: r.rate)[len(tries) // 2])
-        tables.append(common.receive_table(f"receive, {mode}: burst of {count:,}", runs))
+        tables.append(bare_clients.receive_table(f"receive, {mode}: burst of {count:,}", runs))
         results[mode] = {
-            "method": common.RECEIVE_MODES[mode],
+            "method": bare_clients.RECEIVE_MODES[mode],
             "runs": [r.as_json() for r in runs],
             "all_runs": [r.as_json() for r in every] if args.repeat > 1 else None,
             "verdict": verdict(runs),
         }
-    common.emit(
+    report.emit(
         "receive",
         {
             "count": count,
             "quick": args.quick,
             "repeat": args.repeat,
             "server": "cometd-nodejs-server 1.2.1 (tests/peers/cometd-server.js), long-polling, "
-            f"long-poll timeout {common.RECEIVE_LONG_POLL_MS} ms",
-            "clients": {c: common.RECEIVE_CLIENTS[c] for c in clients},
+            f"long-poll timeout {bare_clients.RECEIVE_LONG_POLL_MS} ms",
+            "clients": {c: bare_clients.RECEIVE_CLIENTS[c] for c in clients},
             "cpu_note": "cpu_seconds: user+sys of the client process (psutil) over its CPU "
             "window (see each mode's method); cpu % = cpu_seconds / that window's wall time; "
             "msg_per_cpu_second = received / cpu_seconds (the rate one full core would give); "

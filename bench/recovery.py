@@ -23,11 +23,17 @@ import statistics
 import time
 from typing import Any
 
-import common
+import notifyd
+import peers
+import report
+import seeding
+
+from tests.harness.waiting import POLL_SECONDS
 
 TARGET_RESUBSCRIBED_S = 1.0
 TARGET_RECONCILE_S = 2.0
-POLL_INTERVAL = 0.01
+# DaemonProcess.wait_ready_status polls /readyz this often.
+POLL_MS = round(POLL_SECONDS * 1000)
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -70,25 +76,27 @@ def _timeline(
 async def resubscription(restarts: int, down: float) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     windows: list[tuple[float, float, float]] = []  # stopped, back, ready (wall clock)
-    with common.workdir("recovery-a") as work:
-        peer = common.CometdPeer(gws_stub=0)
+    with notifyd.workdir("recovery-a") as work:
+        peer = peers.new_cometd_peer(gws_stub=peers.GwsStub(0))
         try:
             await peer.start()
-            config = common.daemon_config(work, gws_url=peer.base_url)
-            async with common.running_daemon(config, work) as daemon:
-                await daemon.wait_ready(200, interval=POLL_INTERVAL)
+            config = notifyd.daemon_config(work, gws_url=peer.base_url)
+            async with notifyd.running_daemon(config, work) as daemon:
+                await daemon.wait_ready_status(200, timeout=60)
                 for number in range(1, restarts + 1):
                     await asyncio.sleep(1.0)  # subscribed for a while
                     stopped = time.perf_counter()
                     stopped_wall = time.time()
                     await peer.stop()
-                    not_ready = await daemon.wait_ready(503, interval=POLL_INTERVAL)
+                    await daemon.wait_ready_status(503, timeout=60)
+                    not_ready = time.perf_counter()
                     await asyncio.sleep(down)
                     starting = time.perf_counter()
-                    await peer.start()  # same port: CometdPeer keeps the one it got
+                    await peer.start()  # same port: the peer keeps the one it got
                     back = time.perf_counter()
                     back_wall = time.time()
-                    ready = await daemon.wait_ready(200, interval=POLL_INTERVAL, timeout=60)
+                    await daemon.wait_ready_status(200, timeout=60)
+                    ready = time.perf_counter()
                     ready_wall = time.time()
                     run: dict[str, Any] = {
                         "restart": number,
@@ -99,11 +107,11 @@ async def resubscription(restarts: int, down: float) -> dict[str, Any]:
                     }
                     runs.append(run)
                     windows.append((stopped_wall, back_wall, ready_wall))
-                    common.note(
+                    report.note(
                         f"  restart {number}: ready {run['server_back_to_ready_s']} s after"
                     )
-                entries = daemon.read_log()
-                log = common.log_summary(entries)
+                entries = daemon.read_logs()
+                log = notifyd.log_summary(entries)
         finally:
             await peer.aclose()
     for run, window in zip(runs, windows, strict=True):
@@ -119,16 +127,16 @@ async def resubscription(restarts: int, down: float) -> dict[str, Any]:
 
 
 async def reconcile_once(pending: int, *, listed: bool) -> dict[str, Any]:
-    with common.workdir("recovery-b") as work:
-        common.populate_store(work / "state.db", 1, pending)
-        async with common.cometd_peer(
-            gws_stub=pending, gws_stub_start=1, gws_stub_unlisted=not listed
+    with notifyd.workdir("recovery-b") as work:
+        seeding.populate_store(work / "state.db", 1, pending)
+        async with peers.cometd_peer(
+            gws_stub=peers.GwsStub(pending, start=1, unlisted=not listed)
         ) as peer:
-            config = common.daemon_config(work, gws_url=peer.base_url)
-            async with common.running_daemon(config, work) as daemon:
-                reconciled = await daemon.wait_log("reconciled", timeout=120)
+            config = notifyd.daemon_config(work, gws_url=peer.base_url)
+            async with notifyd.running_daemon(config, work) as daemon:
+                reconciled = await daemon.wait_log(notifyd.logged("reconciled"), timeout=120)
                 stats = await peer.stats()
-            entries = daemon.read_log()
+            entries = daemon.read_logs()
     subscribed = next(
         (e for e in entries if e.get("event") == "bayeux_subscribed"),
         next(e for e in entries if e.get("event") == "ready"),
@@ -142,20 +150,20 @@ async def reconcile_once(pending: int, *, listed: bool) -> dict[str, Any]:
 
 
 async def main() -> None:
-    args = common.parse_args(__doc__ or "", _options)
+    args = report.parse_args(__doc__ or "", _options)
     restarts = args.restarts or (2 if args.quick else 5)
     down = args.down_seconds if args.down_seconds is not None else (0.5 if args.quick else 2.0)
     pending = args.pending or 1000
     repeat = args.repeat or (1 if args.quick else 3)
 
-    common.note(f"recovery (a): {restarts} server restarts, down {down} s each")
+    report.note(f"recovery (a): {restarts} server restarts, down {down} s each")
     part_a = await resubscription(restarts, down)
     part_b: dict[str, Any] = {}
     for listed in (True, False):
         case = "listed" if listed else "unlisted"
         runs = []
         for _ in range(repeat):
-            common.note(f"recovery (b): reconcile {pending:,} pending, {case}")
+            report.note(f"recovery (b): reconcile {pending:,} pending, {case}")
             runs.append(await reconcile_once(pending, listed=listed))
         part_b[case] = {
             "runs": runs,
@@ -177,8 +185,8 @@ async def main() -> None:
         "target_reconcile_s": TARGET_RECONCILE_S,
         "reconcile_target_met": worst_b <= TARGET_RECONCILE_S,
     }
-    table_a = common.Table(
-        f"(a) server back -> /readyz 200, s (down {down} s; polled every 10 ms)",
+    table_a = report.Table(
+        f"(a) server back -> /readyz 200, s (down {down} s; polled every {POLL_MS} ms)",
         ["restart", "back -> ready", "stop -> 503", "node start"],
     )
     for run in part_a["runs"]:
@@ -195,7 +203,7 @@ async def main() -> None:
         None,
         None,
     )
-    table_b = common.Table(
+    table_b = report.Table(
         f"(b) reconcile {pending:,} pending sends, s ({repeat} daemon starts each)",
         [
             "stub lists the emails",
@@ -214,14 +222,14 @@ async def main() -> None:
             f"{b['min']} / {b['median']} / {b['max']}",
             requests.get("getEmail"),
         )
-    common.emit(
+    report.emit(
         "recovery",
         {
             "quick": args.quick,
             "method": {
-                "a": "server stopped (SIGTERM), /readyz polled every 10 ms until 503, "
+                "a": f"server stopped (SIGTERM), /readyz polled every {POLL_MS} ms until 503, "
                 f"server kept down {down} s, started again on the same port; the time from "
-                "reading its 'listening' line to the first /readyz 200 (resolution ~10 ms "
+                f"reading its 'listening' line to the first /readyz 200 (resolution ~{POLL_MS} ms "
                 "plus one request)",
                 "b": "fresh store with the pending sends, fresh daemon; the timestamps of "
                 "its bayeux_subscribed and reconciled log lines (structlog, microseconds), "

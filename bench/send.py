@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import common
+import measure
+import notifyd
 import orjson
+import peers
+import profiling
 import psutil
+import report
+import stats
+from basics import BenchError
+
+from tests.harness.daemon_process import SIM_PASSWORD, DaemonProcess
 
 TARGET_SENDS_PER_S = 2000.0
 TARGET_ADDED_P99_MS = 2.0
@@ -76,7 +84,7 @@ class Phase:
             "failures": self.failures,
             "seconds": round(self.wall, 3),
             "sends_per_s": round(self.rate),
-            "latency_ms": common.summarize(self.latencies, scale=1000),
+            "latency_ms": stats.summarize(self.latencies, scale=1000),
             "cpu_percent_of_one_core": {k: round(v, 1) for k, v in self.cpu.items()},
         }
 
@@ -96,7 +104,7 @@ class Sender:
         async with self.http.get(self.base_url + "/api/v2/me") as response:
             await response.read()
             if response.status != 200:
-                raise common.BenchError(f"GET /api/v2/me: HTTP {response.status}")
+                raise BenchError(f"GET /api/v2/me: HTTP {response.status}")
             self.headers[response.headers["X-CSRF-HEADER"]] = response.headers["X-CSRF-TOKEN"]
 
     async def send(self, email_id: str) -> str | None:
@@ -119,7 +127,7 @@ async def run_phase(
 ) -> Phase:
     phase = Phase(sender.path, concurrency)
     numbers = iter(range(total))
-    meters = {name: common.CpuMeter(pid) for name, pid in pids.items()}
+    meters = {name: measure.CpuMeter(pid) for name, pid in pids.items()}
 
     async def worker() -> None:
         for n in numbers:
@@ -141,7 +149,7 @@ async def run_phase(
     return phase
 
 
-async def wait_resolved(daemon: common.Daemon, timeout: float = 120.0) -> int:
+async def wait_resolved(daemon: DaemonProcess, timeout: float = 120.0) -> int:
     """Until the daemon holds no pending send; returns how many are left."""
     deadline = time.monotonic() + timeout
     pending = -1
@@ -155,18 +163,18 @@ async def wait_resolved(daemon: common.Daemon, timeout: float = 120.0) -> int:
 
 
 async def main() -> None:
-    args = common.parse_args(__doc__ or "", _options)
+    args = report.parse_args(__doc__ or "", _options)
     total = args.total or (2_000 if args.quick else 10_000)
     sequential = args.sequential if args.sequential is not None else (200 if args.quick else 2000)
     concurrency = args.concurrency
 
     phases: list[Phase] = []
     profile: dict[str, Any] | None = None
-    with common.workdir("send") as work:
-        async with common.simulator_process() as simulator:
-            config = common.daemon_config(work, gws_url=simulator.base_url)
-            async with common.running_daemon(config, work) as daemon:
-                await daemon.wait_ready(200)
+    with notifyd.workdir("send") as work:
+        async with peers.simulator_process() as simulator:
+            config = notifyd.daemon_config(work, gws_url=simulator.base_url)
+            async with notifyd.running_daemon(config, work) as daemon:
+                await daemon.wait_ready_status(200, timeout=60)
                 pids = {
                     "daemon": daemon.pid,
                     "simulator": simulator.pid,
@@ -180,9 +188,7 @@ async def main() -> None:
                         timeout=timeout,
                         cookie_jar=aiohttp.CookieJar(unsafe=True),
                         headers={
-                            "Authorization": aiohttp.encode_basic_auth(
-                                "agent1", common.GWS_PASSWORD
-                            )
+                            "Authorization": aiohttp.encode_basic_auth("agent1", SIM_PASSWORD)
                         },
                     ) as direct_http,
                     aiohttp.ClientSession(
@@ -192,34 +198,34 @@ async def main() -> None:
                     direct = Sender("direct", simulator.base_url, direct_http)
                     await direct.login()
                     through = Sender("daemon", daemon.api, daemon_http)
-                    common.note("send: warm-up")
+                    report.note("send: warm-up")
                     for sender in (direct, through):
                         await run_phase(sender, f"W{sender.tag}", WARM_UP, concurrency, {})
                     for size, width in ((sequential, 1), (total, concurrency)):
                         if size <= 0:
                             continue
                         for sender in (direct, through):
-                            common.note(f"send: {sender.path}, {size:,} sends, {width} at a time")
+                            report.note(f"send: {sender.path}, {size:,} sends, {width} at a time")
                             prefix = f"{sender.tag}{width:03d}-"
-                            profiler = common.start_profiler(
+                            profiler = profiling.start_profiler(
                                 daemon.pid
                                 if args.profile and sender is through and width == concurrency
                                 else None,
                                 "send-daemon",
                             )
                             phase = await run_phase(sender, prefix, size, width, pids)
-                            profile = common.stop_profiler(profiler) or profile
-                            common.note(
+                            profile = profiling.stop_profiler(profiler) or profile
+                            report.note(
                                 f"  {phase.rate:,.0f} sends/s, p99 "
-                                f"{common.summarize(phase.latencies, scale=1000).get('p99')} ms"
+                                f"{stats.summarize(phase.latencies, scale=1000).get('p99')} ms"
                                 + (f", failed: {phase.failures}" if phase.failures else "")
                             )
                             phases.append(phase)
                 left = await wait_resolved(daemon)
-                log = common.log_summary(daemon.read_log())
+                log = notifyd.log_summary(daemon.read_logs())
 
     comparisons = []
-    table = common.Table(
+    table = report.Table(
         "sends: direct to the simulator vs through the daemon",
         [
             "path",
@@ -234,11 +240,11 @@ async def main() -> None:
             "sim cpu %",
         ],
     )
-    added = common.Table(
+    added = report.Table(
         "added by the daemon (daemon - direct)", ["in flight", "p50 ms", "p99 ms", "sends/s ratio"]
     )
     for phase in phases:
-        lat = common.summarize(phase.latencies, scale=1000)
+        lat = stats.summarize(phase.latencies, scale=1000)
         table.add(
             phase.path,
             phase.concurrency,
@@ -255,8 +261,8 @@ async def main() -> None:
         pair = {p.path: p for p in phases if p.concurrency == width}
         if set(pair) != {"direct", "daemon"}:
             continue
-        d = common.summarize(pair["direct"].latencies, scale=1000)
-        t = common.summarize(pair["daemon"].latencies, scale=1000)
+        d = stats.summarize(pair["direct"].latencies, scale=1000)
+        t = stats.summarize(pair["daemon"].latencies, scale=1000)
         entry = {
             "concurrency": width,
             "added_p50_ms": round(t["p50"] - d["p50"], 3),
@@ -281,7 +287,7 @@ async def main() -> None:
             "target_added_p99_ms": TARGET_ADDED_P99_MS,
             "added_p99_target_met": loaded["added_p99_ms"] <= TARGET_ADDED_P99_MS,
         }
-    common.emit(
+    report.emit(
         "send",
         {
             "quick": args.quick,

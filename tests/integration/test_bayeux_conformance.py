@@ -2,7 +2,7 @@
 
 Peers: cometd-nodejs-server 1.2.1 (the CometD project's Node server, long-polling),
 faye 1.4.3 (long-polling and WebSocket), and our own simulator (daemon.simulator).
-The Node peers live in tests/peers (`npm ci` there); see tests/integration/bayeux_peers.py.
+The Node peers live in tests/peers (`npm ci` there); see tests/harness/bayeux_peers.py.
 
 Nothing here sleeps to synchronise: every wait is on a condition with a deadline.
 """
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from bayeux_peers import BayeuxPeer, PeerKind, start_peer
 
 from daemon.cometd import (
     LONG_POLLING,
@@ -27,6 +26,8 @@ from daemon.cometd import (
     Message,
     Subscribed,
 )
+from tests.harness.bayeux_peers import BayeuxPeer, PeerKind, start_peer
+from tests.harness.waiting import wait_until
 
 CHANNEL = "/v2/me/emails"
 # Long enough that a connect the server holds is unmistakable, short enough that
@@ -87,30 +88,26 @@ async def peer(case: Case) -> AsyncIterator[BayeuxPeer]:
 
 @dataclass
 class Recorder:
-    """Everything the client told us, in order, and an event that fires on each report."""
+    """Everything the client told us, in order."""
 
     batches: list[list[Message]] = field(default_factory=list)
     subscribed: list[Subscribed] = field(default_factory=list)
     states: list[ConnectionState] = field(default_factory=list)
     # ("state", ConnectionState) and ("subscribed", Subscribed), interleaved as told.
     events: list[tuple[str, object]] = field(default_factory=list)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def on_batch(self, batch: list[Message]) -> None:
         assert isinstance(batch, list), f"a batch must be a list, got {type(batch).__name__}"
         assert batch, "an empty batch was handed over"
         self.batches.append(list(batch))
-        self.changed.set()
 
     async def on_subscribed(self, info: Subscribed) -> None:
         self.subscribed.append(info)
         self.events.append(("subscribed", info))
-        self.changed.set()
 
     def on_state(self, state: ConnectionState) -> None:
         self.states.append(state)
         self.events.append(("state", state))
-        self.changed.set()
 
     @property
     def messages(self) -> list[Message]:
@@ -157,19 +154,22 @@ class Harness:
     async def wait_until(
         self, predicate: Callable[[], bool], what: str, timeout: float = WAIT
     ) -> None:
-        """Wait until `predicate()` holds, woken by each report of the client."""
+        """Wait until `predicate()` holds; fail at once if run() ends first.
+
+        A failure says what the client reported so far.
+        """
+
+        def holds() -> bool:
+            if predicate():
+                return True
+            if self.task.done():
+                raise AssertionError(f"run() ended while waiting for {what}: {_outcome(self.task)}")
+            return False
+
         try:
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    if self.task.done():
-                        raise AssertionError(
-                            f"run() ended while waiting for {what}: {_outcome(self.task)}; "
-                            f"{self.rec.summary()}"
-                        )
-                    self.rec.changed.clear()
-                    await self.rec.changed.wait()
-        except TimeoutError:
-            raise AssertionError(f"no {what} within {timeout} s; {self.rec.summary()}") from None
+            await wait_until(holds, timeout=timeout, what=what)
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}; {self.rec.summary()}") from None
 
     async def wait_for_messages(self, count: int, timeout: float = WAIT) -> None:
         await self.wait_until(lambda: self.rec.count() >= count, f"{count} messages", timeout)
@@ -214,7 +214,6 @@ async def running_client(peer: BayeuxPeer, case: Case) -> AsyncIterator[Harness]
             on_state=rec.on_state,
         )
         task = asyncio.create_task(client.run(), name="bayeux-client-under-test")
-        task.add_done_callback(lambda _t: rec.changed.set())
         try:
             yield Harness(peer=peer, client=client, task=task, rec=rec)
         finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from daemon_process import config_document, run_cli, to_toml
+
+from tests.harness.daemon_process import config_document, run_cli, to_toml
 
 EX_CONFIG = 78
 

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import orjson
 import pytest
-from daemon_process import DaemonProcess, cli_output, read_jsonl, send_body, write_config
 
 from daemon.simulator import Simulator
+from tests.harness.daemon_process import (
+    DaemonProcess,
+    cli_output,
+    read_jsonl,
+    send_body,
+    write_config,
+)
 
 
 def _events(tmp_path: Path) -> Path:
@@ -359,7 +365,7 @@ async def test_a_forgotten_session_is_rehandshaken_and_missed_outcomes_reconcile
 async def test_status_shows_connection_pending_and_sinks_as_a_table_and_as_json(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    from webhook_receiver import free_port
+    from tests.harness.webhook_receiver import free_port
 
     assert simulator.base_url
     simulator.settings.drop_emails.add("ST-1")

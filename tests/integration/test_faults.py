@@ -17,19 +17,19 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from daemon_process import (
+
+from daemon.simulator import Simulator
+from tests.harness.daemon_process import (
     DaemonProcess,
     cli_output,
     config_document,
     read_jsonl,
     send_body,
     to_toml,
-    wait_for,
     write_config,
 )
-from webhook_receiver import WebhookReceiver
-
-from daemon.simulator import Simulator
+from tests.harness.waiting import wait_until
+from tests.harness.webhook_receiver import WebhookReceiver
 
 KILLS = 20
 
@@ -96,7 +96,7 @@ async def test_kill_9_at_random_moments_loses_no_acknowledged_send(
             started = time.monotonic()
             await daemon.start()
             restart_seconds.append(time.monotonic() - started)
-        await wait_for(lambda: len(acknowledged) > 0, message="some acknowledged sends")
+        await wait_until(lambda: len(acknowledged) > 0, timeout=10, what="some acknowledged sends")
         await asyncio.sleep(0.5)  # a last stretch of traffic after the final restart
     finally:
         stop.set()
@@ -107,8 +107,8 @@ async def test_kill_9_at_random_moments_loses_no_acknowledged_send(
         def missing() -> set[str]:
             return set(acknowledged) - set(_sends_with_events(read_jsonl(events_path)))
 
-        await wait_for(
-            lambda: not missing(), timeout=60, message="an event for every acknowledged send"
+        await wait_until(
+            lambda: not missing(), timeout=60, what="an event for every acknowledged send"
         )
     finally:
         await daemon.stop()
@@ -182,10 +182,10 @@ async def test_a_webhook_down_for_60_seconds_gets_every_event_once_it_is_back(
         await receiver.start()
         up_at = time.monotonic()
         try:
-            await wait_for(
+            await wait_until(
                 lambda: len(set(receiver.event_ids())) >= len(sent),
                 timeout=30,
-                message="every event at the webhook",
+                what="every event at the webhook",
             )
             caught_up = time.monotonic() - up_at
             metrics = await daemon.metrics()
@@ -356,7 +356,7 @@ async def test_sigterm_refuses_new_sends_drains_and_keeps_the_undelivered_on_dis
     await receiver.start()
     try:
         async with DaemonProcess(config):
-            await wait_for(lambda: receiver.received, message="the undelivered event")
+            await wait_until(lambda: receiver.received, timeout=10, what="the undelivered event")
         assert receiver.received[0].event["data"]["send"]["sendId"] == answer["sendId"]
     finally:
         await receiver.stop()
@@ -455,7 +455,7 @@ async def test_a_dead_lettered_event_can_be_listed_shown_and_replayed(
             receiver.refusing = False
             replayed = await cli_output("dead-letters", "replay", "--all", "--config", str(config))
             assert "replayed 1" in replayed
-            await wait_for(lambda: receiver.received, message="the replayed event")
+            await wait_until(lambda: receiver.received, timeout=10, what="the replayed event")
             assert receiver.received[0].headers["Idempotency-Key"] == shown["eventId"]
             assert "0 dead letter(s)" in await cli_output(
                 "dead-letters", "list", "--config", str(config)
@@ -493,7 +493,7 @@ async def test_a_full_outbox_is_announced_and_refuses_new_sends_without_dropping
         async def full() -> bool:
             return "gws_notifyd_outbox_events 120.0" in await daemon.metrics()
 
-        await wait_for(full, message="120 events counted in the outbox")
+        await wait_until(full, timeout=10, what="120 events counted in the outbox")
         async with daemon.http.post(
             f"{daemon.api}/api/v2/me/emails/F-SEND", json=send_body()
         ) as response:
@@ -502,10 +502,10 @@ async def test_a_full_outbox_is_announced_and_refuses_new_sends_without_dropping
         assert simulator.sends_received == 0
         await receiver.start()
         try:
-            await wait_for(
+            await wait_until(
                 lambda: len(receiver.received) >= 120,
                 timeout=30,
-                message="all 120 events at the webhook once it is up",
+                what="all 120 events at the webhook once it is up",
             )
         finally:
             await receiver.stop()

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_process import DaemonProcess, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.simulator import Simulator
+from tests.harness.daemon_process import DaemonProcess, write_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "config" / "prometheus" / "alerts.yml"

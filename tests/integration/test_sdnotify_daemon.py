@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from daemon_process import DaemonProcess, wait_for, write_config
 
 from daemon.simulator import Simulator
+from tests.harness.daemon_process import DaemonProcess, write_config
+from tests.harness.waiting import wait_until
 
 WATCHDOG_USEC = 1_000_000  # the daemon pings every 0.5 s
 UCRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
@@ -89,7 +90,9 @@ async def test_ready_then_watchdog_pings_then_stopping_from_the_main_pid(
         env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": str(WATCHDOG_USEC)},
     )
     async with daemon:
-        await wait_for(lambda: notify_socket.first("READY=1") is not None, message="READY=1")
+        await wait_until(
+            lambda: notify_socket.first("READY=1") is not None, timeout=10, what="READY=1"
+        )
 
         def pings_after_ready() -> bool:
             lines = notify_socket.lines()
@@ -97,13 +100,15 @@ async def test_ready_then_watchdog_pings_then_stopping_from_the_main_pid(
             return lines[ready:].count("WATCHDOG=1") >= 2
 
         # Two pings take one WATCHDOG_USEC; the deadline allows for a slow machine.
-        await wait_for(pings_after_ready, timeout=10, message="2 WATCHDOG=1 after READY=1")
+        await wait_until(pings_after_ready, timeout=10, what="2 WATCHDOG=1 after READY=1")
         assert daemon.process is not None
         pid = daemon.process.pid
 
         await daemon.signal(signal.SIGTERM)
         code = await daemon.wait_exit()
-        await wait_for(lambda: notify_socket.first("STOPPING=1") is not None, message="STOPPING=1")
+        await wait_until(
+            lambda: notify_socket.first("STOPPING=1") is not None, timeout=10, what="STOPPING=1"
+        )
 
     assert code == 0
     lines = notify_socket.lines()

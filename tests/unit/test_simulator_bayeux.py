@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,21 +14,13 @@ import pytest
 from aiohttp import web
 
 from daemon.simulator.bayeux import BayeuxServer, match_patterns
+from tests.harness.waiting import wait_until
 
 # Long on purpose: a connect that is wrongly held fails on a test deadline
 # instead of passing by luck.
 LONG_POLL_MS = 30_000
 DEADLINE = 5.0
 CHANNEL = "/v2/me/emails"
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll a condition until it holds; fail the test if the deadline passes first."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.005)
 
 
 class FakeClock:
@@ -215,7 +207,9 @@ async def test_held_connect_is_answered_with_a_batch_when_a_message_is_published
 ) -> None:
     client_id = await bayeux.listen(CHANNEL)
     held = asyncio.create_task(bayeux.connect(client_id, id_="held"))
-    await wait_until(lambda: bayeux.server.held_connects() == 1)
+    await wait_until(
+        lambda: bayeux.server.held_connects() == 1, timeout=DEADLINE, what="a held connect"
+    )
     assert not held.done()
 
     assert bayeux.server.publish(CHANNEL, [{"n": 1}, {"n": 2}]) == 2
@@ -257,12 +251,16 @@ async def test_connect_is_held_for_the_advised_timeout(bayeux: Harness) -> None:
 async def test_a_second_connect_releases_the_first_without_messages(bayeux: Harness) -> None:
     client_id = await bayeux.listen(CHANNEL)
     first = asyncio.create_task(bayeux.connect(client_id, id_="first"))
-    await wait_until(lambda: bayeux.server.held_connects() == 1)
+    await wait_until(
+        lambda: bayeux.server.held_connects() == 1, timeout=DEADLINE, what="a held connect"
+    )
 
     second = asyncio.create_task(bayeux.connect(client_id, id_="second"))
     async with asyncio.timeout(DEADLINE):
         released = await first
-    await wait_until(lambda: bayeux.server.held_connects() == 1)
+    await wait_until(
+        lambda: bayeux.server.held_connects() == 1, timeout=DEADLINE, what="a held connect"
+    )
     bayeux.server.publish(CHANNEL, ["late"])
     async with asyncio.timeout(DEADLINE):
         delivered = await second
@@ -301,7 +299,9 @@ async def test_disconnect_releases_the_held_connect_and_forgets_the_client(
 ) -> None:
     client_id = await bayeux.listen(CHANNEL)
     held = asyncio.create_task(bayeux.connect(client_id))
-    await wait_until(lambda: bayeux.server.held_connects() == 1)
+    await wait_until(
+        lambda: bayeux.server.held_connects() == 1, timeout=DEADLINE, what="a held connect"
+    )
 
     [reply] = await bayeux.post(
         [{"channel": "/meta/disconnect", "clientId": client_id, "id": "bye"}]
@@ -363,7 +363,9 @@ async def test_a_client_that_does_not_come_back_within_max_interval_is_swept(
 async def test_a_held_connect_keeps_its_client_alive(bayeux: Harness) -> None:
     client_id = await bayeux.listen(CHANNEL)
     held = asyncio.create_task(bayeux.connect(client_id))
-    await wait_until(lambda: bayeux.server.held_connects() == 1)
+    await wait_until(
+        lambda: bayeux.server.held_connects() == 1, timeout=DEADLINE, what="a held connect"
+    )
 
     bayeux.clock.now += 60.0
     bayeux.server.publish(CHANNEL, ["still here"])
@@ -414,7 +416,9 @@ async def test_a_client_publish_reaches_the_subscribers(bayeux: Harness) -> None
 async def test_close_answers_held_connects_and_stops_holding(bayeux: Harness) -> None:
     client_id = await bayeux.listen(CHANNEL)
     held = asyncio.create_task(bayeux.connect(client_id))
-    await wait_until(lambda: bayeux.server.held_connects() == 1)
+    await wait_until(
+        lambda: bayeux.server.held_connects() == 1, timeout=DEADLINE, what="a held connect"
+    )
 
     bayeux.server.close()
     async with asyncio.timeout(DEADLINE):
@@ -446,7 +450,9 @@ async def test_stopping_the_server_answers_a_held_connect_quickly() -> None:
         held = asyncio.create_task(
             call({"channel": "/meta/connect", "clientId": hello["clientId"]})
         )
-        await wait_until(lambda: server.held_connects() == 1)
+        await wait_until(
+            lambda: server.held_connects() == 1, timeout=DEADLINE, what="a held connect"
+        )
 
         started = time.monotonic()
         await runner.cleanup()

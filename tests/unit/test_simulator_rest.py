@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -18,6 +18,7 @@ import structlog
 from multidict import CIMultiDictProxy
 
 from daemon.simulator import Simulator, SimulatorSettings, serve
+from tests.harness.waiting import wait_until
 
 CHANNEL = "/v2/me/emails"
 DEADLINE = 5.0
@@ -39,15 +40,6 @@ def send_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
-    """Poll a condition until it holds; fail the test if the deadline passes first."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if predicate():
-                return
-            await asyncio.sleep(0.005)
 
 
 class Agent:
@@ -425,7 +417,11 @@ async def test_hung_email_gets_no_answer_but_is_sent_and_notified(
 
     hung = asyncio.create_task(agent.post("/api/v2/me/emails/HANG", send_body()))
     [note] = await agent.notifications(client_id)
-    await wait_until(lambda: sim.emails.get("HANG", {}).get("state") == "Sent")
+    await wait_until(
+        lambda: sim.emails.get("HANG", {}).get("state") == "Sent",
+        timeout=DEADLINE,
+        what="HANG sent",
+    )
     assert not hung.done()
     # The client giving up must end the server side too (no handler left behind).
     hung.cancel()
@@ -441,7 +437,11 @@ async def test_stopping_the_simulator_drops_a_hung_send_without_an_answer(
 ) -> None:
     sim.settings.hang_emails.add("HANG")
     hung = asyncio.create_task(agent.post("/api/v2/me/emails/HANG", send_body()))
-    await wait_until(lambda: sim.emails.get("HANG", {}).get("state") == "Sent")
+    await wait_until(
+        lambda: sim.emails.get("HANG", {}).get("state") == "Sent",
+        timeout=DEADLINE,
+        what="HANG sent",
+    )
 
     async with asyncio.timeout(DEADLINE):
         await sim.stop()
@@ -594,7 +594,11 @@ async def test_serve_logs_the_url_and_username_but_not_the_password() -> None:
     settings = SimulatorSettings(password="s3cret-pass")
     with structlog.testing.capture_logs() as logs:
         server = asyncio.create_task(serve("127.0.0.1", 0, settings))
-        await wait_until(lambda: any("base_url" in entry for entry in logs))
+        await wait_until(
+            lambda: any("base_url" in entry for entry in logs),
+            timeout=DEADLINE,
+            what="the log line with base_url",
+        )
         base_url = next(entry["base_url"] for entry in logs if "base_url" in entry)
         async with (
             aiohttp.ClientSession(base_url) as http,

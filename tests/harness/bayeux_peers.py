@@ -11,7 +11,9 @@ forget every client (so the next /meta/connect is told "unknown client"), stats.
 
 `start_peer` skips the calling test (pytest.skip) when the peer cannot run here:
 no `node`, no `tests/peers/node_modules` (run `npm ci` in tests/peers), or no
-`daemon.simulator` yet.
+`daemon.simulator` yet. The benchmarks use `NodePeer` directly (pytest is not
+needed then), the cometd peer with its GWS REST stub (`GwsStub`) and the paced
+or held publishes of `order_publish`.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ import json
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NoReturn
 
 import aiohttp
-import pytest
 
 PEERS_DIR: Final = Path(__file__).resolve().parent.parent / "peers"
 NOTIFICATIONS_PATH: Final = "/api/v2/notifications"
@@ -36,13 +38,38 @@ PeerKind = Literal["cometd", "faye", "simulator"]
 NODE_SCRIPTS: Final[dict[str, str]] = {"cometd": "cometd-server.js", "faye": "faye-server.js"}
 
 # A publish of 300,000 messages takes a few seconds; nothing else comes close.
-_CONTROL_TIMEOUT: Final = aiohttp.ClientTimeout(total=120)
+_CONTROL_SECONDS: Final = 120.0
+_CONTROL_TIMEOUT: Final = aiohttp.ClientTimeout(total=_CONTROL_SECONDS)
 _START_TIMEOUT: Final = 15.0
 _STOP_TIMEOUT: Final = 5.0
 
 
 class PeerError(RuntimeError):
     """A peer failed to start, or refused a control order."""
+
+
+def _skip(reason: str) -> NoReturn:
+    """Skip the calling test (pytest is imported only when a test must be skipped)."""
+    import pytest
+
+    pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class GwsStub:
+    """cometd-server.js's stub of the GWS REST calls a daemon makes (`--gws-stub`).
+
+    It lists `emails` emails, ids `SEQ` + start..start+emails-1, all `Composing`
+    (none listed when `unlisted`: a daemon then GETs each one).
+    """
+
+    emails: int
+    start: int = 0
+    unlisted: bool = False
+
+    def arguments(self) -> list[str]:
+        args = ["--gws-stub", str(self.emails), "--gws-stub-start", str(self.start)]
+        return [*args, "--gws-stub-unlisted"] if self.unlisted else args
 
 
 class BayeuxPeer(ABC):
@@ -110,10 +137,37 @@ class BayeuxPeer(ABC):
 
     async def publish(self, channel: str, count: int, start: int = 0) -> int:
         """Publish `count` GWS EmailStateChangeMessages, referenceId start..start+count-1."""
-        answer = await self._order(
-            "POST", "/publish", {"channel": channel, "count": count, "start": start}
-        )
-        return _published(answer, count)
+        await self.order_publish(channel, count, start=start)
+        return count
+
+    async def order_publish(
+        self,
+        channel: str,
+        count: int,
+        *,
+        start: int = 0,
+        rate: float | None = None,
+        tick_ms: int | None = None,
+        hold: bool = False,
+    ) -> dict[str, Any]:
+        """`publish`, with cometd-server.js's options; returns the peer's whole answer.
+
+        `rate` (msg/s): paced, what is due every `tick_ms`; `hold`: queued for every
+        session and released at once (the answer then says when: `released_at`).
+        Answered once all are published: a paced publish's request may last long.
+        """
+        body: dict[str, Any] = {"channel": channel, "count": count, "start": start}
+        timeout = _CONTROL_TIMEOUT
+        if hold:
+            body["hold"] = True
+        if rate is not None:
+            body["rate"] = rate
+            timeout = aiohttp.ClientTimeout(total=_CONTROL_SECONDS + count / rate)
+        if tick_ms is not None:
+            body["tick_ms"] = tick_ms
+        answer = await self._order("POST", "/publish", body, timeout=timeout)
+        _published(answer, count)
+        return answer
 
     async def publish_data(self, channel: str, items: Sequence[Any]) -> int:
         """Publish the given payloads, in order."""
@@ -141,10 +195,14 @@ class BayeuxPeer(ABC):
         held = (await self.stats()).get("held")
         return held if isinstance(held, int) else None
 
-    async def _order(self, method: str, path: str, body: object) -> dict[str, Any]:
+    async def _order(
+        self, method: str, path: str, body: object, *, timeout: aiohttp.ClientTimeout | None = None
+    ) -> dict[str, Any]:
         if self._control is None:
             raise PeerError(f"{self.kind} peer is not started")
         kwargs: dict[str, Any] = {} if body is None else {"json": body}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         async with self._control.request(method, self.control_url + path, **kwargs) as response:
             text = await response.text()
             if response.status != 200:
@@ -164,6 +222,10 @@ class BayeuxPeer(ABC):
     def _is_serving(self) -> bool: ...
 
 
+class _ExitedEarly(PeerError):
+    """The peer process exited before it listened (perhaps: its port was still held)."""
+
+
 def _published(answer: dict[str, Any], expected: int) -> int:
     published = answer.get("published")
     if published != expected:
@@ -172,11 +234,24 @@ def _published(answer: dict[str, Any], expected: int) -> int:
 
 
 class NodePeer(BayeuxPeer):
-    """cometd-nodejs-server or faye, in a `node` child process (see tests/peers/*.js)."""
+    """cometd-nodejs-server or faye, in a `node` child process (see tests/peers/*.js).
 
-    def __init__(self, kind: Literal["cometd", "faye"], *, timeout_ms: int, port: int) -> None:
+    `gws_stub` (cometd only): also serve the GWS REST calls of a daemon.
+    """
+
+    def __init__(
+        self,
+        kind: Literal["cometd", "faye"],
+        *,
+        timeout_ms: int,
+        port: int,
+        gws_stub: GwsStub | None = None,
+    ) -> None:
         super().__init__(timeout_ms=timeout_ms, port=port)
+        if gws_stub is not None and kind != "cometd":
+            raise PeerError("only the cometd peer has a GWS stub")
         self.kind = kind
+        self.gws_stub = gws_stub
         self._process: asyncio.subprocess.Process | None = None
 
     @staticmethod
@@ -188,21 +263,41 @@ class NodePeer(BayeuxPeer):
             return f"no {PEERS_DIR / 'node_modules'}: run `npm ci` in {PEERS_DIR}"
         return None
 
+    @property
+    def pid(self) -> int:
+        """The node process (while started)."""
+        if self._process is None:
+            raise PeerError(f"{self.kind} peer is not started")
+        return self._process.pid
+
     def _is_serving(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
     async def _start(self) -> None:
         if self._process is not None:
             raise PeerError(f"{self.kind} peer already started")
+        # Started again on its port right after a stop, the port may still be held for
+        # a moment (the peer exits at once): try again until the deadline.
+        deadline = asyncio.get_running_loop().time() + _START_TIMEOUT
+        while True:
+            try:
+                await self._launch()
+                return
+            except _ExitedEarly:
+                if self.port == 0 or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(0.01)
+
+    async def _launch(self) -> None:
         node = shutil.which("node")
         assert node is not None
+        args = [NODE_SCRIPTS[self.kind], "--port", str(self.port)]
+        args += ["--timeout-ms", str(self.timeout_ms)]
+        if self.gws_stub is not None:
+            args += self.gws_stub.arguments()
         process = await asyncio.create_subprocess_exec(
             node,
-            NODE_SCRIPTS[self.kind],
-            "--port",
-            str(self.port),
-            "--timeout-ms",
-            str(self.timeout_ms),
+            *args,
             cwd=PEERS_DIR,
             # The peer exits when this pipe closes, even if the tests are killed.
             stdin=asyncio.subprocess.PIPE,
@@ -216,7 +311,7 @@ class NodePeer(BayeuxPeer):
             line = await asyncio.wait_for(process.stdout.readline(), _START_TIMEOUT)
             if not line:
                 code = await asyncio.wait_for(process.wait(), _STOP_TIMEOUT)
-                raise PeerError(f"{self.kind} peer exited with {code} before listening")
+                raise _ExitedEarly(f"{self.kind} peer exited with {code} before listening")
             base_url = json.loads(line)["listening"]
         except BaseException:
             await self._stop()
@@ -257,7 +352,7 @@ class SimulatorPeer(BayeuxPeer):
         try:
             from daemon.simulator import Simulator, SimulatorSettings
         except ImportError as exc:
-            pytest.skip(f"daemon.simulator is not importable yet: {exc}")
+            _skip(f"daemon.simulator is not importable yet: {exc}")
         self._settings = SimulatorSettings(long_poll_timeout_ms=timeout_ms)
         self._simulator_class = Simulator
         self._simulator: Simulator | None = None
@@ -303,7 +398,7 @@ def make_peer(kind: PeerKind, *, timeout_ms: int = 25_000, port: int = 0) -> Bay
         return SimulatorPeer(timeout_ms=timeout_ms, port=port)
     reason = NodePeer.unavailable()
     if reason is not None:
-        pytest.skip(reason)
+        _skip(reason)
     return NodePeer(kind, timeout_ms=timeout_ms, port=port)
 
 

@@ -6,8 +6,13 @@
         events = await daemon.wait_events(1)
 
 The daemon listens on a free port (`listen = "127.0.0.1:0"`); its URL comes
-from its own `started` log line. Every wait has a deadline; nothing sleeps
-for synchronisation.
+from its own `started` log line. Every wait has a deadline (`wait_until`); nothing
+sleeps for synchronisation.
+
+Its logs are read from a pipe as they come (`logs`), or, with `log_path`, go to a
+file that is read only when a log line is waited for or `read_logs()` is called:
+the benchmarks' way, so that the measuring process does not parse every line
+during a run.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ import io
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +30,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from tests.harness.waiting import wait_until
 
 SIM_PASSWORD = "agent1-password"  # the simulator's default
 READY_TIMEOUT = 20.0
@@ -134,23 +140,14 @@ def send_body(queue: str = "Outbound", **email: Any) -> dict[str, Any]:
     }
 
 
-async def wait_for(
-    condition: Callable[[], Any], *, timeout: float = 10.0, message: str = "condition"
-) -> Any:
-    """Poll `condition` (sync or async) until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
-        await asyncio.sleep(0.02)
-
-
 class DaemonProcess:
+    """One `gws-notifyd run --config CONFIG`; see the module docstring.
+
+    `log_path`: stdout and stderr appended to that file instead of read from pipes.
+    `cwd`: where it runs (`python -m daemon` imports the `daemon` found from there).
+    `start_timeout`: how long `start()` waits for the `started` log line.
+    """
+
     def __init__(
         self,
         config: Path,
@@ -158,8 +155,14 @@ class DaemonProcess:
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
         password: str | None = SIM_PASSWORD,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+        start_timeout: float = READY_TIMEOUT,
     ) -> None:
         self.config = config
+        self.log_path = log_path
+        self.cwd = cwd
+        self.start_timeout = start_timeout
         inherited = {
             k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")
         }
@@ -174,6 +177,7 @@ class DaemonProcess:
         self.api = ""
         self._readers: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
+        self._log_offset = 0  # with log_path: how far the file has been read
 
     async def __aenter__(self) -> DaemonProcess:
         await self.start()
@@ -188,6 +192,11 @@ class DaemonProcess:
         await self.stop()
 
     @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    @property
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
@@ -196,22 +205,35 @@ class DaemonProcess:
     async def start(self) -> None:
         self.logs.clear()
         self.api = ""
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "daemon",
-            "run",
-            "--config",
-            str(self.config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
+        command = (sys.executable, "-m", "daemon", "run", "--config", str(self.config))
+        if self.log_path is None:
+            self.process = await asyncio.create_subprocess_exec(
+                *command,
+                cwd=self.cwd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=self.env,
+            )
+            self._readers = [
+                asyncio.create_task(self._read_stdout()),
+                asyncio.create_task(self._read_stderr()),
+            ]
+        else:
+            with self.log_path.open("ab") as log:
+                self._log_offset = log.tell()  # this run's lines only
+                self.process = await asyncio.create_subprocess_exec(
+                    *command,
+                    cwd=self.cwd,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    env=self.env,
+                )
+            self._readers = []
+        started = await self.wait_log(
+            lambda e: e.get("event") == "started", timeout=self.start_timeout
         )
-        self._readers = [
-            asyncio.create_task(self._read_stdout()),
-            asyncio.create_task(self._read_stderr()),
-        ]
-        await self.wait_log(lambda e: e.get("event") == "started", timeout=READY_TIMEOUT)
+        self.api = str(started["api"])
         if self.wait_ready:
             await self.wait_ready_status(200)
 
@@ -234,22 +256,53 @@ class DaemonProcess:
         assert self.process.stderr is not None
         self.stderr += await self.process.stderr.read()
 
+    def _read_log_file(self) -> None:
+        """With log_path: take the complete lines written since the last read into `logs`."""
+        assert self.log_path is not None
+        with self.log_path.open("rb") as handle:
+            handle.seek(self._log_offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        self._log_offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(entry, dict):
+                self.logs.append(entry)
+
+    def read_logs(self) -> list[dict[str, Any]]:
+        """Every JSON log line of this run so far (with log_path: read from the file now)."""
+        if self.log_path is not None:
+            self._read_log_file()
+        return self.logs
+
+    def _exit_detail(self) -> str:
+        if self.log_path is not None:
+            return f"its log: {self.log_path.read_text(errors='replace')[-2000:]}"
+        return f"stderr: {self.stderr.decode(errors='replace')[-2000:]}"
+
     async def wait_log(
         self, predicate: Callable[[dict[str, Any]], bool], *, timeout: float = 10.0
     ) -> dict[str, Any]:
+        """The first log line of this run that `predicate` accepts."""
+
         def found() -> dict[str, Any] | None:
+            logs = self.read_logs()
             if (
                 self.process is not None
                 and self.process.returncode is not None
-                and not any(predicate(e) for e in self.logs)
+                and not any(predicate(e) for e in logs)
             ):
                 raise AssertionError(
                     f"daemon exited with {self.process.returncode} before the log line came; "
-                    f"stderr: {self.stderr.decode(errors='replace')[-2000:]}"
+                    + self._exit_detail()
                 )
-            return next((e for e in self.logs if predicate(e)), None)
+            return next((e for e in logs if predicate(e)), None)
 
-        result: dict[str, Any] = await wait_for(found, timeout=timeout, message="a log line")
+        result = await wait_until(found, timeout=timeout, what="a log line")
+        assert result is not None
         return result
 
     async def readyz(self) -> tuple[int, dict[str, Any]]:
@@ -257,13 +310,20 @@ class DaemonProcess:
             return response.status, await response.json()
 
     async def wait_ready_status(self, status: int, timeout: float = READY_TIMEOUT) -> None:
+        """Poll /readyz (every waiting.POLL_SECONDS) until it answers `status`."""
+
         async def check() -> bool:
+            if self.process is not None and self.process.returncode is not None:
+                raise AssertionError(
+                    f"daemon exited with {self.process.returncode} while waiting for "
+                    f"/readyz {status}; " + self._exit_detail()
+                )
             try:
                 return (await self.readyz())[0] == status
             except aiohttp.ClientError:
                 return False
 
-        await wait_for(check, timeout=timeout, message=f"/readyz {status}")
+        await wait_until(check, timeout=timeout, what=f"/readyz {status}")
 
     async def send(
         self, email_id: str, body: dict[str, Any] | bytes | None = None, **headers: str
@@ -288,11 +348,12 @@ class DaemonProcess:
     async def wait_events(
         self, path: Path, count: int, *, timeout: float = 10.0
     ) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await wait_for(
+        result = await wait_until(
             lambda: events if len(events := read_jsonl(path)) >= count else None,
             timeout=timeout,
-            message=f"{count} events in {path.name}",
+            what=f"{count} events in {path.name}",
         )
+        assert result is not None
         return result
 
     async def signal(self, signum: int) -> None:
@@ -313,15 +374,16 @@ class DaemonProcess:
             self.process.kill()
             await self.wait_exit()
 
-    async def stop(self) -> int | None:
+    async def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, then kill -9 if it has not exited within `timeout` s; its exit code."""
         code: int | None = None
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                code = await self.wait_exit()
+                code = await self.wait_exit(timeout)
             except TimeoutError:
                 self.process.kill()
-                await self.process.wait()
+                code = await self.process.wait()
         elif self.process is not None:
             code = self.process.returncode
         if self._http is not None:

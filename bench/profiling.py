@@ -1,0 +1,79 @@
+"""`--profile`: py-spy on the daemon, and the top frames of what it recorded."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from basics import PYTHON, RESULTS_DIR, ROOT
+from report import note
+
+Profiler = tuple[subprocess.Popen[bytes], Path]
+# py-spy --nonblocking cannot always tell a waiting thread: leaves that are waits.
+_IDLE_LEAVES = ("EpollSelector.select ", "_worker (concurrent/futures/thread.py")
+
+
+def start_profiler(pid: int | None, name: str) -> Profiler | None:
+    """py-spy on a process (None: no profile), folded stacks to bench/results/<name>.folded."""
+    if pid is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(PYTHON).parent / "py-spy")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.folded"
+    path.unlink(missing_ok=True)
+    command = [spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking"]
+    command += ["--format", "raw", "--output", str(path)]
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as exc:
+        note(f"py-spy not started: {exc}")
+        return None
+    return process, path
+
+
+def stop_profiler(profiler: Profiler | None) -> dict[str, Any] | None:
+    """Stop py-spy (SIGINT makes it write) and summarise the folded stacks."""
+    if profiler is None:
+        return None
+    process, path = profiler
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    if not path.exists():
+        return {"error": "py-spy wrote nothing (ptrace not permitted?)"}
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        if frames[-1].startswith(_IDLE_LEAVES):
+            idle += count
+            continue
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def top(table: dict[str, int], n: int) -> list[dict[str, Any]]:
+        ranked = sorted(table.items(), key=lambda kv: -kv[1])[:n]
+        return [{"frame": f, "percent": round(100 * c / max(1, total), 1)} for f, c in ranked]
+
+    return {
+        "folded_stacks": str(path.relative_to(ROOT)),
+        "samples": total,
+        "idle_samples": idle,
+        "note": "percent of the non-idle samples (all threads); idle = a thread waiting "
+        "in epoll or on the store's work queue",
+        "top_self": top(own, 20),
+        "top_inclusive": top(inclusive, 40),
+    }
