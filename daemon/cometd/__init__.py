@@ -1,0 +1,72 @@
+"""A Bayeux (CometD) client on a caller's aiohttp session. No GWS knowledge.
+
+Why not aiocometd: it cannot run on Python >= 3.10, cannot use the caller's
+HTTP session (GWS authenticates CometD with the REST session's Basic auth and
+JSESSIONID cookie) and does not say when it re-handshook, which is when the
+daemon must reconcile. See the README, "Why not aiocometd".
+
+    client.py            `BayeuxClient`: handshake → subscribe → connect, until closed;
+                         its settings, its states, what each failure leads to
+    advice.py            the server's advice (timeout, interval, reconnect) as it stands
+    meta.py              the /meta/ requests, and what their replies and refusals mean
+    messages.py          a response body → meta replies + data `Message`s
+    errors.py            the package's errors, under daemon.errors.CometdError
+    transports/
+        base.py          `Transport`: exchange messages for replies and data
+        long_polling.py  one HTTP POST per exchange, its answer bounded in size
+        websocket.py     one WebSocket, replies matched by id, data as it comes
+
+What the package owns:
+- the handshake / subscribe / connect cycle, with the server's advice
+  (timeout, interval, reconnect none/retry/handshake) honoured;
+- long-polling, and WebSocket when the server offers it and the caller allows it,
+  behind one small `Transport` interface;
+- re-handshake and resubscribe after "unknown client" (401/402) or a server
+  restart, with capped, jittered backoff so that a restarted server never sees
+  a handshake storm;
+- handing each server response to the caller as ONE batch, in order.
+
+It never interprets message payloads, and never blocks on what the caller does
+with a batch beyond awaiting the callback (that await is the backpressure). Of
+the daemon it imports only `daemon.errors` and `daemon.backoff`.
+"""
+
+from daemon.cometd.client import (
+    BayeuxClient,
+    ClientSettings,
+    ConnectionState,
+    StateHandler,
+    Subscribed,
+    SubscribedHandler,
+)
+from daemon.cometd.errors import OversizedResponseError, TransportError
+from daemon.cometd.messages import BatchHandler, Message
+from daemon.cometd.messages import parse_body as _parse_body
+from daemon.cometd.meta import is_unknown_client as _is_unknown_client
+from daemon.cometd.transports import (
+    LONG_POLLING,
+    WEBSOCKET,
+    LongPollingTransport,
+    Transport,
+    WebSocketTransport,
+)
+
+__all__ = [
+    "LONG_POLLING",
+    "WEBSOCKET",
+    "BatchHandler",
+    "BayeuxClient",
+    "ClientSettings",
+    "ConnectionState",
+    "LongPollingTransport",
+    "Message",
+    "OversizedResponseError",
+    "StateHandler",
+    "Subscribed",
+    "SubscribedHandler",
+    "Transport",
+    "TransportError",
+    "WebSocketTransport",
+    "_is_unknown_client",
+    "_parse_body",
+]
