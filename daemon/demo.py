@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 
 from daemon import exitcodes
-from daemon.config import settings_from_dict
+from daemon.config import Settings, settings_from_dict
 from daemon.service import Service
 from daemon.simulator import Simulator, SimulatorSettings
 
@@ -100,52 +100,17 @@ async def run_demo(*, keep_running: bool = False, out: TextIO = sys.stdout) -> i
     )
     gws_url = await simulator.start("127.0.0.1", 0)
     workdir = Path(tempfile.mkdtemp(prefix="gws-notifyd-demo-"))
-    events_path = workdir / "events.jsonl"
-    settings = settings_from_dict(
-        {
-            "gws": {"base_url": gws_url, "username": "agent1", "password": DEMO_PASSWORD},
-            "http": {"listen": "127.0.0.1:0"},
-            "store": {"path": "state.db"},
-            "correlation": {"send_timeout_seconds": 30},
-            "sinks": [{"name": "archive", "type": "jsonl", "path": "events.jsonl"}],
-            "service": {"shutdown_timeout_seconds": 5},
-        },
-        base=workdir,
-        environ={},
-    )
-    service = Service(settings)
+    service = Service(_demo_settings(gws_url, workdir))
     running = asyncio.create_task(service.run())
     try:
         out.write(f"GWS simulator  {gws_url}  (user agent1)\n")
-        deadline = time.monotonic() + 15
-        while service.api_url is None or not await _ready(service.api_url):
-            if running.done() or time.monotonic() > deadline:
-                out.write("the daemon did not become ready; see the log above\n")
-                return exitcodes.FAILURE
-            await asyncio.sleep(0.05)
-        api = service.api_url
+        api = await _wait_until_ready(service, running, timeout=15)
+        if api is None:
+            out.write("the daemon did not become ready; see the log above\n")
+            return exitcodes.FAILURE
         out.write(f"gws-notifyd    {api}  (state in {workdir})\n\n")
-        async with aiohttp.ClientSession() as http:
-            for email_id, queue, subject, meaning in SENDS:
-                async with http.post(
-                    f"{api}/api/v2/me/emails/{email_id}", json=_send_body(queue, subject)
-                ) as response:
-                    answer = await response.json()
-                out.write(
-                    f"POST /api/v2/me/emails/{email_id}  ({meaning})\n"
-                    f"  -> HTTP {response.status} {orjson.dumps(answer).decode()}\n"
-                )
-        events = await _wait_for_events(events_path, len(SENDS), timeout=15)
-        _print_outcomes(events, out)
-        out.write(f"\nevents (CloudEvents, one per line): {events_path}\n")
-        out.write(f"metrics: {api}/metrics   sends: {api}/v1/sends   status: {api}/v1/status\n")
-        async with aiohttp.ClientSession() as http, http.get(f"{api}/metrics") as response:
-            text = await response.text()
-        for line in text.splitlines():
-            if line.startswith(("gws_notifyd_sends_total", "gws_notifyd_correlations_total")):
-                out.write(f"  {line}\n")
-        if len(events) < len(SENDS):
-            out.write(f"expected {len(SENDS)} outcomes, got {len(events)}\n")
+        await _send_all(api, out)
+        if not await _report(api, workdir / "events.jsonl", out):
             return exitcodes.FAILURE
         if keep_running:
             out.write("\nrunning until Ctrl-C ...\n")
@@ -157,6 +122,65 @@ async def run_demo(*, keep_running: bool = False, out: TextIO = sys.stdout) -> i
         with contextlib.suppress(asyncio.CancelledError):
             await running
         await simulator.stop()
+
+
+def _demo_settings(gws_url: str, workdir: Path) -> Settings:
+    return settings_from_dict(
+        {
+            "gws": {"base_url": gws_url, "username": "agent1", "password": DEMO_PASSWORD},
+            "http": {"listen": "127.0.0.1:0"},
+            "store": {"path": "state.db"},
+            "correlation": {"send_timeout_seconds": 30},
+            "sinks": [{"name": "archive", "type": "jsonl", "path": "events.jsonl"}],
+            "service": {"shutdown_timeout_seconds": 5},
+        },
+        base=workdir,
+        environ={},
+    )
+
+
+async def _wait_until_ready(
+    service: Service, running: asyncio.Task[int], *, timeout: float
+) -> str | None:
+    """The daemon's API URL once /readyz says so; None if it stopped or took too long."""
+    deadline = time.monotonic() + timeout
+    while True:
+        api = service.api_url
+        if api is not None and await _ready(api):
+            return api
+        if running.done() or time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.05)
+
+
+async def _send_all(api: str, out: TextIO) -> None:
+    async with aiohttp.ClientSession() as http:
+        for email_id, queue, subject, meaning in SENDS:
+            async with http.post(
+                f"{api}/api/v2/me/emails/{email_id}", json=_send_body(queue, subject)
+            ) as response:
+                answer = await response.json()
+            out.write(
+                f"POST /api/v2/me/emails/{email_id}  ({meaning})\n"
+                f"  -> HTTP {response.status} {orjson.dumps(answer).decode()}\n"
+            )
+
+
+async def _report(api: str, events_path: Path, out: TextIO) -> bool:
+    """Print the outcomes, where to look and the counters; False unless all three came."""
+    events = await _wait_for_events(events_path, len(SENDS), timeout=15)
+    _print_outcomes(events, out)
+    out.write(f"\nevents (CloudEvents, one per line): {events_path}\n")
+    out.write(f"metrics: {api}/metrics   sends: {api}/v1/sends   status: {api}/v1/status\n")
+    async with aiohttp.ClientSession() as http, http.get(f"{api}/metrics") as response:
+        text = await response.text()
+    for line in text.splitlines():
+        if line.startswith(("gws_notifyd_sends_total", "gws_notifyd_correlations_total")):
+            out.write(f"  {line}\n")
+    if len(events) < len(SENDS):
+        out.write(f"expected {len(SENDS)} outcomes, got {len(events)}\n")
+        return False
+    return True
 
 
 async def _ready(api: str) -> bool:

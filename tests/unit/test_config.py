@@ -227,12 +227,12 @@ def test_sink_number_given_as_string_is_named(tmp_path: Path) -> None:
     assert (error.key, error.reason) == ("sinks[0].batch_size", "expected an integer, got a string")
 
 
-def test_sinks_must_be_an_array_of_tables(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sinks", [{"name": "archive"}, [JSONL, "archive"]])
+def test_sinks_must_be_an_array_of_tables(sinks: Any, tmp_path: Path) -> None:
     data = minimal()
-    data["sinks"] = {"name": "archive"}
+    data["sinks"] = sinks
     error = config_error(data, tmp_path)
-    assert error.key == "sinks"
-    assert "array of tables" in error.reason
+    assert (error.key, error.reason) == ("sinks", "expected an array of tables ([[sinks]])")
 
 
 @pytest.mark.parametrize(
@@ -351,6 +351,18 @@ def test_missing_password_names_every_way_to_give_one(tmp_path: Path) -> None:
     assert error.key == "gws.password"
     for way in ("password_file", "$GWS_PASSWORD", "gws-password"):
         assert way in error.reason
+
+
+def test_tools_that_need_no_password_get_an_empty_one(tmp_path: Path) -> None:
+    settings = settings_from_dict(
+        without_password(), base=tmp_path, environ={}, need_password=False
+    )
+    assert settings.gws.password.reveal() == ""
+
+
+def test_a_given_password_is_kept_when_none_is_needed(tmp_path: Path) -> None:
+    settings = settings_from_dict(minimal(), base=tmp_path, environ={}, need_password=False)
+    assert settings.gws.password.reveal() == "hunter2"
 
 
 def test_password_from_password_file_relative_to_the_config(tmp_path: Path) -> None:
@@ -516,6 +528,35 @@ def test_non_utf8_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(path, environ={})
     assert caught.value.reason == "config file is not UTF-8"
+
+
+def test_of_several_mistakes_the_first_in_reading_order_is_reported(tmp_path: Path) -> None:
+    data = minimal()
+    data["gws"]["channels"] = ["/meta/connect"]
+    data["http"] = {"listen": "nowhere"}
+    data["store"]["max_outbox_events"] = 1
+    data["correlation"] = {"send_timeout_seconds": 0}
+    data["sinks"] = [{**JSONL, "batch_size": 0}]
+    data["service"] = {"shutdown_timeout_seconds": -1}
+    data["logging"] = {"level": "loud"}
+    data["colour"] = "blue"
+    mend_in_turn = [
+        ("gws.channels[0]", ("gws", "channels")),
+        ("http.listen", ("http",)),
+        ("store.max_outbox_events", ("store", "max_outbox_events")),
+        ("correlation.send_timeout_seconds", ("correlation",)),
+        ("sinks[0].batch_size", ("sinks",)),
+        ("service.shutdown_timeout_seconds", ("service",)),
+        ("logging.level", ("logging",)),
+        ("colour", ("colour",)),
+    ]
+    for key, (*parents, last) in mend_in_turn:
+        assert config_error(data, tmp_path).key == key
+        table = data
+        for parent in parents:
+            table = table[parent]
+        del table[last]
+    assert build(data, tmp_path).sinks == ()
 
 
 @pytest.mark.parametrize("table", ["gws", "store"])

@@ -1,0 +1,45 @@
+"""TOML configuration into typed, validated settings.
+
+Owns: reading the file, every default, and every check. Any problem is a
+`ConfigError` naming the key (`sinks[1].url`) and the reason; nothing else in
+the daemon re-validates. Secrets (GWS password, webhook secret, API token) are
+read here and kept in `Secret` objects whose repr never shows the value.
+
+    settings  the frozen settings dataclasses, their defaults, `Secret`
+    reader    `Table`: one TOML table read with types; unknown keys are errors
+    values    URLs, listen addresses, paths and secret files
+    loader    `load_settings`, `settings_from_dict` and one builder per section
+
+Import from `daemon.config`, not from the modules inside it.
+"""
+
+from __future__ import annotations
+
+from daemon.config.loader import load_settings, settings_from_dict
+from daemon.config.settings import (
+    SINK_TYPES,
+    CorrelationSettings,
+    GwsSettings,
+    HttpSettings,
+    LoggingSettings,
+    Secret,
+    ServiceSettings,
+    Settings,
+    SinkSettings,
+    StoreSettings,
+)
+
+__all__ = [
+    "SINK_TYPES",
+    "CorrelationSettings",
+    "GwsSettings",
+    "HttpSettings",
+    "LoggingSettings",
+    "Secret",
+    "ServiceSettings",
+    "Settings",
+    "SinkSettings",
+    "StoreSettings",
+    "load_settings",
+    "settings_from_dict",
+]

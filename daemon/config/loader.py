@@ -1,0 +1,278 @@
+"""The config file into `Settings`: which keys each section has, and their defaults.
+
+Sections are read in a fixed order (gws, http, store, correlation, sinks,
+service, logging), so of several mistakes the same one is always reported.
+Every section ends with `Table.finish()`: an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from daemon.config.reader import Table
+from daemon.config.settings import (
+    SINK_TYPES,
+    CorrelationSettings,
+    GwsSettings,
+    HttpSettings,
+    LoggingSettings,
+    Secret,
+    ServiceSettings,
+    Settings,
+    SinkSettings,
+    StoreSettings,
+)
+from daemon.config.values import http_url, listen_address, read_secret_file, resolve, secret
+from daemon.errors import ConfigError
+
+
+def load_settings(
+    path: Path, environ: Mapping[str, str] | None = None, *, need_password: bool = True
+) -> Settings:
+    """Read and validate the config file; raise ConfigError naming the key.
+
+    `need_password=False` is for tools that only read the store or ask the
+    running daemon (status, dead-letters): they must work without the secret.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(str(path), "config file is not UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"invalid TOML: {exc}") from None
+    return settings_from_dict(
+        data,
+        base=path.resolve().parent,
+        environ=environ,
+        source=path,
+        need_password=need_password,
+    )
+
+
+def settings_from_dict(
+    data: Mapping[str, Any],
+    *,
+    base: Path,
+    environ: Mapping[str, str],
+    source: Path | None = None,
+    need_password: bool = True,
+) -> Settings:
+    root = Table(data, "")
+    if not root.has("gws"):
+        raise ConfigError("gws", "table is required")
+    if not root.has("store"):
+        raise ConfigError("store", "table is required (store.path)")
+    gws = _gws(root.table("gws"), base, environ, need_password=need_password)
+    http = _http(root.table("http"), base)
+    store = _store(root.table("store"), base)
+    correlation = _correlation(root.table("correlation"))
+    names: set[str] = set()
+    sinks = tuple(_sink(table, base, names) for table in root.tables("sinks"))
+    service = _service(root.table("service"))
+    logging = _logging(root.table("logging"))
+    root.finish()
+    return Settings(
+        gws=gws,
+        http=http,
+        store=store,
+        correlation=correlation,
+        sinks=sinks,
+        service=service,
+        logging=logging,
+        source=source,
+    )
+
+
+# -- [gws] -----------------------------------------------------------------------------
+
+
+def _gws(
+    table: Table, base: Path, environ: Mapping[str, str], *, need_password: bool
+) -> GwsSettings:
+    base_url = http_url(table, "base_url")
+    username = table.string("username", required=True)
+    password = _gws_password(table, base, environ, need_password=need_password)
+    path = table.string("notifications_path", "/api/v2/notifications")
+    if not path.startswith("/"):
+        raise ConfigError(table.key("notifications_path"), "must start with /")
+    channels = _channels(table)
+    ca_file = _ca_file(table, base)
+    settings = GwsSettings(
+        base_url=base_url,
+        username=username,
+        password=password,
+        notifications_path=path.rstrip("/") or "/",
+        channels=channels,
+        start_session=table.boolean("start_session", True),
+        request_timeout_seconds=table.number("request_timeout_seconds", 10.0, above=True),
+        verify_tls=table.boolean("verify_tls", True),
+        ca_file=ca_file,
+        allow_websocket=table.boolean("allow_websocket", True),
+        wait_at_start=table.boolean("wait_at_start", True),
+        max_batch_bytes=table.integer("max_batch_bytes", 256 * 1024 * 1024, minimum=64 * 1024),
+        batch_window_seconds=table.number("batch_window_seconds", 0.005),
+    )
+    table.finish()
+    return settings
+
+
+def _gws_password(
+    table: Table, base: Path, environ: Mapping[str, str], *, need_password: bool
+) -> Secret:
+    """The first of: password, password_file, $GWS_PASSWORD, the systemd credential."""
+    password = secret(table, base, value_key="password", file_key="password_file")
+    if password is None and environ.get("GWS_PASSWORD"):
+        password = Secret(environ["GWS_PASSWORD"])
+    if password is None and environ.get("CREDENTIALS_DIRECTORY"):
+        candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / "gws-password"
+        if candidate.exists():
+            password = read_secret_file("$CREDENTIALS_DIRECTORY/gws-password", str(candidate), base)
+    if password is None and not need_password:
+        password = Secret("")
+    if password is None:
+        raise ConfigError(
+            table.key("password"),
+            "no password: set password or password_file, or $GWS_PASSWORD, "
+            "or provide the systemd credential gws-password",
+        )
+    return password
+
+
+def _channels(table: Table) -> tuple[str, ...]:
+    channels = table.string_list("channels", ("/v2/me/emails",))
+    for index, channel in enumerate(channels):
+        if not channel.startswith("/") or channel.startswith("/meta/"):
+            raise ConfigError(
+                f"{table.key('channels')}[{index}]",
+                f"{channel!r} is not a subscribable Bayeux channel",
+            )
+    return channels
+
+
+def _ca_file(table: Table, base: Path) -> Path | None:
+    ca_file_text = table.optional_string("ca_file")
+    ca_file = resolve(ca_file_text, base) if ca_file_text else None
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError(table.key("ca_file"), f"{ca_file} is not a readable file")
+    return ca_file
+
+
+# -- [http], [store], [correlation], [service], [logging] ------------------------------
+
+
+def _http(table: Table, base: Path) -> HttpSettings:
+    host, port = listen_address(table, "listen", "127.0.0.1:9410")
+    token_file = table.optional_string("token_file")
+    token = read_secret_file(table.key("token_file"), token_file, base) if token_file else None
+    settings = HttpSettings(
+        host=host,
+        port=port,
+        token=token,
+        max_body_bytes=table.integer("max_body_bytes", 1024 * 1024, minimum=1024),
+    )
+    table.finish()
+    return settings
+
+
+def _store(table: Table, base: Path) -> StoreSettings:
+    path = resolve(table.string("path", required=True), base)
+    if path.exists() and path.is_dir():
+        raise ConfigError(table.key("path"), f"{path} is a directory, expected a file path")
+    settings = StoreSettings(
+        path=path,
+        synchronous=table.choice("synchronous", "normal", ("normal", "full")),  # type: ignore[arg-type]
+        max_outbox_events=table.integer("max_outbox_events", 1_000_000, minimum=100),
+        retention_hours=table.number("retention_hours", 168.0, above=True),
+    )
+    table.finish()
+    return settings
+
+
+def _correlation(table: Table) -> CorrelationSettings:
+    settings = CorrelationSettings(
+        send_timeout_seconds=table.number("send_timeout_seconds", 120.0, above=True),
+    )
+    table.finish()
+    return settings
+
+
+def _service(table: Table) -> ServiceSettings:
+    settings = ServiceSettings(
+        shutdown_timeout_seconds=table.number("shutdown_timeout_seconds", 20.0),
+    )
+    table.finish()
+    return settings
+
+
+def _logging(table: Table) -> LoggingSettings:
+    settings = LoggingSettings(
+        level=table.choice(  # type: ignore[arg-type]
+            "level", "info", ("debug", "info", "warning", "error")
+        ),
+        format=table.choice(  # type: ignore[arg-type]
+            "format", "auto", ("auto", "json", "console")
+        ),
+    )
+    table.finish()
+    return settings
+
+
+# -- [[sinks]] -------------------------------------------------------------------------
+
+
+def _sink(table: Table, base: Path, names: set[str]) -> SinkSettings:
+    name = _sink_name(table, names)
+    if not table.has("type"):
+        raise ConfigError(table.key("type"), f"is required (one of {', '.join(SINK_TYPES)})")
+    kind = table.choice("type", "jsonl", SINK_TYPES)
+    fields: dict[str, Any] = {
+        "name": name,
+        "type": kind,
+        "batch_size": table.integer("batch_size", 500, minimum=1),
+        "backoff_max_seconds": table.number("backoff_max_seconds", 30.0, above=True),
+        "give_up_after_seconds": table.number("give_up_after_seconds", 0.0),
+    }
+    if kind == "jsonl":
+        fields.update(_jsonl_fields(table, base))
+    elif kind == "webhook":
+        fields.update(_webhook_fields(table, base))
+    table.finish()
+    return SinkSettings(**fields)
+
+
+def _sink_name(table: Table, names: set[str]) -> str:
+    """The sink's name, unique among the sinks read so far (`names`, updated)."""
+    name = table.string("name", required=True)
+    if name in names:
+        raise ConfigError(table.key("name"), f"duplicate sink name {name!r}")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(table.key("name"), "use letters, digits, - and _ only")
+    names.add(name)
+    return name
+
+
+def _jsonl_fields(table: Table, base: Path) -> dict[str, Any]:
+    return {
+        "path": resolve(table.string("path", required=True), base),
+        "fsync": table.boolean("fsync", False),
+    }
+
+
+def _webhook_fields(table: Table, base: Path) -> dict[str, Any]:
+    return {
+        "url": http_url(table, "url"),
+        "secret": secret(table, base, value_key="secret", file_key="secret_file"),
+        "timeout_seconds": table.number("timeout_seconds", 10.0, above=True),
+        "headers": table.string_table("headers"),
+        "verify_tls": table.boolean("verify_tls", True),
+        "batch_mode": table.choice("batch_mode", "single", ("single", "array")),
+    }
