@@ -119,9 +119,7 @@ def build_app(context: ApiContext) -> web.Application:
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
-            return _gws_error(
-                413, INVALID, f"Request body is larger than {limit} bytes"
-            )
+            return _gws_error(413, INVALID, f"Request body is larger than {limit} bytes")
 
     app = web.Application(client_max_size=limit, middlewares=[guard])
     app[_CONTEXT] = context

@@ -104,9 +104,7 @@ async def build_components(
         tracker=tracker,
         session=session,
         listener=listener,
-        workflow=SendWorkflow(
-            tracker=tracker, session=session, outbox_full=dispatcher.outbox_full
-        ),
+        workflow=SendWorkflow(tracker=tracker, session=session, outbox_full=dispatcher.outbox_full),
         housekeeping=Housekeeping(
             store=store,
             dispatcher=dispatcher,

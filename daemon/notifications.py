@@ -133,9 +133,7 @@ class NotificationListener:
         One GET of the whole workspace first; a GET per email only for the
         sends it does not show (GWS may drop a sent email from the list).
         """
-        pending = [
-            s for s in self._tracker.pending() if s.status is not SendStatus.IN_FLIGHT
-        ]
+        pending = [s for s in self._tracker.pending() if s.status is not SendStatus.IN_FLIGHT]
         if not pending:
             self.reconcile_seconds = 0.0
             return

@@ -126,9 +126,7 @@ class SendWorkflow:
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _record_and_forward(
-        self, email_id: str, raw: bytes, request: SendRequest
-    ) -> Outcome:
+    async def _record_and_forward(self, email_id: str, raw: bytes, request: SendRequest) -> Outcome:
         tracker = self._tracker
         send = SendRecord(
             send_id=new_send_id(),

@@ -28,6 +28,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -44,6 +46,7 @@ from daemon.sdnotify import SystemdNotifier
 log = structlog.get_logger(logger_name="daemon.service")
 
 STATUS_EVERY_SECONDS = 5.0
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 LISTENER_CLOSE_SECONDS = 5.0
 
 
@@ -80,6 +83,7 @@ class Service:
         self._parts: Components | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._listening: asyncio.Task[None] | None = None
+        self._previous_handlers: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     # -- the whole life -------------------------------------------------------------
 
@@ -122,6 +126,7 @@ class Service:
         if self._on_started is not None:
             self._on_started()
         self._install_signals()
+        stack.callback(self._remove_signals)
         self._tasks = [
             asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._report_status(), name="status"),
@@ -230,9 +235,20 @@ class Service:
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous_handlers = {
+            signum: signal.getsignal(signum) for signum in (*_STOP_SIGNALS, signal.SIGHUP)
+        }
+        for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+
+    def _remove_signals(self) -> None:
+        """Give the signals back as they were (asyncio.run's own SIGINT handler included)."""
+        loop = asyncio.get_running_loop()
+        for signum, previous in self._previous_handlers.items():
+            loop.remove_signal_handler(signum)
+            if previous is not None:
+                signal.signal(signum, previous)
 
     def _on_stop_signal(self, signum: int) -> None:
         self._signals += 1

@@ -27,6 +27,7 @@ import structlog
 from daemon.config import GwsSettings
 from daemon.errors import (
     GwsAnswerLostError,
+    GwsError,
     GwsRequestError,
     GwsUnreachableError,
 )
@@ -35,6 +36,9 @@ from daemon.metrics import Metrics
 log = structlog.get_logger(logger_name="daemon.gws.session")
 
 _JSON = "application/json"
+# The part of `request_timeout_seconds` that connecting (a pooled connection,
+# TCP, TLS) may take.
+CONNECT_SHARE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +110,13 @@ class GwsSession:
             },
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             connector=aiohttp.TCPConnector(ssl=_ssl_context(self.settings), limit=64),
-            timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_seconds),
+            # A connect of its own, shorter than the whole: when it runs out aiohttp
+            # says so (ConnectionTimeoutError), and a request that never left is
+            # told apart from one whose answer was lost.
+            timeout=aiohttp.ClientTimeout(
+                total=self.settings.request_timeout_seconds,
+                connect=self.settings.request_timeout_seconds * CONNECT_SHARE,
+            ),
             json_serialize=lambda obj: orjson.dumps(obj).decode(),
         )
 
@@ -144,6 +154,11 @@ class GwsSession:
             result = "unreachable"
             raise GwsUnreachableError(
                 f"{operation}: cannot connect to {self.settings.base_url}: {exc.os_error or exc}"
+            ) from None
+        except aiohttp.ConnectionTimeoutError:
+            result = "unreachable"
+            raise GwsUnreachableError(
+                f"{operation}: cannot connect to {self.settings.base_url}: timed out"
             ) from None
         except (TimeoutError, aiohttp.ClientError) as exc:
             result = "lost"
@@ -194,7 +209,12 @@ class GwsSession:
             # The token lives as long as the HTTP session; a new session (after
             # GWS forgot ours) needs a new one. A 403 means nothing was done.
             log.info("gws_csrf_refresh", operation=operation)
-            await self.refresh_csrf()
+            try:
+                await self.refresh_csrf()
+            except GwsError as exc:
+                # The refusal stands as GWS's answer: nothing was done.
+                log.warning("gws_csrf_refresh_failed", operation=operation, error=str(exc))
+                return answer
             answer = await self._request(
                 method, path, operation=operation, body=body, params=params
             )

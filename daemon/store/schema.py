@@ -128,8 +128,6 @@ def send_from_row(row: Sequence[Any]) -> SendRecord:
     )
 
 
-
-
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the schema of `db` up to SCHEMA_VERSION, one transaction per version."""
     version = int(db.execute("PRAGMA user_version").fetchone()[0])

@@ -167,7 +167,7 @@ async def test_a_webhook_down_for_60_seconds_gets_every_event_once_it_is_back(
     )
     async with DaemonProcess(config) as daemon:
         down_at = time.monotonic()
-        sent = []
+        sent: list[str] = []
         while time.monotonic() - down_at < 60:
             status, answer = await daemon.send(f"W-{len(sent):04d}")
             assert status == 200

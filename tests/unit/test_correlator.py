@@ -189,7 +189,7 @@ def test_notification_for_an_unknown_email_is_unmatched(correlator: Correlator) 
 def test_notification_before_the_answer_matches_the_in_flight_send(correlator: Correlator) -> None:
     send = make_send()
     correlator.add(send)
-    assert send.status is SendStatus.IN_FLIGHT
+    assert send.pending
 
     decision = correlator.on_notification(change(reference_id=26), now=1001.0)
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from daemon.events import Event
 from daemon.metrics import Metrics
 from daemon.sinks.base import Sink
 from daemon.store import AsyncStore, OutboxRow, Store
+from tests.harness.waiting import wait_until
 
 DEADLINE = 5.0
 
@@ -55,14 +54,6 @@ def settings(name: str, **overrides: object) -> SinkSettings:
 
 def event_ids(*numbers: int) -> list[str]:
     return [f"event-{n}" for n in numbers]
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def saved_cursors(dispatcher: Dispatcher, inspector: Store) -> dict[str, int]:
@@ -181,9 +172,17 @@ async def test_failing_sink_is_retried_while_another_keeps_progressing(
     flaky, steady = FakeSink("flaky", down_until_healed), FakeSink("steady")
     async with running(store, metrics, flaky, steady) as dispatcher:
         dispatcher.notify(await write(store, 1, 2, 3))
-        await wait_until(lambda: len(flaky.batches) >= 3, "three attempts of the failing sink")
+        await wait_until(
+            lambda: len(flaky.batches) >= 3,
+            timeout=DEADLINE,
+            what="three attempts of the failing sink",
+        )
         dispatcher.notify(await write(store, 4, 5))
-        await wait_until(lambda: len(steady.taken) == 5, "the healthy sink to take everything")
+        await wait_until(
+            lambda: len(steady.taken) == 5,
+            timeout=DEADLINE,
+            what="the healthy sink to take everything",
+        )
 
         assert flaky.taken == []
         assert not await dispatcher.drain(0.1)
@@ -201,8 +200,9 @@ async def test_failing_sink_is_retried_while_another_keeps_progressing(
         assert await dispatcher.drain(DEADLINE)
         assert flaky.taken == event_ids(1, 2, 3, 4, 5)
         assert steady.taken == event_ids(1, 2, 3, 4, 5)
-        assert flaky_status.failing_since is None
-        assert flaky_status.last_error is None
+        [healed] = [s for s in dispatcher.statuses() if s.name == "flaky"]
+        assert healed.failing_since is None
+        assert healed.last_error is None
         assert inspector.list_dead_letters() == []
 
 

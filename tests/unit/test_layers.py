@@ -101,16 +101,22 @@ def daemon_imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.split(".")[0] == "daemon")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.split(".")[0] == "daemon":
-                # `from daemon import exitcodes` imports the module daemon.exitcodes.
-                for alias in node.names:
-                    candidate = f"{node.module}.{alias.name}"
-                    is_module = (PACKAGE.parent / candidate.replace(".", "/")).with_suffix(
-                        ".py"
-                    ).exists() or (PACKAGE.parent / candidate.replace(".", "/")).is_dir()
-                    found.add(candidate if is_module else node.module)
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.split(".")[0] == "daemon"
+        ):
+            # `from daemon import exitcodes` imports the module daemon.exitcodes.
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if _is_module(candidate) else node.module)
     return found
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent / name.replace(".", "/")
+    return path.with_suffix(".py").exists() or path.is_dir()
 
 
 def violations(imports: dict[str, set[str]]) -> list[str]:

@@ -6,7 +6,6 @@ from typing import Any
 
 import orjson
 import pytest
-from edits import edited
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,10 +20,12 @@ from daemon.gws.messages import (
     parse_batch,
     parse_message,
 )
+from tests.harness.edits import edited
 
 CHANNEL = "/v2/me/emails"
 
-# The "Notification with new message" of reference/gws-email-send.txt, verbatim.
+# The "Notification with new message" of the GWS API v2 documentation page of the email Send
+# operation, verbatim.
 GWS_SEND_NOTIFICATION: dict[str, Any] = {
     "referenceId": 26,
     "notificationType": "StatusChange",

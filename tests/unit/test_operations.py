@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 import pytest
-from edits import edited
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,8 +19,10 @@ from daemon.gws.operations import (
     parse_operation,
     validate_send,
 )
+from tests.harness.edits import edited
 
-# The two request samples of reference/gws-email-send.txt, verbatim.
+# The two request samples of the GWS API v2 documentation page of the email Send
+# operation, verbatim.
 GWS_SAMPLE: dict[str, Any] = {
     "operationName": "Send",
     "queueName": "Forwarde-mails",

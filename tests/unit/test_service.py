@@ -178,12 +178,6 @@ async def test_request_stop_makes_run_return_0_and_closes_everything(
     assert stored.status is SendStatus.RESOLVED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="production bug: run() installs SIGTERM/SIGINT/SIGHUP handlers and never removes "
-    "them; after it returns, a SIGHUP runs reload() on the closed parts (RuntimeError from the "
-    "closed store's thread, an unretrieved task exception) and a SIGTERM is swallowed",
-)
 async def test_run_leaves_no_signal_handlers_behind(
     settings: Settings,
     started: list[tuple[Service, asyncio.Task[int]]],

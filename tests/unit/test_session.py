@@ -207,13 +207,6 @@ async def test_a_gws_that_never_answers_raises_answer_lost_within_the_request_ti
     assert time.monotonic() - started < REQUEST_TIMEOUT + 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="production bug: with only a total timeout, aiohttp raises a bare TimeoutError "
-    "while still connecting, which GwsSession reports as GwsAnswerLostError (GWS may have "
-    "acted) although the request never left; a Send then answers 504 and stays pending "
-    "instead of 502 + send_rejected",
-)
 async def test_a_connect_that_times_out_raises_unreachable_not_answer_lost(
     session_with: Callable[..., Awaitable[GwsSession]], unanswered_connect_port: int
 ) -> None:
@@ -226,12 +219,6 @@ async def test_a_connect_that_times_out_raises_unreachable_not_answer_lost(
         await session.email_operation("S-5", send_body(), operation="Send")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="production bug: when the CSRF refresh after a 403 fails, email_operation raises "
-    "GwsRequestError instead of returning GWS's answer; SendWorkflow does not catch it, so "
-    "the integration gets a 500 and the send stays in_flight (no deadline) until a restart",
-)
 async def test_a_send_refused_for_csrf_whose_refresh_fails_comes_back_as_the_answer(
     session_with: Callable[..., Awaitable[GwsSession]], gws_in_trouble: str
 ) -> None:
