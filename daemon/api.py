@@ -163,7 +163,9 @@ def _answer(outcome: Outcome) -> web.Response:
             headers=_RETRY_LATER,
         )
     if isinstance(outcome, NotRecorded):
-        return _gws_error(503, INTERNAL_ERROR, "gws-notifyd cannot record the send")
+        return _gws_error(
+            503, INTERNAL_ERROR, "gws-notifyd cannot record the send", headers=_RETRY_LATER
+        )
     if isinstance(outcome, NeverLeft):
         return _gws_error(
             502, INTERNAL_ERROR, f"GWS unreachable: {outcome.reason}", send_id=outcome.send_id

@@ -155,6 +155,12 @@ class Service:
                 exitcodes.UNAVAILABLE,
             ) from None
         self.api_url = f"http://{http.host}:{runner.addresses[0][1]}"
+        if http.token is None and not http.on_loopback:
+            log.warning(
+                "api_unauthenticated",
+                listen=f"{http.host}:{http.port}",
+                detail="http.allow_unauthenticated: anyone who can connect may send email",
+            )
 
     async def serve(self) -> int:
         """Until a stop is requested (0), or the listener ends on its own."""

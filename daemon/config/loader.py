@@ -116,8 +116,11 @@ def _gws(
         request_timeout_seconds=table.number("request_timeout_seconds", 10.0, above=True),
         verify_tls=table.boolean("verify_tls", True),
         ca_file=ca_file,
-        allow_websocket=table.boolean("allow_websocket", True),
+        allow_websocket=table.boolean("allow_websocket", False),
         wait_at_start=table.boolean("wait_at_start", True),
+        auth_retry_seconds=table.number("auth_retry_seconds", 60.0, above=True),
+        retry_max_seconds=table.number("retry_max_seconds", 15.0, above=True),
+        read_back_concurrency=table.integer("read_back_concurrency", 4, minimum=1),
         max_batch_bytes=table.integer("max_batch_bytes", 256 * 1024 * 1024, minimum=64 * 1024),
         batch_window_seconds=table.number("batch_window_seconds", 0.005),
     )
@@ -178,7 +181,17 @@ def _http(table: Table, base: Path) -> HttpSettings:
         port=port,
         token=token,
         max_body_bytes=table.integer("max_body_bytes", 1024 * 1024, minimum=1024),
+        allow_unauthenticated=table.boolean("allow_unauthenticated", False),
+        read_timeout_seconds=table.number("read_timeout_seconds", 30.0, above=True),
+        max_connections=table.integer("max_connections", 256, minimum=8),
     )
+    if token is None and not settings.on_loopback and not settings.allow_unauthenticated:
+        # Anyone who can reach the port could send email as the agent.
+        raise ConfigError(
+            table.key("listen"),
+            f"{host} is reachable beyond this host: set token_file, "
+            "or allow_unauthenticated = true to accept Sends from anyone who can connect",
+        )
     table.finish()
     return settings
 
@@ -192,6 +205,8 @@ def _store(table: Table, base: Path) -> StoreSettings:
         synchronous=table.choice("synchronous", "normal", ("normal", "full")),  # type: ignore[arg-type]
         max_outbox_events=table.integer("max_outbox_events", 1_000_000, minimum=100),
         retention_hours=table.number("retention_hours", 168.0, above=True),
+        max_dead_letters=table.integer("max_dead_letters", 100_000, minimum=100),
+        failure_exit_seconds=table.number("failure_exit_seconds", 60.0, above=True),
     )
     table.finish()
     return settings
@@ -200,6 +215,7 @@ def _store(table: Table, base: Path) -> StoreSettings:
 def _correlation(table: Table) -> CorrelationSettings:
     settings = CorrelationSettings(
         send_timeout_seconds=table.number("send_timeout_seconds", 120.0, above=True),
+        read_back_give_up_seconds=table.number("read_back_give_up_seconds", 3600.0, above=True),
     )
     table.finish()
     return settings

@@ -6,6 +6,7 @@ a value: `loader` builds these only from input it has validated.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -47,8 +48,16 @@ class GwsSettings:
     request_timeout_seconds: float = 10.0
     verify_tls: bool = True
     ca_file: Path | None = None
-    allow_websocket: bool = True
+    # GWS 8.5 does not offer WebSocket for CometD (Dep:CometD); where one does, opt in.
+    allow_websocket: bool = False
     wait_at_start: bool = True
+    # After GWS refused the password: wait this long, doubling to 15 minutes (a burst
+    # of failed logins can lock the agent's account in Configuration Server).
+    auth_retry_seconds: float = 60.0
+    # Transport-level retries (GWS down, resets, 5xx) grow to this, jittered.
+    retry_max_seconds: float = 15.0
+    # GETs of single emails in parallel (GWS has a DoS filter).
+    read_back_concurrency: int = 4
     # Bound on one CometD answer (servers send their whole queue at once).
     max_batch_bytes: int = 256 * 1024 * 1024
     # Under a steady stream of notifications, gather this long per long-poll.
@@ -65,6 +74,16 @@ class HttpSettings:
     port: int = 9410
     token: Secret | None = None
     max_body_bytes: int = 1024 * 1024
+    # Listening beyond loopback without a token must be asked for by name.
+    allow_unauthenticated: bool = False
+    # A request's headers and body must arrive within this long.
+    read_timeout_seconds: float = 30.0
+    # Connections served at once; more wait in the kernel's accept queue.
+    max_connections: int = 256
+
+    @property
+    def on_loopback(self) -> bool:
+        return self.host == "localhost" or ipaddress.ip_address(self.host).is_loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +92,18 @@ class StoreSettings:
     synchronous: Literal["normal", "full"] = "normal"
     max_outbox_events: int = 1_000_000
     retention_hours: float = 168.0
+    # Dead letters beyond this many are pruned, oldest first (also by retention_hours).
+    max_dead_letters: int = 100_000
+    # A background task that keeps failing on the store this long exits the daemon (70).
+    failure_exit_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
 class CorrelationSettings:
     send_timeout_seconds: float = 120.0
+    # A send whose read-backs keep failing ends (reason "read_back_failed") this
+    # long after its deadline.
+    read_back_give_up_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,16 +92,24 @@ def test_a_minimal_file_gets_every_default(tmp_path: Path) -> None:
     assert settings.gws.request_timeout_seconds == 10.0
     assert settings.gws.verify_tls is True
     assert settings.gws.ca_file is None
-    assert settings.gws.allow_websocket is True
+    assert settings.gws.allow_websocket is False
     assert settings.gws.wait_at_start is True
+    assert settings.gws.auth_retry_seconds == 60.0
+    assert settings.gws.retry_max_seconds == 15.0
+    assert settings.gws.read_back_concurrency == 4
     assert settings.http == HttpSettings()
+    assert settings.http.allow_unauthenticated is False
+    assert settings.http.read_timeout_seconds == 30.0
+    assert settings.http.max_connections == 256
     assert (settings.http.host, settings.http.port) == ("127.0.0.1", 9410)
     assert settings.http.token is None
     assert settings.store.path == tmp_path.resolve() / "state.db"
     assert settings.store.synchronous == "normal"
     assert settings.store.max_outbox_events == 1_000_000
     assert settings.store.retention_hours == 168.0
-    assert settings.correlation == CorrelationSettings(120.0)
+    assert settings.store.max_dead_letters == 100_000
+    assert settings.store.failure_exit_seconds == 60.0
+    assert settings.correlation == CorrelationSettings(120.0, 3600.0)
     assert settings.sinks == ()
     assert settings.service == ServiceSettings(20.0)
     assert settings.logging == LoggingSettings("info", "auto")
@@ -335,6 +343,29 @@ def test_listen_host_must_be_an_address_not_a_name(tmp_path: Path) -> None:
     error = config_error(with_value("http", "listen", "example.com:9410"), tmp_path)
     assert error.key == "http.listen"
     assert "host must be an IP address or localhost" in error.reason
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:9410", "[::]:9410", "192.0.2.7:9410"])
+def test_listen_beyond_loopback_without_a_token_is_refused(listen: str, tmp_path: Path) -> None:
+    error = config_error(with_value("http", "listen", listen), tmp_path)
+    assert error.key == "http.listen"
+    assert "is reachable beyond this host: set token_file" in error.reason
+
+
+def test_listen_beyond_loopback_with_a_token_is_accepted(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret-token\n")
+    data = with_value("http", "listen", "0.0.0.0:9410")
+    data["http"]["token_file"] = "token"
+    settings = build(data, tmp_path)
+    assert (settings.http.host, settings.http.on_loopback) == ("0.0.0.0", False)
+
+
+def test_listen_beyond_loopback_unauthenticated_only_when_asked_by_name(tmp_path: Path) -> None:
+    data = with_value("http", "listen", "0.0.0.0:9410")
+    data["http"]["allow_unauthenticated"] = True
+    settings = build(data, tmp_path)
+    assert settings.http.allow_unauthenticated
+    assert settings.http.token is None
 
 
 # -- password --------
