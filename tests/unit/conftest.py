@@ -21,7 +21,7 @@ from daemon.correlator import Correlator
 from daemon.events import EventFactory
 from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
-from daemon.simulator import Simulator, SimulatorSettings
+from daemon.simulator import Simulator
 from daemon.store import AsyncStore, OutcomeWriter, Store
 from daemon.store.rows import StoredEvent
 from daemon.tracker import Tracker
@@ -30,17 +30,6 @@ SIMULATOR_PASSWORD = "agent1-password"  # the simulator's well-known demo creden
 EMAILS_CHANNEL = "/v2/me/emails"
 # The tracker fixture's send timeout: long enough that no deadline passes unless a test says so.
 SEND_TIMEOUT_SECONDS = 60.0
-
-
-@pytest.fixture
-async def simulator() -> AsyncIterator[Simulator]:
-    """The GWS simulator on a free loopback port (short long-polls, quick notifications)."""
-    sim = Simulator(SimulatorSettings(long_poll_timeout_ms=5000, notify_delay_seconds=0.01))
-    await sim.start("127.0.0.1", 0)
-    try:
-        yield sim
-    finally:
-        await sim.stop()
 
 
 @pytest.fixture
