@@ -2,13 +2,20 @@
 
 Owns the conversation's state (client id, transport, advice, backoff, the
 state the caller sees) and what each failure leads to:
-- "unknown client" (401/402, or advice "handshake"): handshake and subscribe
-  again, at once the first time, with backoff when it repeats;
+- "unknown client" (401/402 in a reply, or advice "handshake"), or an HTTP
+  401/403 (the HTTP session refused): handshake and subscribe again, at once
+  the first time, with backoff when it repeats;
 - an oversized answer: its messages are lost, so handshake again (the caller
   reconciles after every handshake);
 - any other failure: retry with capped, jittered backoff; a broken WebSocket
-  is dropped, and the next handshake may fall back to long-polling;
+  is dropped, and after two WebSocket failures (upgrade or session) the
+  client keeps to long-polling for good;
 - advice reconnect "none": `ServerGoneError`, the only error `run()` raises.
+
+Before every handshake but the very first, the caller's `before_handshake`
+runs (a GWS client makes sure its HTTP session is alive there: a handshake
+on a dead session never succeeds). Every request carries the caller's
+`headers` (a CSRF token), the WebSocket upgrade included.
 
 It never speaks HTTP itself (the transports do), never reads a payload, and
 never calls back with anything but whole batches, in order.
@@ -18,20 +25,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 import structlog
 from yarl import URL
 
-from daemon.backoff import Backoff, BackoffPolicy
+from daemon.backoff import Backoff
 from daemon.cometd.advice import Advice
-from daemon.cometd.errors import OversizedResponseError, TransportError, UnknownClientError
+from daemon.cometd.errors import (
+    OversizedResponseError,
+    SessionRefusedError,
+    TransportError,
+    UnknownClientError,
+)
+from daemon.cometd.interface import (
+    BeforeHandshake,
+    ClientSettings,
+    ConnectionState,
+    StateHandler,
+    Subscribed,
+    SubscribedHandler,
+)
 from daemon.cometd.messages import Answer, BatchHandler, Message
 from daemon.cometd.meta import (
     CONNECT,
@@ -45,59 +63,18 @@ from daemon.cometd.meta import (
     subscribe_refusal,
     subscribe_request,
 )
-from daemon.cometd.transports.base import LONG_POLLING, WEBSOCKET, Transport
+from daemon.cometd.transports.base import (
+    LONG_POLLING,
+    WEBSOCKET,
+    HeaderSource,
+    Transport,
+    no_headers,
+)
 from daemon.cometd.transports.long_polling import LongPollingTransport
-from daemon.cometd.transports.websocket import WebSocketTransport
+from daemon.cometd.transports.websocket import WebSocketFallback, WebSocketTransport
 from daemon.errors import CometdError, HandshakeError, ServerGoneError
 
 log = structlog.get_logger(logger_name="daemon.cometd")
-
-
-class ConnectionState(enum.Enum):
-    DISCONNECTED = "disconnected"
-    HANDSHAKING = "handshaking"
-    CONNECTED = "connected"
-    RECONNECTING = "reconnecting"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribed:
-    """Told to the caller after every successful (re)handshake and subscription."""
-
-    client_id: str
-    transport: str
-    handshakes: int  # successful handshakes so far, this one included
-    channels: tuple[str, ...]
-
-    @property
-    def rehandshake(self) -> bool:
-        return self.handshakes > 1
-
-
-SubscribedHandler = Callable[[Subscribed], Awaitable[None]]
-StateHandler = Callable[[ConnectionState], None]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSettings:
-    """Knobs of the Bayeux client; the defaults suit GWS and the CometD servers."""
-
-    url: str
-    channels: tuple[str, ...]
-    allow_websocket: bool = True
-    # How long past the server's advised long-poll timeout an answer may take.
-    max_network_delay: float = 10.0
-    # A server puts its whole queue into one answer (227,500 messages seen).
-    max_response_bytes: int = 256 * 1024 * 1024
-    # Under a steady stream, at most one connect per this many seconds (see
-    # `BayeuxClient._connect_loop`); 0 connects again at once.
-    batch_window: float = 0.0
-    # Short cap: recovery after a server restart should take well under a
-    # second, and one client retrying twice a second, jittered, is no storm.
-    backoff: BackoffPolicy = field(
-        default_factory=lambda: BackoffPolicy(initial=0.1, maximum=0.5, floor=0.05)
-    )
 
 
 class BayeuxClient:
@@ -115,6 +92,8 @@ class BayeuxClient:
         on_batch: BatchHandler,
         on_subscribed: SubscribedHandler | None = None,
         on_state: StateHandler | None = None,
+        headers: HeaderSource = no_headers,
+        before_handshake: BeforeHandshake | None = None,
     ) -> None:
         self._session = session
         self._settings = settings
@@ -122,19 +101,27 @@ class BayeuxClient:
         self._on_batch = on_batch
         self._on_subscribed = on_subscribed
         self._on_state = on_state
+        self._headers = headers
+        self._before_handshake = before_handshake
         self._ids = itertools.count(1)
         self._backoff = Backoff(settings.backoff)
         self._unknown_in_a_row = 0
         self._client_id: str | None = None
         self._transport: Transport | None = None
         self._long_polling = LongPollingTransport(
-            session=session, url=self._url, max_response_bytes=settings.max_response_bytes
+            session=session,
+            url=self._url,
+            max_response_bytes=settings.max_response_bytes,
+            headers=headers,
         )
         self._advice = Advice()
         self._state = ConnectionState.DISCONNECTED
         self._closing = asyncio.Event()
         self._handshakes = 0
+        self._attempts = 0  # handshakes tried, successful or not
         self._connects = 0
+        self._websocket = WebSocketFallback(allowed=settings.allow_websocket)
+        self._handshake_reply: dict[str, Any] = {}
 
     @property
     def state(self) -> ConnectionState:
@@ -152,6 +139,16 @@ class BayeuxClient:
     def handshakes(self) -> int:
         return self._handshakes
 
+    @property
+    def handshake_reply(self) -> dict[str, Any]:
+        """The last successful handshake reply, as the server sent it ({} before one)."""
+        return dict(self._handshake_reply)
+
+    @property
+    def websocket_abandoned(self) -> bool:
+        """True once WebSocket failed often enough to keep to long-polling for good."""
+        return self._websocket.abandoned
+
     def _set_state(self, state: ConnectionState) -> None:
         if state is not self._state:
             self._state = state
@@ -167,7 +164,7 @@ class BayeuxClient:
             while not self._closing.is_set():
                 try:
                     await self._subscribe_then_connect()
-                except UnknownClientError as exc:
+                except (UnknownClientError, SessionRefusedError) as exc:
                     await self._rehandshake_after(exc)
                 except OversizedResponseError as exc:
                     await self._rehandshake_after_lost_answer(exc)
@@ -200,6 +197,8 @@ class BayeuxClient:
     async def _subscribe_then_connect(self) -> None:
         """Handshake and subscribe unless subscribed already; then connect until it fails."""
         if self._client_id is None:
+            if not await self._ready_to_handshake():
+                return  # closing
             try:
                 await self._handshake_and_subscribe()
             except BaseException:
@@ -209,7 +208,39 @@ class BayeuxClient:
         assert self._transport is not None
         await self._connect_loop(self._transport)
 
-    async def _rehandshake_after(self, exc: UnknownClientError) -> None:
+    async def _ready_to_handshake(self) -> bool:
+        """Run the caller's `before_handshake` (not before the very first); False if closing.
+
+        `close()` does not wait for it: it may wait long (a GWS client whose
+        credentials were refused).
+        """
+        self._attempts += 1
+        if self._attempts == 1 or self._before_handshake is None:
+            return True
+        self._set_state(ConnectionState.RECONNECTING)
+        preparing = asyncio.ensure_future(self._before_handshake())
+        if not await self._unless_closing(preparing):
+            return False
+        if preparing.exception() is not None:
+            raise TransportError(f"before handshake: {preparing.exception()!r}")
+        return True
+
+    async def _unless_closing(self, work: asyncio.Future[Any]) -> bool:
+        """Wait for `work`, or for `close()`: then cancel it. True if `work` is done."""
+        try:
+            closing = asyncio.ensure_future(self._closing.wait())
+            try:
+                await asyncio.wait({work, closing}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closing.cancel()
+            return work.done() and not work.cancelled()
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(BaseException):
+                    await work
+
+    async def _rehandshake_after(self, exc: UnknownClientError | SessionRefusedError) -> None:
         # The first "unknown client" since the last working connect (a server
         # that forgot us, or one just back from a restart) follows the
         # server's advice at once; repeated ones back off.
@@ -241,6 +272,7 @@ class BayeuxClient:
         if self._transport is not None and self._transport.name == WEBSOCKET:
             # A broken WebSocket is not reused; the next round handshakes
             # again and may fall back to long-polling.
+            self._websocket.failed(exc)
             await self._forget_client()
         self._set_state(ConnectionState.RECONNECTING)
         await self._pause(delay)
@@ -271,7 +303,7 @@ class BayeuxClient:
 
     async def _handshake(self) -> tuple[str, Transport]:
         """Get a client id; open the transport the server offers and the settings allow."""
-        types = [WEBSOCKET, LONG_POLLING] if self._settings.allow_websocket else [LONG_POLLING]
+        types = [WEBSOCKET, LONG_POLLING] if self._websocket.wanted else [LONG_POLLING]
         request = handshake_request(self._next_id(), types)
         # Handshake always over HTTP: every server offers long-polling, and the
         # answer tells whether WebSocket is worth trying.
@@ -284,6 +316,7 @@ class BayeuxClient:
         if refusal is not None:
             raise refusal
         client_id = self._client_id = str(reply["clientId"])
+        self._handshake_reply = reply
         self._connects = 0
         offered = reply.get("supportedConnectionTypes") or []
         transport = self._transport = await self._choose_transport(offered)
@@ -291,7 +324,7 @@ class BayeuxClient:
         return client_id, transport
 
     async def _choose_transport(self, offered: Sequence[object]) -> Transport:
-        if self._settings.allow_websocket and WEBSOCKET in offered:
+        if self._websocket.wanted and WEBSOCKET in offered:
             try:
                 return await WebSocketTransport.open(
                     session=self._session,
@@ -299,9 +332,10 @@ class BayeuxClient:
                     on_batch=self._on_batch,
                     max_frame_bytes=self._settings.max_response_bytes,
                     timeout=self._settings.max_network_delay,
+                    headers=self._headers,
                 )
             except TransportError as exc:
-                log.warning("bayeux_websocket_unavailable", error=str(exc))
+                self._websocket.failed(exc)
         return self._long_polling
 
     async def _subscribe(self, client_id: str, transport: Transport) -> None:
@@ -369,19 +403,12 @@ class BayeuxClient:
         try:
             if batch:  # `_hand_over`, inlined: this runs once per connect
                 await self._on_batch(batch)
-            closing = asyncio.ensure_future(self._closing.wait())
-            try:
-                await asyncio.wait({request, closing}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closing.cancel()
-            if not request.done():
-                return None
-            return request.result()
-        finally:
-            if not request.done():
-                request.cancel()
-                with contextlib.suppress(BaseException):
-                    await request
+        except BaseException:
+            request.cancel()
+            raise
+        if not await self._unless_closing(request):
+            return None
+        return request.result()
 
     def _connect_message(self, transport: Transport) -> dict[str, Any]:
         assert self._client_id is not None

@@ -5,11 +5,14 @@
      ├── ServerGoneError             (daemon.errors) the server advised reconnect "none"
      ├── TransportError              the request failed below Bayeux (connection,
      │    │                          HTTP status, bad body)
-     │    └── OversizedResponseError   an answer over the bound: its messages are lost
+     │    ├── OversizedResponseError   an answer over the bound: its messages are lost
+     │    └── SessionRefusedError      HTTP 401/403: the HTTP session (or its
+     │                                 credentials, or its CSRF token) was refused
      └── UnknownClientError          the server no longer knows our clientId
 
-The client retries all of them but ServerGoneError; UnknownClientError never
-leaves the client (it handshakes again). Errors of aiohttp and orjson are
+The client retries all of them but ServerGoneError; UnknownClientError and
+SessionRefusedError never leave the client (it handshakes again, after the
+caller's `before_handshake` has mended the HTTP session). Errors of aiohttp and orjson are
 translated into these where they happen and never escape the package.
 """
 
@@ -28,3 +31,11 @@ class TransportError(CometdError):
 
 class OversizedResponseError(TransportError):
     """A response was larger than the configured bound; its messages are lost."""
+
+
+class SessionRefusedError(TransportError):
+    """HTTP 401/403 on a Bayeux request: the HTTP session under Bayeux was refused.
+
+    Not Bayeux's "unknown client" (that comes inside a 200): the caller's HTTP
+    session, its credentials or its CSRF token need mending before a handshake.
+    """

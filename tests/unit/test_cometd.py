@@ -26,7 +26,7 @@ from yarl import URL
 import daemon.cometd
 from daemon.cometd import BayeuxClient, ClientSettings, Message, Subscribed, TransportError
 from daemon.cometd.advice import Advice
-from daemon.cometd.errors import OversizedResponseError, UnknownClientError
+from daemon.cometd.errors import OversizedResponseError, SessionRefusedError, UnknownClientError
 from daemon.cometd.messages import parse_body, split_replies
 from daemon.cometd.meta import (
     connect_refusal,
@@ -224,8 +224,16 @@ async def long_poll_once(handler: Callable[[web.Request], Awaitable[web.StreamRe
         await transport.exchange([{"channel": "/meta/connect", "id": "1"}], timeout=WAIT)
 
 
-@pytest.mark.parametrize(("status", "expected"), [(401, UnknownClientError), (500, TransportError)])
-async def test_an_http_error_is_unknown_client_only_when_the_session_is_gone(
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (401, SessionRefusedError),
+        (403, SessionRefusedError),
+        (402, UnknownClientError),
+        (500, TransportError),
+    ],
+)
+async def test_an_http_401_or_403_is_the_session_refused_and_other_errors_are_not(
     status: int, expected: type[Exception]
 ) -> None:
     async def handler(_request: web.Request) -> web.Response:
@@ -334,16 +342,29 @@ class ScriptedBayeux:
 
     connects: list[ConnectAnswer] = field(default_factory=list)
     garbage_left: int = 0  # answers of HTML before any Bayeux
+    refused_left: int = 0  # HTTP 403 answers to connects (the HTTP session refused)
+    offer_websocket: bool = False  # offered in the handshake; every upgrade fails
     connect_times: list[float] = field(default_factory=list)  # monotonic, on arrival
     handshakes: int = 0
+    upgrades: int = 0  # WebSocket upgrade attempts
+    headers: list[tuple[str, str | None]] = field(default_factory=list)  # (channel, X-Token)
     released: asyncio.Event = field(default_factory=asyncio.Event)
     _arrived: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
+    async def upgrade(self, request: web.Request) -> web.Response:
+        self.upgrades += 1
+        self.headers.append(("upgrade", request.headers.get("X-Token")))
+        return web.Response(status=400, text="no WebSocket here")
+
     async def handle(self, request: web.Request) -> web.Response:
         messages = orjson.loads(await request.read())
+        self.headers.extend((m["channel"], request.headers.get("X-Token")) for m in messages)
         if self.garbage_left:
             self.garbage_left -= 1
             return web.Response(text="<html>proxy error</html>", content_type="text/html")
+        if self.refused_left and messages[0]["channel"] == "/meta/connect":
+            self.refused_left -= 1
+            return web.Response(status=403, text="Missing or invalid Csrf token")
         replies: list[dict[str, Any]] = []
         for message in messages:
             replies += await self._answer(message)
@@ -354,10 +375,11 @@ class ScriptedBayeux:
         reply = {"channel": channel, "id": message.get("id"), "successful": True}
         if channel == "/meta/handshake":
             self.handshakes += 1
+            offered = ["websocket", "long-polling"] if self.offer_websocket else ["long-polling"]
             reply |= {
                 "clientId": f"c{self.handshakes}",
                 "version": "1.0",
-                "supportedConnectionTypes": ["long-polling"],
+                "supportedConnectionTypes": offered,
             }
         elif channel == "/meta/subscribe":
             reply["subscription"] = message["subscription"]
@@ -403,19 +425,28 @@ class Caller:
 
 @asynccontextmanager
 async def running_client(
-    server: ScriptedBayeux, caller: Caller, *, batch_window: float = 0.0
+    server: ScriptedBayeux, caller: Caller, *, batch_window: float = 0.0, **hooks: Any
 ) -> AsyncIterator[asyncio.Task[None]]:
-    """A client of `server` running for the block, closed after it; yields its task."""
+    """A client of `server` running for the block, closed after it; yields its task.
+
+    `hooks`: `headers`, `before_handshake`, and `allow_websocket` (default False).
+    """
     app = web.Application()
     app.router.add_post("/cometd", server.handle)
+    app.router.add_get("/cometd", server.upgrade)
+    allow_websocket = hooks.pop("allow_websocket", False)
     async with serving(app) as url, aiohttp.ClientSession() as session:
         client = BayeuxClient(
             session=session,
             settings=ClientSettings(
-                url=str(url), channels=(CHANNEL,), allow_websocket=False, batch_window=batch_window
+                url=str(url),
+                channels=(CHANNEL,),
+                allow_websocket=allow_websocket,
+                batch_window=batch_window,
             ),
             on_batch=caller.on_batch,
             on_subscribed=caller.on_subscribed,
+            **hooks,
         )
         running = asyncio.create_task(client.run())
         try:
@@ -496,3 +527,94 @@ async def test_an_unknown_client_connect_hands_over_its_data_then_handshakes_aga
         ("c1", False),
         ("c2", True),
     ]
+
+
+async def test_every_request_carries_the_callers_headers_as_they_are_at_the_time() -> None:
+    server = ScriptedBayeux(
+        connects=[ConnectAnswer(reply={"successful": False, "error": "402::Unknown client"})]
+    )
+    caller = Caller()
+    tokens = iter(f"t{n}" for n in itertools.count(1))
+    current = {"X-Token": next(tokens)}
+
+    async def before_handshake() -> None:
+        current["X-Token"] = next(tokens)  # a new session, a new token
+
+    async with running_client(
+        server, caller, headers=lambda: current, before_handshake=before_handshake
+    ):
+        await server.connected(2)
+    sent = [(channel, token) for channel, token in server.headers]
+    assert ("/meta/handshake", "t1") in sent
+    assert ("/meta/handshake", "t2") in sent
+    assert {channel for channel, _ in sent} >= {"/meta/subscribe", "/meta/connect"}
+    assert all(token is not None for _, token in sent)
+    # The disconnect at close carries it too.
+    assert sent[-1] == ("/meta/disconnect", "t2")
+
+
+async def test_before_handshake_runs_before_every_handshake_but_the_first() -> None:
+    unknown = {"successful": False, "error": "402::Unknown client"}
+    server = ScriptedBayeux(connects=[ConnectAnswer(reply=unknown), ConnectAnswer(reply=unknown)])
+    caller = Caller()
+    calls: list[int] = []
+
+    async def before_handshake() -> None:
+        calls.append(server.handshakes)
+
+    async with running_client(server, caller, before_handshake=before_handshake):
+        await server.connected(3)
+    assert calls == [1, 2]
+    assert server.handshakes == 3
+
+
+async def test_an_http_403_under_bayeux_mends_the_session_then_handshakes_again() -> None:
+    server = ScriptedBayeux(refused_left=1)
+    caller = Caller()
+    mended: list[float] = []
+
+    async def before_handshake() -> None:
+        mended.append(time.monotonic())
+
+    async with running_client(server, caller, before_handshake=before_handshake):
+        await server.connected(1)  # the refused one is not counted
+    assert len(mended) == 1
+    assert [s.client_id for s in caller.subscribed] == ["c1", "c2"]
+
+
+async def test_close_does_not_wait_for_a_before_handshake_that_waits_long() -> None:
+    unknown = {"successful": False, "error": "402::Unknown client"}
+    server = ScriptedBayeux(connects=[ConnectAnswer(reply=unknown)])
+    caller = Caller()
+    waiting = asyncio.Event()
+
+    async def before_handshake() -> None:
+        waiting.set()
+        await asyncio.sleep(3600)  # credentials refused: the next login is far away
+
+    started = time.monotonic()
+    async with running_client(server, caller, before_handshake=before_handshake):
+        await asyncio.wait_for(waiting.wait(), WAIT)
+    assert time.monotonic() - started < WAIT
+    assert server.handshakes == 1
+
+
+async def test_a_failing_websocket_offer_is_tried_twice_then_long_polling_for_good() -> None:
+    unknown = {"successful": False, "error": "402::Unknown client"}
+    server = ScriptedBayeux(
+        connects=[ConnectAnswer(reply=unknown) for _ in range(3)], offer_websocket=True
+    )
+    caller = Caller()
+    async with running_client(server, caller, allow_websocket=True):
+        await server.connected(4)
+    assert server.handshakes == 4
+    assert server.upgrades == 2
+    assert {s.transport for s in caller.subscribed} == {"long-polling"}
+
+
+async def test_without_websocket_allowed_no_upgrade_is_tried() -> None:
+    server = ScriptedBayeux(offer_websocket=True)
+    caller = Caller()
+    async with running_client(server, caller):
+        await server.connected(1)
+    assert server.upgrades == 0

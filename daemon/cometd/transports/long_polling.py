@@ -15,9 +15,16 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from daemon.cometd.errors import OversizedResponseError, TransportError, UnknownClientError
+from daemon.cometd.errors import (
+    OversizedResponseError,
+    SessionRefusedError,
+    TransportError,
+    UnknownClientError,
+)
 from daemon.cometd.messages import Answer, parse_body, split_replies
-from daemon.cometd.transports.base import LONG_POLLING, Transport
+from daemon.cometd.transports.base import LONG_POLLING, HeaderSource, Transport, no_headers
+
+_CONTENT_TYPE = {"Content-Type": "application/json;charset=UTF-8"}
 
 
 class LongPollingTransport(Transport):
@@ -26,30 +33,42 @@ class LongPollingTransport(Transport):
     name = LONG_POLLING
 
     def __init__(
-        self, *, session: aiohttp.ClientSession, url: URL, max_response_bytes: int
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        url: URL,
+        max_response_bytes: int,
+        headers: HeaderSource = no_headers,
     ) -> None:
         self._session = session
         self._url = url
         self._max = max_response_bytes
+        self._headers = headers
 
     async def exchange(self, messages: list[dict[str, Any]], *, timeout: float) -> Answer:
         try:
             async with self._session.post(
                 self._url,
                 data=orjson.dumps(messages),
-                headers={"Content-Type": "application/json;charset=UTF-8"},
+                headers={**self._headers(), **_CONTENT_TYPE},
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 if response.status != 200:
-                    # A Bayeux server says "unknown client" inside a 200; an HTTP
-                    # 401/402/403 here means the HTTP session itself is gone.
-                    if response.status in (401, 402, 403):
-                        raise UnknownClientError(f"HTTP {response.status} from {self._url}")
-                    raise TransportError(f"HTTP {response.status} from {self._url}")
+                    raise _refusal(response.status, self._url)
                 body = await _read_bounded(response, self._max)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"{type(exc).__name__} on {self._url}: {exc}") from None
         return split_replies(parse_body(body))
+
+
+def _refusal(status: int, url: URL) -> TransportError | UnknownClientError:
+    # A Bayeux server says "unknown client" inside a 200. An HTTP 401/403 is
+    # the HTTP session under Bayeux refused (credentials, cookie, CSRF token).
+    if status in (401, 403):
+        return SessionRefusedError(f"HTTP {status} from {url}")
+    if status == 402:
+        return UnknownClientError(f"HTTP {status} from {url}")
+    return TransportError(f"HTTP {status} from {url}")
 
 
 async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:

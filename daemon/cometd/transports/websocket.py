@@ -6,7 +6,8 @@ it is published), goes to the batch handler frame by frame, in arrival order.
 When the socket fails, every request still waiting gets the failure.
 
 It never reconnects (a broken WebSocket is dropped by the client), and never
-lets an aiohttp error escape.
+lets an aiohttp error escape. `WebSocketFallback` keeps the client's count of
+WebSocket failures: after two, long-polling for the life of the process.
 """
 
 from __future__ import annotations
@@ -17,12 +18,45 @@ from typing import Any
 
 import aiohttp
 import orjson
+import structlog
 from yarl import URL
 
 from daemon.cometd.errors import TransportError
 from daemon.cometd.messages import Answer, BatchHandler, parse_body, split_replies
-from daemon.cometd.transports.base import WEBSOCKET, Transport
+from daemon.cometd.transports.base import WEBSOCKET, HeaderSource, Transport, no_headers
 from daemon.errors import CometdError
+
+log = structlog.get_logger(logger_name="daemon.cometd")
+
+# WebSocket failures (a refused upgrade, a broken session) after which the
+# client keeps to long-polling for the life of the process.
+FAILURES_ALLOWED = 2
+
+
+class WebSocketFallback:
+    """Whether to try WebSocket: while allowed and it has not failed twice."""
+
+    def __init__(self, *, allowed: bool) -> None:
+        self._allowed = allowed
+        self.failures = 0
+
+    @property
+    def abandoned(self) -> bool:
+        return self.failures >= FAILURES_ALLOWED
+
+    @property
+    def wanted(self) -> bool:
+        return self._allowed and not self.abandoned
+
+    def failed(self, exc: Exception) -> None:
+        self.failures += 1
+        log.warning("bayeux_websocket_failed", error=str(exc), failures=self.failures)
+        if self.failures == FAILURES_ALLOWED:
+            # Said once: from here on it is long-polling only.
+            log.warning(
+                "bayeux_websocket_abandoned",
+                detail="WebSocket failed twice: long-polling for the life of the process",
+            )
 
 
 class WebSocketTransport(Transport):
@@ -57,6 +91,7 @@ class WebSocketTransport(Transport):
         on_batch: BatchHandler,
         max_frame_bytes: int,
         timeout: float,
+        headers: HeaderSource = no_headers,
     ) -> WebSocketTransport:
         ws_url = url.with_scheme("wss" if url.scheme == "https" else "ws")
         try:
@@ -65,6 +100,8 @@ class WebSocketTransport(Transport):
                 max_msg_size=max_frame_bytes,
                 timeout=aiohttp.ClientWSTimeout(ws_close=timeout),
                 autoping=True,
+                # The upgrade is a request of the HTTP session like any other.
+                headers=headers(),
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"WebSocket to {ws_url} failed: {exc}") from None
