@@ -117,6 +117,10 @@ class Tracker:
         """A new `send_timeout_seconds`, for deadlines already set too."""
         self._correlator.set_send_timeout(seconds)
 
+    def new_gws_session(self) -> None:
+        """GWS gave us a new HTTP session: referenceIds answered before are another's."""
+        self._correlator.new_session()
+
     async def _commit(
         self,
         sends: Sequence[SendRecord],
@@ -143,7 +147,8 @@ class Tracker:
             send.status = SendStatus.UNANSWERED
             send.answered_at = now
         if in_flight:
-            await self._writer.write(updates=[send_update(s) for s in in_flight])
+            self._writer.write(updates=[send_update(s) for s in in_flight])
+            await self._writer.flush()  # raises on a failing store: start-up must not wait
         self._correlator.restore(sends)
         self._gauge()
         return len(sends)
@@ -330,12 +335,21 @@ class Tracker:
     # -- read-backs -----------------------------------------------------------------
 
     async def read_back(
-        self, send: SendRecord, email: dict[str, object] | None, *, final: bool
+        self,
+        send: SendRecord,
+        email: dict[str, object] | None,
+        *,
+        final: bool,
+        failed: bool = False,
     ) -> bool:
         """Apply what GET said about a pending send. Returns True if it was resolved.
 
-        `final` (its deadline passed): a send still not sent is timed out.
-        Otherwise (a reconciliation after a reconnect) it simply stays pending.
+        `email` is None when GWS does not know the email (404: a sent email may
+        leave the workspace). `final` (its deadline passed): a send not known to
+        be sent ends timed out, with the reason: "not_sent" (still Composing),
+        "not_found" (404), or "read_back_failed" (`failed`: its read-backs kept
+        failing until the give-up time). Otherwise (a reconciliation after a
+        reconnect) it simply stays pending.
         """
         now = self._clock()
         state = email.get("state") if email else None
@@ -356,15 +370,23 @@ class Tracker:
         if not final:
             self._metrics.reconciliations.labels("still_pending").inc()
             return False
+        reason = "read_back_failed" if failed else "not_found" if email is None else "not_sent"
         timed_out = self._correlator.time_out(send.send_id, now)
         assert timed_out is not None
         timed_out.outcome_state = state
-        event = self._events.timed_out(timed_out, last_state=state, at=now)
-        await self._conclude(timed_out, event, ("timed_out", "timed_out"), "send_timed_out")
+        event = self._events.timed_out(timed_out, last_state=state, reason=reason, at=now)
+        await self._conclude(
+            timed_out, event, ("timed_out", "timed_out"), "send_timed_out", reason=reason
+        )
         return True
 
     async def _conclude(
-        self, send: SendRecord, event: Event, results: tuple[str, str], log_event: str
+        self,
+        send: SendRecord,
+        event: Event,
+        results: tuple[str, str],
+        log_event: str,
+        reason: str | None = None,
     ) -> None:
         """Store an outcome found by read-back; count and log it."""
         await self._commit([send], [event])
@@ -380,4 +402,5 @@ class Tracker:
             reference_id=send.reference_id,
             state=send.outcome_state,
             event_id=event.id,
+            reason=reason,
         )

@@ -5,6 +5,10 @@ queues its call on the store's thread at once (so the order in which they are
 made is the order in which they run) and returns when it has run.
 Checkpoints run on a thread of their own so that copying the WAL never holds
 up a commit.
+
+It also keeps the store's health (`daemon.store.health`): the duties that work
+on the store in the background report their failures and recoveries here, and
+`check_writable()` (readiness) fails while any of them is failing.
 """
 
 from __future__ import annotations
@@ -14,19 +18,27 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from daemon.errors import StoreError
 from daemon.sends import SendRecord
 from daemon.store.database import Store
+from daemon.store.health import StoreHealth
 from daemon.store.rows import KeptInput, OutboxRow, SendRow, SendUpdate, StoredEvent
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# How long readiness waits for its heartbeat write (queued behind the commits
+# already waiting on the store's thread) before it calls the store not ready.
+READY_WRITE_SECONDS = 2.0
+
 
 class AsyncStore:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, failure_exit_seconds: float = 60.0) -> None:
         self._store = store
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._health = StoreHealth(exit_after_seconds=failure_exit_seconds)
+        self._heartbeat: asyncio.Future[None] | None = None
 
     def _submit(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
         loop = asyncio.get_running_loop()
@@ -47,6 +59,7 @@ class AsyncStore:
         events: Sequence[StoredEvent] = (),
         malformed: Sequence[KeptInput] = (),
         cursors: dict[str, int] | None = None,
+        heartbeat: bool = False,
     ) -> asyncio.Future[int]:
         """Queue one `Store.commit_outcomes` now; the future gives the last seq."""
         return self._submit(
@@ -56,6 +69,7 @@ class AsyncStore:
             events=events,
             malformed=malformed,
             cursors=cursors,
+            heartbeat=heartbeat,
         )
 
     async def prune_sends(self, resolved_before: float) -> int:
@@ -77,8 +91,45 @@ class AsyncStore:
             self._store.dead_letter, sink, row, reason=reason, detail=detail, attempts=attempts
         )
 
+    async def prune_dead_letters(self, *, failed_before: float, keep: int) -> int:
+        return await self._submit(
+            self._store.prune_dead_letters, failed_before=failed_before, keep=keep
+        )
+
     async def check_writable(self) -> None:
-        await self._submit(self._store.check_writable)
+        """Raise StoreError while a duty is failing, or unless a heartbeat write commits.
+
+        At most one heartbeat is queued at a time, however often this is asked.
+        """
+        failing = self._health.failing()
+        if failing:
+            raise StoreError("; ".join(f"{duty}: {error}" for duty, error in failing.items()))
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = self._submit(self._store.check_writable)
+            # Retrieved even when nobody waits for it any more.
+            self._heartbeat.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._heartbeat), READY_WRITE_SECONDS)
+        except TimeoutError:
+            raise StoreError(
+                f"a write to the store did not finish within {READY_WRITE_SECONDS:g} s"
+            ) from None
+
+    # -- health ------------------------------------------------------------------
+
+    def report_failure(self, duty: str, error: BaseException | str) -> float:
+        """A duty failed on the store; returns how long it has been failing."""
+        return self._health.failed(duty, error)
+
+    def report_recovery(self, duty: str) -> None:
+        self._health.recovered(duty)
+
+    def failing_duties(self) -> dict[str, str]:
+        return self._health.failing()
+
+    async def wait_failed_too_long(self) -> str:
+        """Return (why) once a duty has failed for `failure_exit_seconds`."""
+        return await self._health.wait_too_long()
 
     async def checkpoint(self) -> bool:
         loop = asyncio.get_running_loop()

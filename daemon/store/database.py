@@ -16,6 +16,7 @@ import orjson
 
 from daemon.errors import StoreError
 from daemon.sends import PENDING_STATUSES, SendRecord
+from daemon.store.files import check_free_space, check_pages, corrupt, prepare
 from daemon.store.rows import (
     MALFORMED_SINK,
     DeadLetter,
@@ -26,11 +27,15 @@ from daemon.store.rows import (
     StoredEvent,
 )
 from daemon.store.schema import SEND_COLUMNS, migrate, send_from_row, send_update
+from daemon.store.transaction import Transaction, corrupted, sql_errors
 
 # A checkpoint fsyncs; on a busy disk that stalls the commits around it for
 # tens of milliseconds. Fewer, larger ones (measured: 4 MiB gave p99 19 ms at
 # 5,000 notifications/s, 32 MiB 8-10 ms) keep the stalls out of the p99.
 CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
+# Dead letters deleted per transaction, so that pruning a large backlog never
+# holds the write lock for long.
+PRUNE_CHUNK = 5000
 
 
 class Store:
@@ -40,36 +45,55 @@ class Store:
         *,
         synchronous: Literal["normal", "full"] = "normal",
         max_outbox_events: int = 1_000_000,
+        busy_timeout_seconds: float = 10.0,
     ) -> None:
         self.path = path
         self.max_outbox_events = max_outbox_events
         self._checkpointer: sqlite3.Connection | None = None
+        self._busy_timeout = busy_timeout_seconds
+        prepare(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+                str(path),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=busy_timeout_seconds,
             )
-            # 16 KiB pages hold a dozen events each: fewer pages to write, split
-            # and free per batch than with 4 KiB (only takes effect on a new file).
-            self._db.execute("PRAGMA page_size=16384")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # synchronous: in WAL mode NORMAL makes a commit reach the OS before
-            # it returns, so it survives kill -9, an OOM kill or a crash of the
-            # daemon (what the README promises); only a power cut or kernel
-            # panic can lose the last commits. FULL adds an fsync per commit
-            # (per Send, per notification batch) for hosts that must survive
-            # power loss too: `store.synchronous = "full"`.
-            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            # The daemon checkpoints from a thread of its own (`checkpoint`), so
-            # that copying the WAL into the database never holds up a commit;
-            # this automatic one (at 128 MiB of WAL) is only the backstop.
-            self._db.execute("PRAGMA wal_autocheckpoint=8192")
-            self._db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
-            migrate(self._db, path)
-            self._outbox_rows = self._scalar("SELECT COUNT(*) FROM outbox")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
+        try:
+            self._open(synchronous)
+        except sqlite3.Error as exc:
+            self._db.close()
+            if corrupted(exc):
+                raise corrupt(path, str(exc)) from None
+            raise StoreError(f"cannot open store {path}: {exc}") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _open(self, synchronous: str) -> None:
+        db = self._db
+        db.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
+        # 16 KiB pages hold a dozen events each: fewer pages to write, split
+        # and free per batch than with 4 KiB (only takes effect on a new file).
+        db.execute("PRAGMA page_size=16384")
+        db.execute("PRAGMA journal_mode=WAL")
+        # synchronous: in WAL mode NORMAL makes a commit reach the OS before
+        # it returns, so it survives kill -9, an OOM kill or a crash of the
+        # daemon (what the README promises); only a power cut or kernel
+        # panic can lose the last commits. FULL adds an fsync per commit
+        # (per Send, per notification batch) for hosts that must survive
+        # power loss too: `store.synchronous = "full"`.
+        db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        # The daemon checkpoints from a thread of its own (`checkpoint`), so
+        # that copying the WAL into the database never holds up a commit;
+        # this automatic one (at 128 MiB of WAL) is only the backstop.
+        db.execute("PRAGMA wal_autocheckpoint=8192")
+        db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
+        check_pages(db, self.path)
+        migrate(db, self.path)
+        self._outbox_rows = self._scalar("SELECT COUNT(*) FROM outbox")
 
     # -- plumbing --------------------------------------------------------------
 
@@ -85,7 +109,10 @@ class Store:
                 return False
             if self._checkpointer is None:
                 self._checkpointer = sqlite3.connect(
-                    str(self.path), isolation_level=None, check_same_thread=False, timeout=10.0
+                    str(self.path),
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=self._busy_timeout,
                 )
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except FileNotFoundError:
@@ -98,8 +125,8 @@ class Store:
         row = self._db.execute(sql, params).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
-    def _transaction(self, *, write: bool = True) -> _Transaction:
-        return _Transaction(self._db, write=write)
+    def _transaction(self, *, write: bool = True) -> Transaction:
+        return Transaction(self._db, write=write)
 
     def close(self) -> None:
         try:
@@ -110,12 +137,14 @@ class Store:
             raise StoreError(f"cannot close store {self.path}: {exc}") from None
 
     def check_writable(self) -> None:
-        """Raise StoreError unless a write transaction can be taken now."""
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {self.path} is not writable: {exc}") from None
+        """Raise StoreError unless a real write commits now and the disk has room.
+
+        A write, not BEGIN/ROLLBACK: a read-only file, a full disk or a lock
+        held past the busy timeout only show when something is written.
+        """
+        check_free_space(self.path)
+        with self._transaction():
+            self._db.execute("UPDATE heartbeat SET at=?", (time.time(),))
 
     # -- sends -------------------------------------------------------------------
 
@@ -149,6 +178,7 @@ class Store:
             (orjson.dumps(index), b"".join(event.body for event in events)),
         )
 
+    @sql_errors
     def load_pending(self) -> list[SendRecord]:
         marks = ",".join("?" * len(PENDING_STATUSES))
         rows = self._db.execute(
@@ -157,12 +187,14 @@ class Store:
         ).fetchall()
         return [send_from_row(row) for row in rows]
 
+    @sql_errors
     def get_send(self, send_id: str) -> SendRecord | None:
         row = self._db.execute(
             f"SELECT {SEND_COLUMNS} FROM sends WHERE send_id=?", (send_id,)
         ).fetchone()
         return send_from_row(row) if row else None
 
+    @sql_errors
     def list_sends(
         self, statuses: Sequence[str] | None = None, limit: int = 1000
     ) -> list[SendRecord]:
@@ -198,11 +230,16 @@ class Store:
         events: Sequence[StoredEvent] = (),
         malformed: Sequence[KeptInput] = (),
         cursors: dict[str, int] | None = None,
+        heartbeat: bool = False,
     ) -> int:
         """Update sends, append their events and keep malformed input, atomically.
 
         `sends` may be records or `send_update` tuples (taken on the caller's
         thread, so later changes to the record do not leak into this write).
+
+        `heartbeat` also writes the heartbeat row: a real write even when
+        there is nothing else to write (how a failed writer finds out that
+        the store has recovered).
 
         Returns the highest outbox seq written (0 if none).
         """
@@ -222,6 +259,8 @@ class Store:
                 last = self._scalar("SELECT last_insert_rowid()")
             if cursors:
                 self._move_cursors(cursors)
+            if heartbeat:
+                self._db.execute("UPDATE heartbeat SET at=?", (now,))
             if malformed:
                 self._db.executemany(
                     "INSERT INTO dead_letters (sink, reason, detail, failed_at, body) "
@@ -240,6 +279,7 @@ class Store:
     def outbox_rows(self) -> int:
         return self._outbox_rows
 
+    @sql_errors
     def head_seq(self) -> int:
         return self._scalar("SELECT seq FROM sqlite_sequence WHERE name='outbox'")
 
@@ -329,11 +369,13 @@ class Store:
                 "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?", (row.seq, sink, row.seq)
             )
 
+    @sql_errors
     def dead_letter_counts(self) -> dict[str, int]:
         return dict(
             self._db.execute("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink").fetchall()
         )
 
+    @sql_errors
     def list_dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
         sql = (
             "SELECT id, sink, event_id, type, email_id, reason, detail, attempts, failed_at, body "
@@ -346,6 +388,7 @@ class Store:
         rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*params, limit)).fetchall()
         return [DeadLetter(*row) for row in rows]
 
+    @sql_errors
     def get_dead_letter(self, letter_id: int) -> DeadLetter | None:
         row = self._db.execute(
             "SELECT id, sink, event_id, type, email_id, reason, detail, attempts, failed_at, body "
@@ -388,30 +431,18 @@ class Store:
                 cursor = self._db.execute("DELETE FROM dead_letters")
         return cursor.rowcount
 
-
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; sqlite errors become StoreError."""
-
-    def __init__(self, db: sqlite3.Connection, *, write: bool) -> None:
-        self._db = db
-        # IMMEDIATE takes the write lock up front, so a writer never fails
-        # half-way on a lock held by the CLI in another process.
-        self._begin = "BEGIN IMMEDIATE" if write else "BEGIN"
-
-    def __enter__(self) -> None:
-        try:
-            self._db.execute(self._begin)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot begin a transaction: {exc}") from None
-
-    def __exit__(self, kind: object, error: BaseException | None, trace: object) -> None:
-        if error is None:
-            try:
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._db.execute("ROLLBACK")
-                raise StoreError(f"commit failed: {exc}") from None
-            return
-        self._db.execute("ROLLBACK")
-        if isinstance(error, sqlite3.Error):
-            raise StoreError(f"store write failed: {error}") from None
+    def prune_dead_letters(self, *, failed_before: float, keep: int) -> int:
+        """Delete dead letters older than `failed_before`, then all but the newest
+        `keep`; oldest first, at most PRUNE_CHUNK per transaction."""
+        removed = 0
+        while True:
+            with self._transaction():
+                cursor = self._db.execute(
+                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
+                    "WHERE failed_at < ?1 OR id <= (SELECT id FROM dead_letters "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?2) ORDER BY id LIMIT ?3)",
+                    (failed_before, keep, PRUNE_CHUNK),
+                )
+            removed += cursor.rowcount
+            if cursor.rowcount < PRUNE_CHUNK:
+                return removed

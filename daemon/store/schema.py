@@ -65,6 +65,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX dead_letters_by_sink ON dead_letters(sink, id)",
     ),
+    (
+        # One row, written by every readiness check: a real write, so that a
+        # read-only file or a full disk shows before a Send needs the store.
+        "CREATE TABLE heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)",
+        "INSERT INTO heartbeat (id, at) VALUES (1, 0)",
+        # Housekeeping prunes dead letters by age.
+        "CREATE INDEX dead_letters_by_time ON dead_letters(failed_at)",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

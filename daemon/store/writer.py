@@ -1,28 +1,62 @@
-"""Group commit: what is written while a transaction runs goes into the next one."""
+"""Group commit: what is written while a transaction runs goes into the next one.
+
+A failed commit never poisons what follows. It fails the new sends of its
+group only (they were not recorded, so the caller refuses them and nothing is
+forwarded); everything else in it (send updates, events, kept input, sink
+cursors: what cannot be asked for again) is carried into the next group. That
+group is tried after a backoff whether or not anything new was written, with
+the heartbeat row, so that even an empty retry is a real write and a recovery
+is noticed. Failures and recoveries are reported to the store's health, which
+ends the daemon if they go on for `store.failure_exit_seconds`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
+from daemon.backoff import Backoff, BackoffPolicy
 from daemon.errors import StoreError
 from daemon.store.bridge import AsyncStore
 from daemon.store.rows import KeptInput, SendRow, SendUpdate, StoredEvent
 
 log = structlog.get_logger(logger_name="daemon.store")
 
+DUTY = "writer"
+# A lock held by another process fails a commit only after the busy timeout;
+# a read-only file or a full disk fails it at once: the backoff spares the CPU.
+RETRY_POLICY = BackoffPolicy(initial=0.1, maximum=2.0, floor=0.05)
+
 
 @dataclass(slots=True)
 class _Group:
-    done: asyncio.Future[int]
+    done: asyncio.Future[int]  # its rows are committed (a failed attempt carries them on)
+    admitted: asyncio.Future[int] | None = None  # its new sends: fails with the attempt
+    followers: list[asyncio.Future[int]] = field(default_factory=list)  # groups merged in
     inserts: list[SendRow] = field(default_factory=list)
     updates: list[SendUpdate] = field(default_factory=list)
     events: list[StoredEvent] = field(default_factory=list)
     malformed: list[KeptInput] = field(default_factory=list)
+    cursors: dict[str, int] = field(default_factory=dict)
+    heartbeat: bool = False
+
+    def add_cursors(self, cursors: dict[str, int] | None) -> None:
+        for sink, seq in (cursors or {}).items():
+            self.cursors[sink] = max(seq, self.cursors.get(sink, seq))
+
+    def absorb(self, later: _Group) -> None:
+        """Take `later`'s rows after this group's own (the order they were written in)."""
+        self.inserts.extend(later.inserts)
+        self.updates.extend(later.updates)
+        self.events.extend(later.events)
+        self.malformed.extend(later.malformed)
+        self.add_cursors(later.cursors)
+        self.followers.append(later.done)
+        self.followers.extend(later.followers)
+        self.admitted = later.admitted
 
 
 class OutcomeWriter:
@@ -38,6 +72,11 @@ class OutcomeWriter:
     on disk (head = the outbox seq of the last one); `cursors()` gives the sink
     cursors that ride along with every transaction (no extra commit), so after
     a crash little is delivered twice.
+
+    Memory: one group waits while one commits; the tracker stops reading
+    notifications past `tracker.MAX_QUEUED_EVENTS` waiting events, so a failing
+    store holds at most that many events (and the sends of the Sends waiting
+    for their answer) until it recovers or the daemon exits.
     """
 
     def __init__(
@@ -52,7 +91,10 @@ class OutcomeWriter:
         self._cursors = cursors
         self._next: _Group | None = None
         self._running: _Group | None = None
-        self.failure: BaseException | None = None
+        self._attempt: asyncio.Future[bool] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._backoff = Backoff(RETRY_POLICY)
+        self._last_error: BaseException | None = None
 
     def write(
         self,
@@ -62,19 +104,25 @@ class OutcomeWriter:
         events: Sequence[StoredEvent] = (),
         malformed: Sequence[KeptInput] = (),
     ) -> asyncio.Future[int]:
-        """Queue rows; the future is done when they are committed (result: last seq)."""
-        if self.failure is not None:
-            raise StoreError(f"an earlier write failed: {self.failure}")
+        """Queue rows; the future is done when they are committed (result: last seq).
+
+        With `inserts`, the future fails (StoreError) if the attempt that
+        carries them fails: those sends are not recorded. Other rows are
+        kept until they are committed.
+        """
+        loop = asyncio.get_running_loop()
         group = self._next
         if group is None:
-            group = self._next = _Group(asyncio.get_running_loop().create_future())
+            group = self._next = _Group(loop.create_future())
         group.inserts.extend(inserts)
         group.updates.extend(updates)
         group.events.extend(events)
         group.malformed.extend(malformed)
-        if self._running is None:
+        if inserts and group.admitted is None:
+            group.admitted = loop.create_future()
+        if self._running is None and self._retry is None:
             self._launch()
-        return group.done
+        return group.admitted if inserts and group.admitted is not None else group.done
 
     @property
     def queued_events(self) -> int:
@@ -85,37 +133,91 @@ class OutcomeWriter:
         group, self._next = self._next, None
         assert group is not None
         self._running = group
-        commit = self._store.submit_outcomes(
-            inserts=group.inserts,
-            updates=group.updates,
-            events=group.events,
-            malformed=group.malformed,
-            cursors=self._cursors(),
-        )
+        loop = asyncio.get_running_loop()
+        self._attempt = loop.create_future()
+        group.add_cursors(self._cursors())
+        try:
+            commit = self._store.submit_outcomes(
+                inserts=group.inserts,
+                updates=group.updates,
+                events=group.events,
+                malformed=group.malformed,
+                cursors=group.cursors or None,
+                heartbeat=group.heartbeat,
+            )
+        except RuntimeError as exc:  # the store's thread is gone (shutting down)
+            commit = loop.create_future()
+            commit.set_exception(StoreError(f"the store is closed: {exc}"))
         commit.add_done_callback(lambda finished: self._finished(group, finished))
 
     def _finished(self, group: _Group, commit: asyncio.Future[int]) -> None:
         self._running = None
         error = commit.exception() if not commit.cancelled() else StoreError("cancelled")
-        if error is not None:
-            self.failure = error
-            log.error("store_write_failed", error=str(error))
-            group.done.set_exception(error)
-            group.done.exception()  # retrieved here: the failure is reported above
+        if error is None:
+            self._committed(group, commit.result())
         else:
-            head = commit.result()
-            if group.events:
-                # One transaction holds the write lock: its rows have
-                # consecutive seqs ending at `head`.
+            if not isinstance(error, StoreError):
+                error = StoreError(f"commit failed: {error!r}")
+            self._failed(group, error)
+        if self._attempt is not None and not self._attempt.done():
+            self._attempt.set_result(error is None)
+        if self._next is not None and self._retry is None:
+            self._launch()
+
+    def _committed(self, group: _Group, head: int) -> None:
+        if self._last_error is not None:
+            self._last_error = None
+            self._backoff.reset()
+            self._store.report_recovery(DUTY)
+        if group.events:
+            # One transaction holds the write lock: its rows have
+            # consecutive seqs ending at `head`.
+            try:
                 self._on_committed(head, group.events)
-            group.done.set_result(head)
+            except Exception:  # the rows are on disk whatever a listener does
+                log.exception("on_committed_failed")
+        for future in (group.done, group.admitted, *group.followers):
+            if future is not None and not future.done():
+                future.set_result(head)
+
+    def _failed(self, group: _Group, error: StoreError) -> None:
+        self._last_error = error
+        delay = self._backoff.next_delay()
+        failing = self._store.report_failure(DUTY, error)
+        log.error(
+            "store_write_failed",
+            error=str(error),
+            sends_refused=len(group.inserts),
+            kept_events=len(group.events),
+            kept_updates=len(group.updates),
+            retry_in_seconds=round(delay, 3),
+            failing_seconds=round(failing, 3),
+        )
+        if group.admitted is not None and not group.admitted.done():
+            group.admitted.set_exception(error)
+            group.admitted.exception()  # retrieved: the caller may have given up on it
+        group.inserts.clear()
+        group.admitted = None
+        group.heartbeat = True
         if self._next is not None:
+            group.absorb(self._next)
+        self._next = group
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        if self._running is None and self._next is not None:
             self._launch()
 
     async def flush(self) -> None:
-        """Wait until everything written so far is committed."""
-        while (group := self._next or self._running) is not None:
-            with contextlib.suppress(StoreError):
-                await asyncio.shield(group.done)
-            if self.failure is not None:
-                raise StoreError(f"a write failed: {self.failure}")
+        """Wait until everything written so far is committed.
+
+        Raises StoreError when an attempt fails meanwhile (the rows stay
+        queued): a caller that must stop does not wait for the store for ever.
+        """
+        while self._running is not None or self._next is not None:
+            attempt = self._attempt
+            if self._running is None or attempt is None:
+                raise StoreError(f"a write failed: {self._last_error}")
+            if not await asyncio.shield(attempt):
+                raise StoreError(f"a write failed: {self._last_error}")
