@@ -207,6 +207,7 @@ def _store(table: Table, base: Path) -> StoreSettings:
         retention_hours=table.number("retention_hours", 168.0, above=True),
         max_dead_letters=table.integer("max_dead_letters", 100_000, minimum=100),
         failure_exit_seconds=table.number("failure_exit_seconds", 60.0, above=True),
+        busy_timeout_seconds=table.number("busy_timeout_seconds", 10.0, above=True),
     )
     table.finish()
     return settings

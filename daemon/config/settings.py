@@ -96,6 +96,8 @@ class StoreSettings:
     max_dead_letters: int = 100_000
     # A background task that keeps failing on the store this long exits the daemon (70).
     failure_exit_seconds: float = 60.0
+    # How long a write waits for another process's lock (the CLI) before it fails.
+    busy_timeout_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
