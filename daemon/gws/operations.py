@@ -2,10 +2,12 @@
 
 Owns the Send contract of GWS (the GWS API v2 page "Send" of email operations): `operationName`
 "Send", `queueName` (required), `email` with `to` (non-empty) and `from`
-(required), optional `subject`, `body`, `bodyAsPlainText`, `mime`, `cc`, `bcc`,
-and an optional boolean `saveLAR`. Problems come back as `Invalid` with a
-GWS-style statusCode (1 = required parameter missing, 10 = input validation
-error) and a message naming the field. Never raises on bad input.
+(required), optional `subject`, `body`, `bodyAsPlainText`, `mime`, `cc`, `bcc`
+(each address field a list or a comma-separated string), and an optional
+`saveLAR` (true or false, as a boolean or as text). Problems come back as
+`Invalid` with a GWS-style statusCode (1 = required parameter missing, 10 =
+input validation error) and a message naming the field. Never raises on bad
+input. The body itself is forwarded as received: these checks change nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ NOT_AUTHENTICATED = 20
 
 _OPTIONAL_TEXT = ("subject", "body", "bodyAsPlainText", "mime")
 _ADDRESS_LISTS = ("cc", "bcc")
+# saveLAR: "Possible values are true or false", as JSON booleans or as text.
+_BOOL_TEXT = ("true", "false")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +69,10 @@ def _address_list(email: dict[str, Any], key: str, *, required: bool) -> tuple[s
     value = email.get(key)
     if value is None:
         return _missing(field) if required else ()
-    # GWS's page says cc/bcc "must be comma delimited" while its samples use
-    # lists; both are accepted.
-    if isinstance(value, str) and not required:
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+    # GWS's page says cc/bcc "must be comma delimited" and words `to` alike
+    # ("one or more addresses"), while its samples use lists; both are accepted.
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
     if not isinstance(value, list):
         return _invalid(field, "must be a list of addresses")
     if required and not value:
@@ -104,7 +108,7 @@ def validate_send(body: dict[str, Any]) -> SendRequest | Invalid:
     if not isinstance(queue, str) or not queue.strip():
         return _invalid("queueName", "must be a non-empty string")
     save_lar = body.get("saveLAR")
-    if save_lar is not None and not isinstance(save_lar, bool):
+    if save_lar is not None and not isinstance(save_lar, bool) and save_lar not in _BOOL_TEXT:
         return _invalid("saveLAR", "must be true or false")
     email = body.get("email")
     if email is None:

@@ -114,10 +114,11 @@ def test_missing_required_field_is_status_1_naming_the_field(
         (body(operationName=""), "operationName"),
         (body(queueName=5), "queueName"),
         (body(queueName="  "), "queueName"),
-        (body(saveLAR="true"), "saveLAR"),
+        (body(saveLAR="yes"), "saveLAR"),
+        (body(saveLAR=1), "saveLAR"),
         (body(email="to: someone"), "email"),
         (body(email=["a@x.example"]), "email"),
-        (email(to="qwerty@gplus-w2k3-gf80"), "email.to"),
+        (email(to=" , "), "email.to"),
         (email(to=[]), "email.to"),
         (email(to=["ok@x.example", 3]), "email.to[1]"),
         (email(to=["ok@x.example", " "]), "email.to[1]"),
@@ -220,3 +221,22 @@ def test_near_valid_sends_never_raise(
         assert parsed.queue_name == queue
         assert parsed.to
         assert parsed.sender == sender
+
+
+@pytest.mark.parametrize(
+    ("to", "expected"),
+    [
+        ("qwerty@gplus-w2k3-gf80", ("qwerty@gplus-w2k3-gf80",)),
+        ("a@x.example, b@x.example", ("a@x.example", "b@x.example")),
+        (["a@x.example"], ("a@x.example",)),
+    ],
+)
+def test_to_is_a_list_or_a_comma_separated_string(to: object, expected: tuple[str, ...]) -> None:
+    parsed = parse(email(to=to))
+    assert isinstance(parsed, SendRequest)
+    assert parsed.to == expected
+
+
+@pytest.mark.parametrize("save_lar", [True, False, "true", "false"])
+def test_save_lar_is_a_boolean_or_its_text(save_lar: object) -> None:
+    assert isinstance(parse(body(saveLAR=save_lar)), SendRequest)
