@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from daemon.config.buses import nats_fields, redis_fields
 from daemon.config.reader import Table
 from daemon.config.settings import (
     SINK_TYPES,
@@ -262,6 +263,10 @@ def _sink(table: Table, base: Path, names: set[str]) -> SinkSettings:
         fields.update(_jsonl_fields(table, base))
     elif kind == "webhook":
         fields.update(_webhook_fields(table, base))
+    elif kind == "redis":
+        fields.update(redis_fields(table, base))
+    elif kind == "nats":
+        fields.update(nats_fields(table, base))
     table.finish()
     return SinkSettings(**fields)
 

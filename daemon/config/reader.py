@@ -30,6 +30,10 @@ class Table:
     def has(self, name: str) -> bool:
         return name in self._data
 
+    def is_list(self, name: str) -> bool:
+        """Whether the key holds a list (for keys that take one value or several)."""
+        return isinstance(self._data.get(name), list)
+
     def _get(self, name: str, kind: type[T] | tuple[type, ...], kind_name: str) -> T | None:
         self._seen.add(name)
         if name not in self._data:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-SINK_TYPES = ("jsonl", "log", "webhook")
+SINK_TYPES = ("jsonl", "log", "webhook", "redis", "nats")
 
 
 class Secret:
@@ -111,7 +111,7 @@ class CorrelationSettings:
 @dataclass(frozen=True, slots=True)
 class SinkSettings:
     name: str
-    type: Literal["jsonl", "log", "webhook"]
+    type: Literal["jsonl", "log", "webhook", "redis", "nats"]
     batch_size: int = 500
     backoff_max_seconds: float = 30.0  # cap of the retry delay
     give_up_after_seconds: float = 0.0  # 0 = retry retryable failures forever
@@ -125,6 +125,20 @@ class SinkSettings:
     headers: tuple[tuple[str, str], ...] = ()
     verify_tls: bool = True
     batch_mode: Literal["single", "array"] = "single"
+    # redis (url too) and nats: where, and how events are named there
+    stream: str | None = None
+    maxlen: int = 1_000_000
+    dedup_window_seconds: int = 86_400
+    servers: tuple[str, ...] = ()
+    subject: str | None = None
+    create_stream: bool = False
+    subjects: tuple[str, ...] = ()
+    duplicate_window_seconds: float = 120.0
+    # bus credentials
+    password: Secret | None = None
+    token: Secret | None = None
+    user: str | None = None
+    creds_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

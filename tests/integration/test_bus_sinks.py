@@ -1,0 +1,483 @@
+"""The bus sinks against real servers: `redis-server` and `nats-server -js` on loopback.
+
+First each sink alone (exactly once, duplicates dropped at the bus, the
+classification of failures), then the daemon as a subprocess with a jsonl
+sink as the reference: every event in each bus exactly once and in order,
+through kill -9s, a bus that goes away for a while, and a permanent error
+that dead-letters and is replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from daemon.config import Secret
+from daemon.errors import PermanentSinkError, RetryableSinkError
+from daemon.simulator import Simulator
+from daemon.sinks.nats_jetstream import NatsJetStreamSink
+from daemon.sinks.redis_streams import RedisStreamSink
+from daemon.store.rows import OutboxRow
+from tests.harness.bus_servers import NatsServer, RedisServer
+from tests.harness.daemon_process import (
+    DaemonProcess,
+    cli_output,
+    read_jsonl,
+    send_body,
+    write_config,
+)
+from tests.harness.waiting import wait_until
+
+STREAM = "gws:{account}:events"
+REDIS_STREAM = "gws:default:events"
+SUBJECT = "gws.{account}.{type}"
+JS_STREAM = "GWS"
+
+
+def rows(first: int, count: int, kind: str = "gws.email.state_changed") -> list[OutboxRow]:
+    return [
+        OutboxRow(n, f"event-{n}", kind, f"E-{n}", 1_790_000_000.0 + n, b'{"n":%d}' % n)
+        for n in range(first, first + count)
+    ]
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    async with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def nats_server() -> AsyncIterator[NatsServer]:
+    async with NatsServer() as server:
+        yield server
+
+
+async def redis_entries(url: str, stream: str = REDIS_STREAM) -> list[dict[str, bytes]]:
+    """Each entry of the stream, its fields by name, in stream order."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        entries: Any = await client.xrange(stream)
+    finally:
+        await client.aclose()
+    return [{k.decode(): v for k, v in fields.items()} for _, fields in entries]
+
+
+async def redis_ids(url: str, stream: str = REDIS_STREAM) -> list[str]:
+    return [entry["id"].decode() for entry in await redis_entries(url, stream)]
+
+
+async def nats_ids(url: str, stream: str = JS_STREAM) -> list[str]:
+    """The Nats-Msg-Id of every message in the stream, in stream order."""
+    connection = await nats.connect(url)
+    try:
+        jetstream = connection.jetstream()
+        try:
+            info = await jetstream.stream_info(stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        ids = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            message = await jetstream.get_msg(stream, seq)
+            ids.append((message.headers or {}).get("Nats-Msg-Id", ""))
+        return ids
+    finally:
+        await connection.close()
+
+
+def redis_sink(server: RedisServer, **overrides: Any) -> RedisStreamSink:
+    settings: dict[str, Any] = {"name": "redis", "url": server.url, "stream": STREAM}
+    return RedisStreamSink(**(settings | overrides))
+
+
+def nats_sink(server: NatsServer, **overrides: Any) -> NatsJetStreamSink:
+    settings: dict[str, Any] = {
+        "name": "nats",
+        "servers": [server.url],
+        "subject": SUBJECT,
+        "stream": JS_STREAM,
+        "create_stream": True,
+        "subjects": ["gws.>"],
+        "duplicate_window_seconds": 600.0,
+    }
+    return NatsJetStreamSink(**(settings | overrides))
+
+
+# -- Redis Streams, the sink alone ----------------------------------------------------
+
+
+async def test_redis_appends_each_event_once_with_its_fields(redis_server: RedisServer) -> None:
+    sink = redis_sink(redis_server)
+    try:
+        await sink.deliver(rows(1, 5))
+        await sink.deliver(rows(3, 5))  # 3..5 again, then 6, 7
+    finally:
+        await sink.close()
+
+    assert await redis_ids(redis_server.url) == [f"event-{n}" for n in range(1, 8)]
+    assert sink.duplicates_dropped == 3
+    first = (await redis_entries(redis_server.url))[0]
+    assert first == {
+        "id": b"event-1",
+        "type": b"gws.email.state_changed",
+        "account": b"default",
+        "subject": b"E-1",
+        "time": b"2026-09-21T14:13:21.000000Z",
+        "event": b'{"n":1}',
+    }
+
+
+async def test_redis_stream_name_may_carry_the_event_type(redis_server: RedisServer) -> None:
+    sink = redis_sink(redis_server, stream="gws:{account}:{type}")
+    try:
+        await sink.deliver(rows(1, 2) + rows(3, 1, kind="gws.email.send_rejected"))
+    finally:
+        await sink.close()
+
+    assert await redis_ids(redis_server.url, "gws:default:gws.email.state_changed") == [
+        "event-1",
+        "event-2",
+    ]
+    assert await redis_ids(redis_server.url, "gws:default:gws.email.send_rejected") == ["event-3"]
+
+
+async def test_redis_wrong_type_is_permanent_and_says_how_many_went_in(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.set("gws:default:gws.email.send_rejected", "not a stream")
+    await client.aclose()
+    sink = redis_sink(redis_server, stream="gws:{account}:{type}")
+    batch = rows(1, 2) + rows(3, 1, kind="gws.email.send_rejected") + rows(4, 1)
+    try:
+        with pytest.raises(PermanentSinkError, match="WRONGTYPE") as caught:
+            await sink.deliver(batch)
+        assert caught.value.delivered == 2
+        await sink.deliver(batch[3:])  # the rest goes on
+    finally:
+        await sink.close()
+
+    assert await redis_ids(redis_server.url, "gws:default:gws.email.state_changed") == [
+        "event-1",
+        "event-2",
+        "event-4",
+    ]
+
+
+async def test_redis_down_is_retryable_and_never_shows_the_password(
+    tmp_path: Path,
+) -> None:
+    async with RedisServer(password="s3cret-pass") as server:
+        sink = redis_sink(server, password=Secret("s3cret-pass"))
+        try:
+            await sink.deliver(rows(1, 1))
+            await server.stop()
+            with pytest.raises(RetryableSinkError) as caught:
+                await sink.deliver(rows(2, 1))
+            assert "s3cret-pass" not in str(caught.value)
+            await server.start()
+            await wait_until(
+                lambda: _delivers(sink, rows(2, 1)), timeout=10, what="redis back after restart"
+            )
+        finally:
+            await sink.close()
+        assert await redis_ids(f"redis://:s3cret-pass@127.0.0.1:{server.port}/0") == [
+            "event-1",
+            "event-2",
+        ]
+
+
+async def _delivers(sink: RedisStreamSink | NatsJetStreamSink, batch: list[OutboxRow]) -> bool:
+    try:
+        await sink.deliver(batch)
+    except RetryableSinkError:
+        return False
+    return True
+
+
+# -- NATS JetStream, the sink alone ---------------------------------------------------
+
+
+async def test_jetstream_publishes_each_event_once_and_counts_duplicates(
+    nats_server: NatsServer,
+) -> None:
+    sink = nats_sink(nats_server)
+    try:
+        await sink.deliver(rows(1, 5))
+        await sink.deliver(rows(3, 5))
+    finally:
+        await sink.close()
+
+    assert await nats_ids(nats_server.url) == [f"event-{n}" for n in range(1, 8)]
+    assert sink.duplicates_dropped == 3
+
+
+async def test_jetstream_missing_stream_without_create_is_permanent(
+    nats_server: NatsServer,
+) -> None:
+    sink = nats_sink(nats_server, create_stream=False, stream="MISSING")
+    try:
+        with pytest.raises(PermanentSinkError, match="'MISSING' not found"):
+            await sink.deliver(rows(1, 1))
+    finally:
+        await sink.close()
+
+
+async def test_jetstream_down_is_retryable_then_resumes(nats_server: NatsServer) -> None:
+    sink = nats_sink(nats_server)
+    try:
+        await sink.deliver(rows(1, 2))
+        await nats_server.stop()
+        with pytest.raises(RetryableSinkError):
+            await sink.deliver(rows(3, 1))
+        await nats_server.start()
+        await wait_until(
+            lambda: _delivers(sink, rows(2, 2)), timeout=15, what="JetStream back after restart"
+        )
+    finally:
+        await sink.close()
+
+    assert await nats_ids(nats_server.url) == ["event-1", "event-2", "event-3"]
+
+
+async def test_jetstream_token_authentication(tmp_path: Path) -> None:
+    async with NatsServer(token="t0ken-value") as server:
+        refused = nats_sink(server)
+        sink = nats_sink(server, token=Secret("t0ken-value"))
+        try:
+            with pytest.raises(RetryableSinkError) as caught:
+                await refused.deliver(rows(1, 1))
+            assert "t0ken-value" not in str(caught.value)
+            await sink.deliver(rows(1, 1))
+        finally:
+            await refused.close()
+            await sink.close()
+
+
+# -- the daemon with both buses ---------------------------------------------------------
+
+
+def bus_config(tmp_path: Path, simulator: Simulator, redis: RedisServer, nats_: NatsServer) -> Path:
+    assert simulator.base_url
+    return write_config(
+        tmp_path,
+        gws_url=simulator.base_url,
+        correlation={"send_timeout_seconds": 120},
+        sinks=[
+            {"name": "archive", "type": "jsonl", "path": str(tmp_path / "events.jsonl")},
+            {
+                "name": "redis",
+                "type": "redis",
+                "url": redis.url,
+                "stream": STREAM,
+                "backoff_max_seconds": 0.5,
+            },
+            {
+                "name": "nats",
+                "type": "nats",
+                "url": [nats_.url],
+                "subject": SUBJECT,
+                "stream": JS_STREAM,
+                "create_stream": True,
+                "subjects": ["gws.>"],
+                "duplicate_window_seconds": 3600,
+                "backoff_max_seconds": 0.5,
+            },
+        ],
+    )
+
+
+def archived_ids(tmp_path: Path) -> list[str]:
+    """Event ids in the jsonl sink, first occurrence order (it may hold duplicates)."""
+    return list(dict.fromkeys(e["id"] for e in read_jsonl(tmp_path / "events.jsonl")))
+
+
+async def assert_each_bus_holds_exactly(
+    expected: list[str], redis: RedisServer, nats_: NatsServer
+) -> None:
+    async def caught_up() -> bool:
+        return len(await redis_ids(redis.url)) >= len(expected) and len(
+            await nats_ids(nats_.url)
+        ) >= len(expected)
+
+    await wait_until(caught_up, timeout=60, what=f"{len(expected)} events in both buses")
+    assert await redis_ids(redis.url) == expected
+    assert await nats_ids(nats_.url) == expected
+
+
+async def send_many(daemon: DaemonProcess, count: int, prefix: str) -> None:
+    limit = asyncio.Semaphore(16)
+
+    async def one(n: int) -> None:
+        async with limit:
+            status, _ = await daemon.send(f"{prefix}-{n:05d}")
+            assert status == 200
+
+    await asyncio.gather(*(one(n) for n in range(count)))
+
+
+async def test_every_event_of_a_burst_reaches_both_buses_once_in_order(
+    simulator: Simulator,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+) -> None:
+    config = bus_config(tmp_path, simulator, redis_server, nats_server)
+    async with DaemonProcess(config) as daemon:
+        await send_many(daemon, 200, "B")
+        await daemon.wait_events(tmp_path / "events.jsonl", 200, timeout=60)
+        expected = archived_ids(tmp_path)
+        await assert_each_bus_holds_exactly(expected, redis_server, nats_server)
+        metrics = await daemon.metrics()
+    assert len(expected) == 200
+    assert 'gws_notifyd_sink_deliveries_total{outcome="delivered",sink="redis"} 200.0' in metrics
+    assert 'gws_notifyd_sink_deliveries_total{outcome="delivered",sink="nats"} 200.0' in metrics
+
+
+@pytest.mark.slow
+async def test_kill_9_during_traffic_leaves_no_gap_and_no_duplicate_in_either_bus(
+    simulator: Simulator,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = bus_config(tmp_path, simulator, redis_server, nats_server)
+    daemon = DaemonProcess(config, wait_ready=False)
+    await daemon.start()
+    stop = asyncio.Event()
+    numbers = itertools.count()
+
+    async def produce() -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            while not stop.is_set():
+                api = daemon.api
+                if not api:
+                    await asyncio.sleep(0.01)
+                    continue
+                email_id = f"K-{next(numbers):06d}"
+                try:
+                    async with http.post(
+                        f"{api}/api/v2/me/emails/{email_id}", json=send_body()
+                    ) as response:
+                        await response.read()
+                except (aiohttp.ClientError, TimeoutError):
+                    await asyncio.sleep(0.01)
+
+    producers = [asyncio.create_task(produce()) for _ in range(4)]
+    rng = random.Random(20261127)
+    try:
+        for _ in range(10):
+            await asyncio.sleep(rng.uniform(0.3, 1.0))  # a random moment, not a synchronisation
+            await daemon.kill()
+            await daemon.start()
+    finally:
+        stop.set()
+        await asyncio.gather(*producers)
+    try:
+        # Whatever the archive got, both buses get too: once each.
+        await daemon.wait_ready_status(200)
+        started = time.monotonic()
+        await wait_until(
+            lambda: _settled(tmp_path, redis_server, nats_server),
+            timeout=60,
+            what="both buses to hold every archived event",
+        )
+        expected = archived_ids(tmp_path)
+    finally:
+        await daemon.stop()
+    in_redis, in_nats = await redis_ids(redis_server.url), await nats_ids(nats_server.url)
+    with capsys.disabled():
+        print(
+            f"\n== kill -9 x10 with bus sinks: {len(expected)} events, "
+            f"redis {len(in_redis)} entries, nats {len(in_nats)} messages, "
+            f"archive duplicates {len(read_jsonl(tmp_path / 'events.jsonl')) - len(expected)}, "
+            f"settled in {time.monotonic() - started:.1f} s"
+        )
+    assert len(expected) > 50
+    assert sorted(in_redis) == sorted(expected)
+    assert sorted(in_nats) == sorted(expected)
+    assert len(set(in_redis)) == len(in_redis)
+    assert len(set(in_nats)) == len(in_nats)
+
+
+async def _settled(tmp_path: Path, redis: RedisServer, nats_: NatsServer) -> bool:
+    expected = set(archived_ids(tmp_path))
+    return (
+        set(await redis_ids(redis.url)) >= expected and set(await nats_ids(nats_.url)) >= expected
+    )
+
+
+@pytest.mark.slow
+async def test_buses_away_for_30_seconds_lose_nothing(
+    simulator: Simulator,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+) -> None:
+    config = bus_config(tmp_path, simulator, redis_server, nats_server)
+    async with DaemonProcess(config) as daemon:
+        await send_many(daemon, 20, "A")
+        await redis_server.stop()
+        await nats_server.stop()
+        down_at = time.monotonic()
+        sent = 20
+        while time.monotonic() - down_at < 30:
+            await send_many(daemon, 10, f"D{sent}")
+            sent += 10
+        await daemon.wait_events(tmp_path / "events.jsonl", sent, timeout=60)
+        metrics = await daemon.metrics()
+        assert 'gws_notifyd_outbox_backlog{sink="redis"} 0.0' not in metrics
+        assert 'gws_notifyd_outbox_backlog{sink="nats"} 0.0' not in metrics
+        await redis_server.start()
+        await nats_server.start()
+        await assert_each_bus_holds_exactly(archived_ids(tmp_path), redis_server, nats_server)
+    assert len(archived_ids(tmp_path)) == sent
+
+
+async def test_a_permanent_refusal_dead_letters_and_replay_delivers_it(
+    simulator: Simulator,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    nats_server: NatsServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.set(REDIS_STREAM, "in the way")
+    config = bus_config(tmp_path, simulator, redis_server, nats_server)
+    try:
+        async with DaemonProcess(config) as daemon:
+            await daemon.send("P-1")
+            await daemon.wait_log(
+                lambda e: e.get("event") == "sink_dead_letter" and e.get("sink") == "redis"
+            )
+            listing = await cli_output("dead-letters", "list", "--config", str(config))
+            assert "WRONGTYPE" in listing
+            await client.delete(REDIS_STREAM)
+            replayed = await cli_output(
+                "dead-letters", "replay", "--all", "--sink", "redis", "--config", str(config)
+            )
+            assert "replayed 1 dead letter(s)" in replayed
+            await wait_until(
+                lambda: _redis_has(redis_server, 1), timeout=15, what="the replayed event"
+            )
+    finally:
+        await client.aclose()
+    [event] = read_jsonl(tmp_path / "events.jsonl")
+    assert await redis_ids(redis_server.url) == [event["id"]]
+    [entry] = await redis_entries(redis_server.url)
+    assert orjson.loads(entry["event"]) == event
+
+
+async def _redis_has(server: RedisServer, count: int) -> bool:
+    return len(await redis_ids(server.url)) >= count
