@@ -7,7 +7,7 @@ before `run` does.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import string
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,12 @@ TEMPLATE_FIELDS = frozenset({"account", "type"})
 
 def require_client(table: Table, kind: str) -> None:
     module, install = CLIENTS[kind]
-    if importlib.util.find_spec(module) is None:
-        raise ConfigError(table.key("type"), f"{kind} sinks need the {module} client: {install}")
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(
+            table.key("type"), f"{kind} sinks need the {module} client: {install}"
+        ) from None
 
 
 def template(table: Table, name: str, *, required: bool = True) -> str:

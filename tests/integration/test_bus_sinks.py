@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -481,3 +483,43 @@ async def test_a_permanent_refusal_dead_letters_and_replay_delivers_it(
 
 async def _redis_has(server: RedisServer, count: int) -> bool:
     return len(await redis_ids(server.url)) >= count
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "module", "extra"), [("redis", "redis", "redis"), ("nats", "nats", "nats")]
+)
+async def test_check_names_the_install_command_when_a_bus_client_is_missing(
+    tmp_path: Path, kind: str, module: str, extra: str
+) -> None:
+    sink: dict[str, Any] = {"name": "bus", "type": kind, "stream": "S", "subject": "s.{type}"}
+    sink["url"] = "redis://127.0.0.1:6379/0" if kind == "redis" else "nats://127.0.0.1:4222"
+    config = write_config(tmp_path, gws_url="http://127.0.0.1:9", sinks=[sink])
+    # The library hidden from this one process, as on a machine without the extra.
+    hide = f"import sys; sys.modules[{module!r}] = None; from daemon.cli import main; "
+    code, out, err = await run_python(
+        hide + f"sys.exit(main(['check', '--config', {str(config)!r}]))"
+    )
+
+    assert code == 78
+    assert out == ""
+    assert err == (
+        f"gws-notifyd: config error: sinks[0].type: {kind} sinks need the {module} client: "
+        f"pip install 'gws-notifyd[{extra}]'\n"
+    )
+
+
+async def run_python(code: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "GWS_PASSWORD": "x"},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
