@@ -39,11 +39,14 @@ def sink_path(workdir: Path) -> Path:
     return workdir / "events.jsonl"
 
 
-def daemon_config(workdir: Path, *, gws_url: str) -> Path:
-    """A config with one jsonl sink (`sink_path`) and the store in workdir."""
+def daemon_config(
+    workdir: Path, *, gws_url: str, sinks: Sequence[dict[str, Any]] | None = None
+) -> Path:
+    """A config with the store in workdir and `sinks` (default: one jsonl sink, `sink_path`)."""
     sections = {name: dict(values) for name, values in _BENCH_SECTIONS.items()}
-    sinks = [{"name": "archive", "type": "jsonl", "path": str(sink_path(workdir))}]
-    return write_config(workdir, gws_url=gws_url, sinks=sinks, **sections)
+    if sinks is None:
+        sinks = [{"name": "archive", "type": "jsonl", "path": str(sink_path(workdir))}]
+    return write_config(workdir, gws_url=gws_url, sinks=list(sinks), **sections)
 
 
 def logged(event: str) -> Callable[[dict[str, Any]], bool]:

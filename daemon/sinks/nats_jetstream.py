@@ -114,12 +114,16 @@ class NatsJetStreamSink(Sink):
                 ack.cancel()  # those not awaited: their slot is freed
 
     async def _await_acks(self, acks: list[asyncio.Future[Any]]) -> None:
+        """Every ack within the timeout; the first missing or failed one says how
+        many events at the head of the batch JetStream took."""
+        done, _ = await asyncio.wait(acks, timeout=self._timeout)
         for index, ack in enumerate(acks):
-            try:
-                answer = await asyncio.wait_for(asyncio.shield(ack), self._timeout)
-            except Exception as exc:
-                raise self._failure(exc, delivered=index) from None
-            if answer.duplicate:
+            if ack not in done:
+                raise self._failure(TimeoutError("no ack"), delivered=index)
+            error = ack.exception()
+            if error is not None:
+                raise self._failure(error, delivered=index)
+            if ack.result().duplicate:
                 self.duplicates_dropped += 1
 
     def _failure(self, error: BaseException, *, delivered: int) -> SinkError:

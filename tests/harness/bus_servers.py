@@ -118,7 +118,9 @@ class BusServer:
 
 
 class RedisServer(BusServer):
-    """redis-server with an append-only file (so a restart keeps the streams)."""
+    """redis-server with an append-only file (so a restart keeps the streams: a stop is a
+    SIGTERM, which writes it out).
+    """
 
     name = "redis"
 
@@ -144,7 +146,7 @@ class RedisServer(BusServer):
             "--appendonly",
             "yes",
             "--appendfsync",
-            "always",
+            "everysec",
             "--protected-mode",
             "no",
         ]
