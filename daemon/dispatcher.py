@@ -6,12 +6,22 @@ over, move the cursor only for what the sink took. Retryable failures back off
 `give_up_after_seconds`, moves that one event to dead letters for that sink
 only. A slow or dead sink holds back nothing but itself: the listener writes
 to the store, never to a sink.
+
+A failing store never stops a worker: it reports (`store_retry`), backs off
+and reads again from its cursor. A worker that ends without being stopped is
+reported by `wait_broken()`. A reload keeps unchanged sinks' workers; a changed
+one finishes the batch in its hands (never handed out twice) and its successor
+starts where it stood, even if that cursor could not be saved.
+
+Memory: per sink, `fresh` holds at most MAX_FRESH batches (20 x `batch_size`:
+10,000 events by default, ~20 MB at 2 KB each), emptied when the sink lags.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -21,10 +31,11 @@ import structlog
 
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import SinkSettings
-from daemon.errors import SinkError
+from daemon.errors import SinkError, StoreError
 from daemon.metrics import Metrics
 from daemon.sinks.base import Sink
 from daemon.store import AsyncStore
+from daemon.store.bridge import RETRY_POLICY
 from daemon.store.rows import OutboxRow, StoredEvent
 
 log = structlog.get_logger(logger_name="daemon.dispatcher")
@@ -34,6 +45,12 @@ log = structlog.get_logger(logger_name="daemon.dispatcher")
 IDLE_POLL_SECONDS = 1.0
 # How many batches a sink may have waiting in memory before it reads from the store.
 MAX_FRESH = 20
+# Shutdown: a batch in a sink's hands may finish this long, then it is cancelled
+# (its events are delivered again after the restart: at least once).
+STOP_SECONDS = 2.0
+# Reload: the old worker of a changed sink finishes its batch, up to this long,
+# before the new one starts where it stopped.
+HANDOVER_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -60,8 +77,9 @@ class _Worker:
     # up never reads them back from SQLite. Dropped when the sink falls behind.
     fresh: deque[OutboxRow] = field(default_factory=deque)
     # True while the store may hold events for this sink that `fresh` lacks
-    # (at start, after `fresh` overflowed, on the idle poll).
+    # (at start, after `fresh` overflowed, on the idle poll, after a store failure).
     behind: bool = True
+    store_failures: Backoff = field(default_factory=lambda: Backoff(RETRY_POLICY))
 
 
 class Dispatcher:
@@ -73,59 +91,118 @@ class Dispatcher:
         self._head = 0
         self._saved_cursors: dict[str, int] = {}
         self._dead_letter_counts: dict[str, int] = {}
+        self._reloading = asyncio.Lock()
+        self._closing = False
+        self._broken: str | None = None
+        self._broken_event = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------
 
     async def start(self, sinks: Sequence[tuple[Sink, SinkSettings]]) -> None:
         self._head = await self._store.head_seq()
         self._metrics.outbox_capacity.set(self._max_outbox)
-        await self._start_workers(sinks)
-
-    async def _start_workers(self, sinks: Sequence[tuple[Sink, SinkSettings]]) -> None:
         cursors = await self._store.sync_sinks([s.name for s, _ in sinks])
+        self._start_workers(sinks, cursors)
+
+    def _start_workers(
+        self,
+        sinks: Sequence[tuple[Sink, SinkSettings]],
+        stored: dict[str, int],
+        known: dict[str, int] | None = None,
+    ) -> None:
+        """Workers from the stored cursors, or from `known` ones where those are further on."""
         for sink, settings in sinks:
-            self._metrics.track_sink(sink.name)
-            worker = _Worker(sink, settings, SinkStatus(sink.name, sink.kind, cursors[sink.name]))
-            worker.task = asyncio.create_task(self._run(worker), name=f"sink-{sink.name}")
-            self._workers[sink.name] = worker
+            name = sink.name
+            cursor = max(stored[name], (known or {}).get(name, 0))
+            # What the store holds: a cursor further on is saved with the next write.
+            self._saved_cursors[name] = stored[name]
+            self._metrics.track_sink(name)
+            worker = _Worker(sink, settings, SinkStatus(name, sink.kind, cursor))
+            worker.task = asyncio.create_task(self._run(worker), name=f"sink-{name}")
+            worker.task.add_done_callback(functools.partial(self._ended, worker))
+            self._workers[name] = worker
         self._update_backlog()
 
+    def _ended(self, worker: _Worker, task: asyncio.Task[None]) -> None:
+        if not worker.stop.is_set() and self._broken is None:
+            error = "cancelled" if task.cancelled() else repr(task.exception() or "returned")
+            self._broken = f"sink worker {worker.sink.name} stopped on its own: {error}"
+            self._broken_event.set()
+
+    async def wait_broken(self) -> str:
+        """Return (why) once a sink worker has ended without being asked to stop."""
+        await self._broken_event.wait()
+        return self._broken or ""
+
     async def replace_sinks(self, sinks: Sequence[tuple[Sink, SinkSettings]]) -> None:
-        """SIGHUP: stop the current workers after their batch, start the new ones."""
-        await self._stop_workers()
-        await self._start_workers(sinks)
+        """SIGHUP: new sinks in; unchanged ones keep their worker (the sink built
+        for them is closed unused); changed ones hand over after their batch."""
+        async with self._reloading:
+            running = {name: w.settings for name, w in self._workers.items()}
+            unchanged = {
+                sink.name for sink, settings in sinks if running.get(sink.name) == settings
+            }
+            unused = [sink for sink, _ in sinks if sink.name in unchanged]
+            fresh = [(sink, s) for sink, s in sinks if sink.name not in unchanged]
+            leaving = [w for name, w in self._workers.items() if name not in unchanged]
+            for worker in leaving:
+                del self._workers[worker.sink.name]
+            for sink in unused:
+                await sink.close()
+            known = await self._stop(leaving, patience=HANDOVER_SECONDS)
+            names = [sink.name for sink, _ in sinks]
+            stored = await self._store.retrying(
+                "dispatcher", lambda: self._store.sync_sinks(names), until=lambda: self._closing
+            )
+            if stored is None:  # stopping meanwhile
+                for sink, _ in fresh:
+                    await sink.close()
+                return
+            self._start_workers(fresh, stored, known)
 
     async def drain(self, timeout: float) -> bool:
         """Wait until every sink has taken what was written so far, or `timeout`."""
-        target = self._head
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if all(w.status.cursor >= target for w in self._workers.values()):
-                return True
+        target, deadline = self._head, time.monotonic() + timeout
+        while not (done := all(w.status.cursor >= target for w in self._workers.values())):
+            if time.monotonic() >= deadline:
+                break
             await asyncio.sleep(0.05)
-        return all(w.status.cursor >= target for w in self._workers.values())
+        return done
 
     async def stop(self) -> None:
-        await self._stop_workers()
+        self._closing = True
+        async with self._reloading:
+            workers = list(self._workers.values())
+            self._workers.clear()
+            await self._stop(workers, patience=STOP_SECONDS)
 
-    async def _stop_workers(self) -> None:
-        workers = list(self._workers.values())
-        self._workers.clear()
+    async def _stop(self, workers: list[_Worker], *, patience: float) -> dict[str, int]:
+        """Stop `workers` (a batch in a sink's hands may finish within `patience`),
+        close their sinks and save where they stopped; returns those cursors."""
         for worker in workers:
             worker.stop.set()
             worker.wake.set()
-        for worker in workers:
-            if worker.task is not None:
-                try:
-                    # A batch in a sink's hands may finish; a retry wait may not.
-                    await asyncio.wait_for(asyncio.shield(worker.task), 2.0)
-                except TimeoutError:
-                    worker.task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await worker.task
-            await worker.sink.close()
-        # The last word on where these sinks stand.
-        await self._store.set_cursors({w.sink.name: w.status.cursor for w in workers})
+        await asyncio.gather(*(self._finish(w, patience) for w in workers))
+        cursors = {w.sink.name: w.status.cursor for w in workers}
+        if cursors:
+            try:
+                await self._store.set_cursors(cursors)
+            except StoreError as exc:
+                # Kept in memory: a reload starts from them, the next write saves them.
+                for name in cursors:
+                    self._saved_cursors.pop(name, None)
+                log.warning("cursors_not_saved", error=str(exc), cursors=cursors)
+        return cursors
+
+    @staticmethod
+    async def _finish(worker: _Worker, patience: float) -> None:
+        # asyncio.wait never raises the worker's own error: that was reported when it ended.
+        task = worker.task
+        if task is not None and not (await asyncio.wait({task}, timeout=patience))[0]:
+            log.warning("sink_stop_timeout", sink=worker.sink.name, seconds=patience)
+            task.cancel()
+            await asyncio.wait({task})
+        await worker.sink.close()
 
     # -- events in ----------------------------------------------------------------
 
@@ -164,31 +241,51 @@ class Dispatcher:
     # -- one sink ---------------------------------------------------------------------
 
     async def _run(self, worker: _Worker) -> None:
-        status = worker.status
-        store = self._store
         while not worker.stop.is_set():
             worker.wake.clear()
-            rows = self._take_fresh(worker)
-            if rows:
-                await self._deliver(worker, rows)
-                continue
-            if not worker.behind and not worker.fresh:
-                # Caught up: new events arrive in memory. The timeout is a poll
-                # for what only the store knows (dead letters replayed by the CLI).
-                try:
-                    await asyncio.wait_for(worker.wake.wait(), IDLE_POLL_SECONDS)
-                except TimeoutError:
-                    worker.behind = True
-                continue
-            rows, horizon = await store.read_outbox(
-                worker.sink.name, status.cursor, worker.settings.batch_size
-            )
-            if len(rows) < worker.settings.batch_size:
-                worker.behind = False
-            if rows:
-                await self._deliver(worker, rows)
-            elif horizon > status.cursor:
-                self._advance(worker, horizon)
+            try:
+                await self._step(worker)
+            except StoreError as exc:
+                await self._store_failed(worker, exc)
+
+    async def _step(self, worker: _Worker) -> None:
+        """One batch: from memory if it follows the cursor, else from the store."""
+        status = worker.status
+        rows = self._take_fresh(worker)
+        if rows:
+            await self._deliver(worker, rows)
+            return
+        if not worker.behind and not worker.fresh:
+            # Caught up: new events arrive in memory. The timeout is a poll
+            # for what only the store knows (dead letters replayed by the CLI).
+            try:
+                await asyncio.wait_for(worker.wake.wait(), IDLE_POLL_SECONDS)
+            except TimeoutError:
+                worker.behind = True
+            return
+        rows, horizon = await self._store.read_outbox(
+            worker.sink.name, status.cursor, worker.settings.batch_size
+        )
+        self._store_ok(worker)
+        if len(rows) < worker.settings.batch_size:
+            worker.behind = False
+        if rows:
+            await self._deliver(worker, rows)
+        elif horizon > status.cursor:
+            self._advance(worker, horizon)
+
+    async def _store_failed(self, worker: _Worker, error: StoreError) -> None:
+        """Log, report, back off; then read again from the cursor (what was in hand is re-read)."""
+        delay = worker.store_failures.next_delay()
+        self._store.report_failure(f"sink {worker.sink.name}", error, retry_in=delay)
+        worker.behind = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(worker.stop.wait(), delay)
+
+    def _store_ok(self, worker: _Worker) -> None:
+        if worker.store_failures.attempt:
+            worker.store_failures.reset()
+            self._store.report_recovery(f"sink {worker.sink.name}")
 
     @staticmethod
     def _take_fresh(worker: _Worker) -> list[OutboxRow]:
@@ -212,7 +309,8 @@ class Dispatcher:
 
     def unsaved_cursors(self) -> dict[str, int] | None:
         """Cursors that moved since last handed out to be saved (then taken as saved:
-        a failed write stops the daemon, and the store never moves a cursor back)."""
+        a failed write keeps them for its next attempt, and the store never moves a
+        cursor back)."""
         cursors = {name: w.status.cursor for name, w in self._workers.items()}
         changed = {n: c for n, c in cursors.items() if self._saved_cursors.get(n) != c}
         if not changed:
@@ -223,8 +321,14 @@ class Dispatcher:
     async def save_cursors(self) -> None:
         """Write the cursors that moved since they were last handed out."""
         changed = self.unsaved_cursors()
-        if changed:
+        if not changed:
+            return
+        try:
             await self._store.set_cursors(changed)
+        except StoreError:
+            for name in changed:  # still to be saved
+                self._saved_cursors.pop(name, None)
+            raise
 
     async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> None:
         """Hand `rows` to the sink until it has taken (or dead-lettered) every one."""
@@ -308,6 +412,7 @@ class Dispatcher:
             detail=str(error),
             attempts=attempts,
         )
+        self._store_ok(worker)
         worker.status.cursor = max(worker.status.cursor, row.seq)
         worker.status.dead_lettered += 1
         self._metrics.sink_deliveries.labels(name, "dead_lettered").inc()

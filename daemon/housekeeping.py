@@ -3,9 +3,15 @@
 Owns the periodic work that keeps the store small and its figures current:
 every round it saves the sink cursors that moved, deletes outbox rows every
 sink has taken, checkpoints the WAL (on its own thread), refreshes the dead
-letter counts (the CLI changes them from another process) and warns when the
-outbox nears its cap; every hour it deletes sends resolved longer ago than
-`store.retention_hours`. It never delivers anything and never blocks a commit.
+letter counts (the CLI changes them from another process), prunes dead letters
+past `store.max_dead_letters` (oldest first) and warns when the outbox nears
+its cap; every hour it deletes sends resolved, and dead letters written, longer
+ago than `store.retention_hours`. It never delivers anything and never blocks
+a commit.
+
+A failing store never ends it: a round that fails is reported to the store's
+health (`store_retry`; readiness names `store`) and tried again after a
+backoff; the first round that succeeds reports the recovery.
 """
 
 from __future__ import annotations
@@ -16,16 +22,20 @@ import time
 
 import structlog
 
+from daemon.backoff import Backoff
 from daemon.dispatcher import Dispatcher
+from daemon.errors import StoreError
 from daemon.metrics import Metrics
 from daemon.store import MALFORMED_SINK, AsyncStore
+from daemon.store.bridge import RETRY_POLICY
 
 log = structlog.get_logger(logger_name="daemon.housekeeping")
 
+DUTY = "housekeeping"
 ROUND_SECONDS = 0.25
 # Dead letters are counted every this many rounds (a GROUP BY over the table).
 COUNT_EVERY_ROUNDS = 4
-PRUNE_SENDS_EVERY_SECONDS = 3600.0
+PRUNE_EVERY_SECONDS = 3600.0
 NEAR_FULL_RATIO = 0.8
 NEAR_FULL_WARN_EVERY_SECONDS = 60.0
 
@@ -39,23 +49,39 @@ class Housekeeping:
         metrics: Metrics,
         max_outbox_events: int,
         retention_hours: float,
+        max_dead_letters: int = 100_000,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
         self._metrics = metrics
         self._max_outbox = max_outbox_events
         self.retention_hours = retention_hours
+        self.max_dead_letters = max_dead_letters
         self._warned_full_at = -NEAR_FULL_WARN_EVERY_SECONDS
+        self._next_prune = 0.0
 
     async def run(self) -> None:
-        """Until cancelled: the outbox every round, the sends every hour."""
-        pruning = asyncio.create_task(self._prune_sends(), name="prune-sends")
-        try:
-            for round_ in itertools.count():
-                await self.outbox_round(count_dead_letters=round_ % COUNT_EVERY_ROUNDS == 0)
-                await asyncio.sleep(ROUND_SECONDS)
-        finally:
-            pruning.cancel()
+        """Until cancelled: the outbox every round, old sends and dead letters every hour."""
+        failures = Backoff(RETRY_POLICY)
+        for round_ in itertools.count():
+            try:
+                await self._round(count_dead_letters=round_ % COUNT_EVERY_ROUNDS == 0)
+            except StoreError as exc:
+                delay = failures.next_delay()
+                self._store.report_failure(DUTY, exc, retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            if failures.attempt:
+                failures.reset()
+                self._store.report_recovery(DUTY)
+            await asyncio.sleep(ROUND_SECONDS)
+
+    async def _round(self, *, count_dead_letters: bool) -> None:
+        await self.outbox_round(count_dead_letters=count_dead_letters)
+        if time.monotonic() >= self._next_prune:
+            await self.prune_sends()
+            await self.prune_dead_letters()
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
 
     async def outbox_round(self, *, count_dead_letters: bool = True) -> None:
         # Small, frequent prunes: one large DELETE would hold up the
@@ -66,10 +92,7 @@ class Housekeeping:
         self._metrics.outbox_events.set(rows)
         await self._store.checkpoint()
         if count_dead_letters:
-            counts = await self._store.dead_letter_counts()
-            self._dispatcher.count_dead_letters(counts)
-            for name in {*counts, *self._dispatcher.sink_names, MALFORMED_SINK}:
-                self._metrics.dead_letters.labels(name).set(counts.get(name, 0))
+            await self._count_dead_letters()
         now = time.monotonic()
         if (
             rows >= NEAR_FULL_RATIO * self._max_outbox
@@ -83,6 +106,15 @@ class Housekeeping:
                 backlog=self._dispatcher.backlog(),
             )
 
+    async def _count_dead_letters(self) -> None:
+        counts = await self._store.dead_letter_counts()
+        if sum(counts.values()) > self.max_dead_letters:
+            await self.prune_dead_letters()
+            counts = await self._store.dead_letter_counts()
+        self._dispatcher.count_dead_letters(counts)
+        for name in {*counts, *self._dispatcher.sink_names, MALFORMED_SINK}:
+            self._metrics.dead_letters.labels(name).set(counts.get(name, 0))
+
     async def prune_sends(self) -> int:
         """Delete sends resolved more than `retention_hours` ago."""
         cutoff = time.time() - self.retention_hours * 3600
@@ -91,7 +123,12 @@ class Housekeeping:
             log.info("sends_pruned", removed=removed)
         return removed
 
-    async def _prune_sends(self) -> None:
-        while True:
-            await self.prune_sends()
-            await asyncio.sleep(PRUNE_SENDS_EVERY_SECONDS)
+    async def prune_dead_letters(self) -> int:
+        """Delete dead letters older than `retention_hours`, then the oldest past
+        `max_dead_letters`."""
+        removed = await self._store.prune_dead_letters(
+            failed_before=time.time() - self.retention_hours * 3600, keep=self.max_dead_letters
+        )
+        if removed:
+            log.info("dead_letters_pruned", removed=removed, kept_at_most=self.max_dead_letters)
+        return removed

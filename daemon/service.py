@@ -5,8 +5,11 @@ dispatcher -> local API (health answers from here on) -> housekeeping -> GWS
 login (retried, unless told not to wait) -> notification listener. READY=1
 once subscribed.
 
-serve(): until SIGTERM/SIGINT, or until the listener ends on its own (exit
-70 for a store failure, 69 otherwise).
+serve(): until SIGTERM/SIGINT, or until something fatal happens: a background
+task (listener, housekeeping, a sink worker, the watchdog and status helpers)
+ends on its own, or a duty fails on the store for `store.failure_exit_seconds`.
+Either is one `error` line (`task_stopped`, `store_failed`) and exit 70, so
+that systemd starts the daemon afresh; never a quiet stop.
 
 shutdown(): /readyz goes 503 and new Sends get 503 + Retry-After; Sends
 already in flight finish; CometD disconnects; sinks drain for at most
@@ -25,7 +28,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -81,8 +84,11 @@ class Service:
         self._stop = asyncio.Event()
         self._signals = 0
         self._parts: Components | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._listening: asyncio.Task[None] | None = None
+        self._exit_code: int | None = None
+        self._stopping = False
+        self._reload_lock = asyncio.Lock()
         self._previous_handlers: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     # -- the whole life -------------------------------------------------------------
@@ -100,13 +106,19 @@ class Service:
             return exc.exit_code
         except StoreError as exc:
             # The store is the truth; without it nothing can be promised.
-            log.error("store_failed", error=str(exc))
+            if self._exit_code is None:
+                log.error("store_failed", error=str(exc))
+            else:  # the cause is logged already; this is its echo while stopping
+                log.warning("shutdown_incomplete", error=str(exc))
             return exitcodes.SOFTWARE
 
     async def startup(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.settings
         self.metrics.build_info.info({"version": __version__})
         parts = self._parts = await build_components(settings, stack, metrics=self.metrics)
+        # A real write before anything else: a read-only file or a full disk
+        # stops the start here, with one line, instead of passing for ready.
+        await parts.store.check_writable()
         restored = await parts.tracker.restore()
         try:
             sinks = build_sinks(settings)
@@ -127,17 +139,52 @@ class Service:
             self._on_started()
         self._install_signals()
         stack.callback(self._remove_signals)
-        self._tasks = [
-            asyncio.create_task(self._watchdog(), name="watchdog"),
-            asyncio.create_task(self._report_status(), name="status"),
-            asyncio.create_task(parts.housekeeping.run(), name="housekeeping"),
-        ]
         stack.push_async_callback(_cancel, self._tasks)
+        self._start_background(parts)
         await self._login(parts)
         if not self._stop.is_set():
-            self._listening = asyncio.create_task(parts.listener.run(), name="listener")
+            self._listening = self._supervised(parts.listener.run(), "listener")
             stack.push_async_callback(parts.listener.close)
             self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
+
+    def _start_background(self, parts: Components) -> None:
+        """The duties that run until shutdown; any of them ending is fatal."""
+        self._supervised(parts.housekeeping.run(), "housekeeping")
+        self._supervised(parts.dispatcher.wait_broken(), "sink-workers")
+        self._supervised(parts.store.wait_failed_too_long(), "store-health")
+        if self.notifier.watchdog_seconds is not None:
+            self._supervised(self._watchdog(self.notifier.watchdog_seconds), "watchdog")
+        if self.notifier.enabled:
+            self._supervised(self._report_status(), "status")
+
+    def _supervised(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(self._ended)
+        self._tasks.append(task)
+        return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        """A supervised task ended: fine while stopping, fatal otherwise (exit 70)."""
+        if self._stopping:
+            return
+        name = task.get_name()
+        if task.cancelled():
+            reason = "cancelled"
+        elif (error := task.exception()) is not None:
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            reason = str(task.result() or "returned")
+        if name == "store-health":
+            self._fail("store_failed", error=reason)
+        else:
+            self._fail("task_stopped", task=name, error=reason)
+
+    def _fail(self, event: str, **fields: object) -> None:
+        """Stop with exit 70, saying why in one line (only the first cause is logged)."""
+        if self._exit_code is None:
+            self._exit_code = exitcodes.SOFTWARE
+            log.error(event, exit_code=self._exit_code, **fields)
+        self._stop.set()
 
     async def _serve_api(self, parts: Components, stack: contextlib.AsyncExitStack) -> None:
         http = self.settings.http
@@ -163,18 +210,10 @@ class Service:
             )
 
     async def serve(self) -> int:
-        """Until a stop is requested (0), or the listener ends on its own."""
-        listening = self._listening
-        if listening is None:
-            return exitcodes.OK
-        stop = asyncio.create_task(self._stop.wait())
-        done, _ = await asyncio.wait({stop, listening}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if listening not in done:
-            return exitcodes.OK
-        error = listening.exception()
-        log.error("listener_stopped", error=str(error))
-        return exitcodes.SOFTWARE if isinstance(error, StoreError) else exitcodes.UNAVAILABLE
+        """Until a stop is requested (0), or something fatal happens (70, see `_ended`)."""
+        await self._stop.wait()
+        self._stopping = True
+        return self._exit_code if self._exit_code is not None else exitcodes.OK
 
     async def shutdown(self) -> None:
         """Drain: sends in flight finish, the listener stops, sinks catch up (bounded)."""
@@ -182,6 +221,7 @@ class Service:
         assert parts is not None
         budget = self.settings.service.shutdown_timeout_seconds
         started = time.monotonic()
+        self._stopping = True
         parts.state.draining = True
         self.notifier.stopping("draining")
         log.info(
@@ -246,7 +286,7 @@ class Service:
         }
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
 
     def _remove_signals(self) -> None:
         """Give the signals back as they were (asyncio.run's own SIGINT handler included)."""
@@ -268,8 +308,25 @@ class Service:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _on_reload_signal(self) -> None:
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._tasks.append(task)
+        task.add_done_callback(self._reloaded)
+
+    def _reloaded(self, task: asyncio.Task[bool]) -> None:
+        self._tasks.remove(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("reload_failed", error=f"{type(error).__name__}: {error}")
+
     async def reload(self) -> bool:
-        """Re-read the config: sinks and timeouts change, the rest needs a restart."""
+        """Re-read the config: sinks and timeouts change, the rest needs a restart.
+
+        One at a time: a SIGHUP during a reload waits for it.
+        """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         source = self.settings.source
         parts = self._parts
         if source is None or parts is None:
@@ -308,18 +365,13 @@ class Service:
         return f"{head}; {len(parts.tracker)} pending sends; backlog {backlog}"
 
     async def _report_status(self) -> None:
-        if not self.notifier.enabled:
-            return
         while True:
             self.notifier.status(self._status_line())
             await asyncio.sleep(STATUS_EVERY_SECONDS)
 
-    async def _watchdog(self) -> None:
+    async def _watchdog(self, interval: float) -> None:
         # Pinged from the event loop itself: a loop stuck for the whole
         # WATCHDOG_USEC is killed by systemd rather than left hanging.
-        interval = self.notifier.watchdog_seconds
-        if interval is None:
-            return
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(interval / 2)

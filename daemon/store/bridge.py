@@ -14,10 +14,11 @@ on the store in the background report their failures and recoveries here, and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from daemon.backoff import Backoff, BackoffPolicy
 from daemon.errors import StoreError
 from daemon.sends import SendRecord
 from daemon.store.database import Store
@@ -30,6 +31,9 @@ R = TypeVar("R")
 # How long readiness waits for its heartbeat write (queued behind the commits
 # already waiting on the store's thread) before it calls the store not ready.
 READY_WRITE_SECONDS = 2.0
+# `retrying`: a lock held elsewhere fails each try only after the busy timeout;
+# a full disk fails at once.
+RETRY_POLICY = BackoffPolicy(initial=0.1, maximum=5.0, floor=0.05)
 
 
 class AsyncStore:
@@ -117,15 +121,37 @@ class AsyncStore:
 
     # -- health ------------------------------------------------------------------
 
-    def report_failure(self, duty: str, error: BaseException | str) -> float:
-        """A duty failed on the store; returns how long it has been failing."""
-        return self._health.failed(duty, error)
+    def report_failure(
+        self, duty: str, error: BaseException, *, retry_in: float, **context: object
+    ) -> float:
+        """A duty failed on the store and retries in `retry_in` s (logged as
+        `store_retry`); returns how long it has been failing."""
+        return self._health.failed(duty, error, retry_in=retry_in, **context)
 
     def report_recovery(self, duty: str) -> None:
         self._health.recovered(duty)
 
     def failing_duties(self) -> dict[str, str]:
         return self._health.failing()
+
+    async def retrying(
+        self, duty: str, call: Callable[[], Awaitable[R]], *, until: Callable[[], bool]
+    ) -> R | None:
+        """`await call()` until it succeeds, reporting each StoreError (backoff
+        between tries); None if `until()` turns true first."""
+        backoff = Backoff(RETRY_POLICY)
+        while not until():
+            try:
+                result = await call()
+            except StoreError as exc:
+                delay = backoff.next_delay()
+                self.report_failure(duty, exc, retry_in=delay)
+                await asyncio.sleep(delay)
+                continue
+            if backoff.attempt:
+                self.report_recovery(duty)
+            return result
+        return None
 
     async def wait_failed_too_long(self) -> str:
         """Return (why) once a duty has failed for `failure_exit_seconds`."""

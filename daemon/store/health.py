@@ -38,8 +38,11 @@ class StoreHealth:
         self._failing: dict[str, _Failure] = {}
         self._changed = asyncio.Event()
 
-    def failed(self, duty: str, error: BaseException | str) -> float:
-        """`duty` failed on the store (again); returns for how long it has been failing."""
+    def failed(
+        self, duty: str, error: BaseException | str, *, retry_in: float, **context: object
+    ) -> float:
+        """`duty` failed on the store (again) and retries in `retry_in` s; logged as
+        `store_retry`. Returns for how long it has been failing."""
         now = self._clock()
         failure = self._failing.get(duty)
         if failure is None:
@@ -48,6 +51,15 @@ class StoreHealth:
             failure.error = str(error)
             failure.attempts += 1
         self._changed.set()
+        log.warning(
+            "store_retry",
+            duty=duty,
+            error=failure.error,
+            attempt=failure.attempts,
+            retry_in_seconds=round(retry_in, 3),
+            failing_seconds=round(now - failure.since, 3),
+            **context,
+        )
         return now - failure.since
 
     def recovered(self, duty: str) -> None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
-from daemon.backoff import Backoff, BackoffPolicy
+from daemon.backoff import Backoff
 from daemon.errors import StoreError
+from daemon.store.bridge import RETRY_POLICY as STORE_RETRY_POLICY
 from daemon.store.bridge import AsyncStore
 from daemon.store.rows import KeptInput, SendRow, SendUpdate, StoredEvent
 
@@ -28,7 +29,8 @@ log = structlog.get_logger(logger_name="daemon.store")
 DUTY = "writer"
 # A lock held by another process fails a commit only after the busy timeout;
 # a read-only file or a full disk fails it at once: the backoff spares the CPU.
-RETRY_POLICY = BackoffPolicy(initial=0.1, maximum=2.0, floor=0.05)
+# Capped lower than other duties' retries: Sends wait for this one.
+RETRY_POLICY = replace(STORE_RETRY_POLICY, maximum=2.0)
 
 
 @dataclass(slots=True)
@@ -95,6 +97,7 @@ class OutcomeWriter:
         self._retry: asyncio.TimerHandle | None = None
         self._backoff = Backoff(RETRY_POLICY)
         self._last_error: BaseException | None = None
+        self._closed = False
 
     def write(
         self,
@@ -120,9 +123,18 @@ class OutcomeWriter:
         group.malformed.extend(malformed)
         if inserts and group.admitted is None:
             group.admitted = loop.create_future()
-        if self._running is None and self._retry is None:
+            if self._closed:
+                group.admitted.set_exception(StoreError("the store is closed"))
+        if self._running is None and self._retry is None and not self._closed:
             self._launch()
         return group.admitted if inserts and group.admitted is not None else group.done
+
+    def close(self) -> None:
+        """No more attempts (the store is about to close): what is queued stays unwritten."""
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
 
     @property
     def queued_events(self) -> int:
@@ -161,7 +173,7 @@ class OutcomeWriter:
             self._failed(group, error)
         if self._attempt is not None and not self._attempt.done():
             self._attempt.set_result(error is None)
-        if self._next is not None and self._retry is None:
+        if self._next is not None and self._retry is None and not self._closed:
             self._launch()
 
     def _committed(self, group: _Group, head: int) -> None:
@@ -183,15 +195,13 @@ class OutcomeWriter:
     def _failed(self, group: _Group, error: StoreError) -> None:
         self._last_error = error
         delay = self._backoff.next_delay()
-        failing = self._store.report_failure(DUTY, error)
-        log.error(
-            "store_write_failed",
-            error=str(error),
+        self._store.report_failure(
+            DUTY,
+            error,
+            retry_in=delay,
             sends_refused=len(group.inserts),
             kept_events=len(group.events),
             kept_updates=len(group.updates),
-            retry_in_seconds=round(delay, 3),
-            failing_seconds=round(failing, 3),
         )
         if group.admitted is not None and not group.admitted.done():
             group.admitted.set_exception(error)
@@ -206,7 +216,7 @@ class OutcomeWriter:
 
     def _retry_now(self) -> None:
         self._retry = None
-        if self._running is None and self._next is not None:
+        if self._running is None and self._next is not None and not self._closed:
             self._launch()
 
     async def flush(self) -> None:
