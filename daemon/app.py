@@ -73,7 +73,9 @@ async def build_components(
             settings.store.path,
             synchronous=settings.store.synchronous,
             max_outbox_events=settings.store.max_outbox_events,
-        )
+            busy_timeout_seconds=settings.store.busy_timeout_seconds,
+        ),
+        failure_exit_seconds=settings.store.failure_exit_seconds,
     )
     stack.push_async_callback(store.close)
     dispatcher = Dispatcher(
@@ -82,6 +84,7 @@ async def build_components(
     writer = OutcomeWriter(
         store, on_committed=dispatcher.notify, cursors=dispatcher.unsaved_cursors
     )
+    stack.callback(writer.close)
     tracker = Tracker(
         correlator=Correlator(send_timeout_seconds=settings.correlation.send_timeout_seconds),
         store=store,
@@ -111,6 +114,7 @@ async def build_components(
             metrics=metrics,
             max_outbox_events=settings.store.max_outbox_events,
             retention_hours=settings.store.retention_hours,
+            max_dead_letters=settings.store.max_dead_letters,
         ),
         state=RuntimeState(),
     )
