@@ -10,8 +10,10 @@ The rules (README, "Correlation"):
    an Error, or a StatusChange to state Sent. Its referenceId is learned.
 4. A repeat of an outcome for a send resolved a moment ago is matched to the
    same send again (so it gets the same event id and receivers can dedupe).
-5. Anything else is unmatched and forwarded with `correlated: false`.
-6. A pending send past its deadline is handed out for a GET; the caller then
+5. An Error without an email (GWS sends some) resolves the one pending send
+   of this GWS session with its referenceId, if exactly one has it.
+6. Anything else is unmatched and forwarded with `correlated: false`.
+7. A pending send past its deadline is handed out for a GET; the caller then
    resolves it, times it out, or postpones the next check.
 """
 
@@ -49,6 +51,8 @@ class Correlator:
         self._pending: dict[str, SendRecord] = {}
         self._by_email: dict[str, list[SendRecord]] = {}
         self._by_reference: dict[int, SendRecord] = {}
+        # Pending sends by the referenceId GWS gave them in the current HTTP session.
+        self._session_refs: dict[int, list[SendRecord]] = {}
         self._deadlines: list[tuple[float, str]] = []
         self._checking: set[str] = set()
         self._recent: OrderedDict[str, SendRecord] = OrderedDict()
@@ -133,8 +137,15 @@ class Correlator:
         self._schedule(send)
         return send
 
+    def new_session(self) -> None:
+        """A new GWS HTTP session: its referenceIds start again (rule 5)."""
+        self._session_refs.clear()
+
     def _set_reference(self, send: SendRecord, reference_id: int) -> None:
         send.reference_id = reference_id
+        holders = self._session_refs.setdefault(reference_id, [])
+        if all(h is not send for h in holders):
+            holders.append(send)
         previous = self._by_reference.get(reference_id)
         if previous is not None and previous is not send:
             # A per-session counter came round again; the newest send owns it.
@@ -154,6 +165,12 @@ class Correlator:
                     del self._by_email[send.email_id]
         if send.reference_id is not None and self._by_reference.get(send.reference_id) is send:
             del self._by_reference[send.reference_id]
+        reference_id = send.reference_id
+        holders = self._session_refs.get(reference_id) if reference_id is not None else None
+        if reference_id is not None and holders is not None:
+            holders[:] = [h for h in holders if h is not send]
+            if not holders:
+                del self._session_refs[reference_id]
 
     def _finish(self, send: SendRecord, status: SendStatus, now: float) -> SendRecord:
         self._remove(send)
@@ -208,6 +225,8 @@ class Correlator:
         """Which send this notification is the outcome of; changes nothing."""
         if not change.is_outcome:
             return Unmatched(change)
+        if change.email_id is None:
+            return self._find_by_reference_alone(change)
         reference_id = change.reference_id
         if reference_id is not None:
             send = self._by_reference.get(reference_id)
@@ -227,6 +246,13 @@ class Correlator:
             or recent.reference_id == reference_id
         ):
             return Matched(recent, change, repeat=True)
+        return Unmatched(change)
+
+    def _find_by_reference_alone(self, change: EmailStateChange) -> Decision:
+        reference_id = change.reference_id
+        holders = self._session_refs.get(reference_id) if reference_id is not None else None
+        if holders is not None and len(holders) == 1:
+            return Matched(holders[0], change)
         return Unmatched(change)
 
     def _match(self, send: SendRecord, change: EmailStateChange, now: float) -> None:

@@ -26,6 +26,9 @@ STATE_CHANGED = "gws.email.state_changed"
 SEND_REJECTED = "gws.email.send_rejected"
 SEND_TIMED_OUT = "gws.email.send_timed_out"
 EVENT_TYPES = (STATE_CHANGED, SEND_REJECTED, SEND_TIMED_OUT)
+# `data.reason` of a send_timed_out: still Composing at the deadline; GWS no
+# longer knows the email (404); its read-backs kept failing until the give-up time.
+TIMED_OUT_REASONS = ("not_sent", "not_found", "read_back_failed")
 
 # Fixed namespace for this project's event ids (uuid5 of the project URL).
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/gws-notifyd/gws-notifyd/events")
@@ -93,12 +96,19 @@ class EventFactory:
         received_at: float,
     ) -> Event:
         """A notification, correlated to `send` or not. (The per-message hot path:
-        one dict literal and one orjson call, the send's part serialised once.)"""
+        one dict literal and one orjson call, the send's part serialised once.)
+
+        An Error without an email has no email id of its own: tied to a send, it
+        takes the send's; otherwise the event has no `subject` and a null `emailId`.
+        """
+        email_id = change.email_id
         if send is not None:
             id_ = event_id(send.send_id, STATE_CHANGED, change.notification_type, change.state)
             reference_id = change.reference_id
             if reference_id is None:
                 reference_id = send.reference_id
+            if email_id is None:
+                email_id = send.email_id
             send_summary: orjson.Fragment | None = send.summary_json()
             latency: float | None = round(received_at - send.requested_at, 6)
         else:
@@ -111,31 +121,31 @@ class EventFactory:
             )
             reference_id = change.reference_id
             send_summary = latency = None
-        body = orjson.dumps(
-            {
-                "specversion": "1.0",
-                "id": id_,
-                "source": self.source,
-                "type": STATE_CHANGED,
-                "subject": change.email_id,
-                # Microseconds: receipt -> sink latency is measured from this.
-                "time": self._time(received_at),
-                "datacontenttype": "application/json",
-                "data": {
-                    "referenceId": reference_id,
-                    "emailId": change.email_id,
-                    "state": change.state,
-                    "notificationType": change.notification_type,
-                    "correlated": send is not None,
-                    "reconciled": False,
-                    "send": send_summary,
-                    "latencySeconds": latency,
-                    "notification": orjson.Fragment(change.raw),
-                    "channel": change.channel,
-                },
-            }
-        )
-        return Event(id_, STATE_CHANGED, change.email_id, received_at, body)
+        envelope = {
+            "specversion": "1.0",
+            "id": id_,
+            "source": self.source,
+            "type": STATE_CHANGED,
+            "subject": email_id,
+            # Microseconds: receipt -> sink latency is measured from this.
+            "time": self._time(received_at),
+            "datacontenttype": "application/json",
+            "data": {
+                "referenceId": reference_id,
+                "emailId": email_id,
+                "state": change.state,
+                "notificationType": change.notification_type,
+                "correlated": send is not None,
+                "reconciled": False,
+                "send": send_summary,
+                "latencySeconds": latency,
+                "notification": orjson.Fragment(change.raw),
+                "channel": change.channel,
+            },
+        }
+        if email_id is None:
+            del envelope["subject"]  # CloudEvents: a subject is a non-empty string, or absent
+        return Event(id_, STATE_CHANGED, email_id, received_at, orjson.dumps(envelope))
 
     def reconciled(self, send: SendRecord, *, state: str | None, at: float) -> Event:
         """An outcome read back from GWS by GET, because its notification never came."""
@@ -189,7 +199,10 @@ class EventFactory:
             data=data,
         )
 
-    def timed_out(self, send: SendRecord, *, last_state: str | None, at: float) -> Event:
+    def timed_out(
+        self, send: SendRecord, *, last_state: str | None, reason: str, at: float
+    ) -> Event:
+        """No outcome by the deadline: `reason` is TIMED_OUT_REASONS' word for why."""
         data = _outcome_data(
             send,
             email_id=send.email_id,
@@ -200,6 +213,7 @@ class EventFactory:
             at=at,
         )
         data["notification"] = None
+        data["reason"] = reason
         return self._event(
             id_=event_id(send.send_id, SEND_TIMED_OUT),
             type_=SEND_TIMED_OUT,

@@ -1,9 +1,15 @@
 """GWS notifications, parsed once into typed objects. Never trusts its input.
 
 Owns: deciding what a notification is (an email state change, another GWS
-message we ignore, or something malformed) and why. It never raises on bad
-input: a malformed message comes back as `Malformed` with a reason from the
-fixed set `MALFORMED_REASONS`, which is also the metric's label set.
+message we count and do not forward, or something malformed) and why. Every
+well-formed message is legitimate, whatever its `messageType`: GWS has more
+types than its docs list. Only a message that cannot be used is `Malformed`,
+with a reason from the fixed set `MALFORMED_REASONS` (the metric's label set).
+It never raises on bad input.
+
+An email `Error` may come without an `email` object (its shape is not
+documented): it is kept as an `EmailStateChange` whose `email_id` is None,
+for the correlator to tie by `referenceId` alone.
 """
 
 from __future__ import annotations
@@ -38,21 +44,23 @@ EMAIL_NOTIFICATION_TYPES = frozenset(
 # Notification types that carry the outcome of an operation such as Send.
 OUTCOME_TYPES = frozenset({"StatusChange", ERROR})
 
-# Other GWS message types that may arrive on channels an operator subscribes
-# to (calls, devices, chats...). They are counted and otherwise ignored.
+# The other GWS message types the docs name (GWS API v2: CallStateChangeMessage
+# with ErrorMessage for calls, ChatStateChangeMessage with MessageLogUpdated,
+# OpenmediaStateChangeMessage with a lower-case m, the workbin messages,
+# OutboundRecordMessage on /v2/me/outbound). They, and any type not named
+# here, are counted and not forwarded; metrics label an unnamed type "other".
 KNOWN_OTHER_TYPES = frozenset(
     {
         "CallStateChangeMessage",
+        "ErrorMessage",
         "DeviceStateChangeMessage",
         "ChatStateChangeMessage",
+        "MessageLogUpdated",
         "WorkitemStateChangeMessage",
-        "OpenMediaStateChangeMessage",
-        "ServiceStateChangeMessage",
-        "ChannelStateChangeMessage",
-        "UserStateChangeMessage",
-        "WorkbinContentChanged",
-        "CurrentUserStateChangeMessage",
-        "EmailMessage",
+        "OpenmediaStateChangeMessage",
+        "WorkbinStateChangeMessage",
+        "WorkbinSubscriptionStateChangeMessage",
+        "OutboundRecordMessage",
     }
 )
 
@@ -62,7 +70,6 @@ KNOWN_MESSAGE_TYPES = KNOWN_OTHER_TYPES | {EMAIL_STATE_CHANGE}
 MALFORMED_REASONS = (
     "not_an_object",
     "no_message_type",
-    "unknown_message_type",
     "no_notification_type",
     "no_email",
     "no_email_id",
@@ -82,12 +89,15 @@ KEPT_BYTES = 64 * 1024
 
 
 class EmailStateChange(NamedTuple):
-    """One EmailStateChangeMessage. `raw` is the GWS `data` object as JSON bytes."""
+    """One EmailStateChangeMessage. `raw` is the GWS `data` object as JSON bytes.
+
+    `email_id` is None only for an `Error` that came without an email.
+    """
 
     channel: str
     notification_type: str
     reference_id: int | None
-    email_id: str
+    email_id: str | None
     state: str | None
     raw: bytes
 
@@ -98,7 +108,8 @@ class EmailStateChange(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Ignored:
-    """A well-formed GWS message of a type the daemon does not forward."""
+    """A well-formed GWS message of a type the daemon does not forward (any type
+    but EmailStateChangeMessage, named in the docs or not)."""
 
     channel: str
     message_type: str
@@ -138,10 +149,13 @@ def parse_message(
         reason, detail = problem
         return Malformed(channel, reason, detail, raw[:KEPT_BYTES])
     assert isinstance(data, dict)
-    email = data["email"]
+    email = data.get("email")
     reference_id = data.get("referenceId")
     if isinstance(reference_id, str):
         reference_id = int(reference_id)
+    if not isinstance(email, dict) or not email.get("id"):
+        # An Error without an email (see the module docstring).
+        return EmailStateChange(channel, ERROR, reference_id, None, None, raw)
     return EmailStateChange(
         channel, data["notificationType"], reference_id, email["id"], email.get("state"), raw
     )
@@ -157,9 +171,7 @@ def _problem(data: object, size: int, max_bytes: int) -> tuple[str, str] | Ignor
     if not isinstance(message_type, str) or not message_type:
         return "no_message_type", "messageType is missing or not a string"
     if message_type != EMAIL_STATE_CHANGE:
-        if message_type in KNOWN_OTHER_TYPES:
-            return Ignored("", message_type)
-        return "unknown_message_type", f"messageType {message_type[:80]!r}"
+        return Ignored("", message_type)
     return _email_problem(data)
 
 
@@ -169,6 +181,9 @@ def _email_problem(data: dict[str, Any]) -> tuple[str, str] | None:
     if not isinstance(notification_type, str) or not notification_type:
         return "no_notification_type", "notificationType is missing or not a string"
     email = data.get("email")
+    if notification_type == ERROR and (email is None or _no_id(email)):
+        # An Error may come without its email; its referenceId may be all there is.
+        return _reference_id_problem(data.get("referenceId"))
     if not isinstance(email, dict):
         return "no_email", "email is missing or not an object"
     email_id = email.get("id")
@@ -178,6 +193,10 @@ def _email_problem(data: dict[str, Any]) -> tuple[str, str] | None:
     if state is not None and not isinstance(state, str):
         return "bad_state", "email.state is not a string"
     return _reference_id_problem(data.get("referenceId"))
+
+
+def _no_id(email: object) -> bool:
+    return isinstance(email, dict) and email.get("id") in (None, "")
 
 
 def _reference_id_problem(reference_id: object) -> tuple[str, str] | None:

@@ -160,6 +160,43 @@ def test_reference_id_of_the_send_fills_in_when_the_notification_has_none(
     assert data["referenceId"] == 26
 
 
+ERROR_WITHOUT_EMAIL = {
+    "messageType": "EmailStateChangeMessage",
+    "notificationType": "Error",
+    "referenceId": 26,
+    "errorMessage": "Email server unavailable",
+}
+
+
+def test_an_error_without_email_tied_to_a_send_takes_the_sends_email_id(
+    factory: EventFactory,
+) -> None:
+    change = parse_message("/v2/me/emails", ERROR_WITHOUT_EMAIL)
+    assert isinstance(change, EmailStateChange)
+
+    event = factory.state_changed(change, make_send(), received_at=REQUESTED_AT)
+
+    body = envelope(event)
+    assert body["subject"] == "01QG9WAK37H38024" == event.email_id
+    assert body["data"]["emailId"] == "01QG9WAK37H38024"
+    assert body["data"]["correlated"] is True
+    assert body["data"]["notification"] == ERROR_WITHOUT_EMAIL
+
+
+def test_an_unmatched_error_without_email_has_no_subject(factory: EventFactory) -> None:
+    change = parse_message("/v2/me/emails", ERROR_WITHOUT_EMAIL)
+    assert isinstance(change, EmailStateChange)
+
+    event = factory.state_changed(change, None, received_at=REQUESTED_AT)
+
+    body = envelope(event)
+    assert "subject" not in body
+    assert event.email_id is None
+    assert body["data"]["emailId"] is None
+    assert body["data"]["referenceId"] == 26
+    assert event.id == factory.state_changed(change, None, received_at=REQUESTED_AT + 5).id
+
+
 def test_reconciled_event_shape(factory: EventFactory) -> None:
     event = factory.reconciled(make_send(), state="Sent", at=REQUESTED_AT + 120)
 
@@ -214,7 +251,9 @@ def test_rejected_before_gws_answered_has_no_status(factory: EventFactory) -> No
 def test_timed_out_event_shape(factory: EventFactory) -> None:
     send = make_send(status=SendStatus.TIMED_OUT)
 
-    event = factory.timed_out(send, last_state="Composing", at=REQUESTED_AT + 240)
+    event = factory.timed_out(
+        send, last_state="Composing", reason="not_sent", at=REQUESTED_AT + 240
+    )
 
     body = envelope(event)
     data = body["data"]
@@ -227,6 +266,7 @@ def test_timed_out_event_shape(factory: EventFactory) -> None:
     assert data["reconciled"] is True
     assert data["correlated"] is True
     assert data["latencySeconds"] == 240.0
+    assert data["reason"] == "not_sent"
 
 
 def test_event_types_are_the_three_of_the_contract() -> None:
@@ -307,9 +347,13 @@ def test_rejected_and_timed_out_ids_are_per_send_and_type(factory: EventFactory)
     rejected_again = factory.rejected(
         send, status_code=4, status_message="y", http_status=503, at=REQUESTED_AT + 9
     )
-    timed_out = factory.timed_out(send, last_state=None, at=REQUESTED_AT)
-    timed_out_again = factory.timed_out(send, last_state="Composing", at=REQUESTED_AT + 9)
-    other = factory.timed_out(make_send(send_id="s-other"), last_state=None, at=REQUESTED_AT)
+    timed_out = factory.timed_out(send, last_state=None, reason="not_found", at=REQUESTED_AT)
+    timed_out_again = factory.timed_out(
+        send, last_state="Composing", reason="not_sent", at=REQUESTED_AT + 9
+    )
+    other = factory.timed_out(
+        make_send(send_id="s-other"), last_state=None, reason="not_found", at=REQUESTED_AT
+    )
 
     assert rejected.id == rejected_again.id
     assert timed_out.id == timed_out_again.id

@@ -101,6 +101,84 @@ def test_known_other_message_types_are_ignored(message_type: str) -> None:
     assert parsed == Ignored("/v2/me/calls", message_type)
 
 
+def test_the_documented_spellings_are_known_and_the_invented_ones_are_not() -> None:
+    assert {
+        "OpenmediaStateChangeMessage",
+        "WorkbinStateChangeMessage",
+        "WorkbinSubscriptionStateChangeMessage",
+        "ErrorMessage",
+        "MessageLogUpdated",
+        "OutboundRecordMessage",
+    } <= KNOWN_OTHER_TYPES
+    assert not {"OpenMediaStateChangeMessage", "WorkbinContentChanged"} & KNOWN_OTHER_TYPES
+
+
+@pytest.mark.parametrize("message_type", ["FaxStateChangeMessage", "x", "PasswordChangeRequired"])
+def test_a_well_formed_message_of_an_unknown_type_is_data_not_malformed(
+    message_type: str,
+) -> None:
+    parsed = parse_message("/v2/me", {"messageType": message_type, "anything": [1]})
+    assert parsed == Ignored("/v2/me", message_type)
+
+
+@pytest.mark.parametrize(
+    "notification_type",
+    ["StatusChange", "PropertiesUpdated", "EmailSaved", "AttachmentAdded", "AttachmentRemoved"],
+)
+def test_every_email_notification_type_parses(notification_type: str) -> None:
+    parsed = parse_message(CHANNEL, notification(notificationType=notification_type))
+    assert isinstance(parsed, EmailStateChange)
+    assert parsed.notification_type == notification_type
+
+
+def test_an_inbound_email_in_processing_with_extra_fields_parses() -> None:
+    inbound = notification(
+        referenceId=32,
+        email={
+            "id": "0002KaCJ7EHD000A",
+            "state": "Processing",
+            "receivedDate": "2015-01-20T14:15:03.000+0000",
+            "assignedTo": "agent1",
+            "emailType": "Inbound",
+            "contactId": "0002KaCJ7EHD0009",
+            "suggestedQueueUris": [],
+        },
+    )
+    parsed = parse_message(CHANNEL, inbound)
+    assert isinstance(parsed, EmailStateChange)
+    assert (parsed.email_id, parsed.state, parsed.reference_id) == (
+        "0002KaCJ7EHD000A",
+        "Processing",
+        32,
+    )
+
+
+@pytest.mark.parametrize(
+    "email", [None, {}, {"id": ""}, {"state": "Composing"}], ids=["none", "empty", "blank", "no-id"]
+)
+def test_an_error_without_an_email_is_an_outcome_with_no_email_id(email: object) -> None:
+    data = {
+        "messageType": "EmailStateChangeMessage",
+        "notificationType": "Error",
+        "referenceId": 7,
+        "errorMessage": "Email server unavailable",
+    }
+    if email is not None:
+        data["email"] = email
+    parsed = parse_message(CHANNEL, data)
+    assert isinstance(parsed, EmailStateChange)
+    assert (parsed.email_id, parsed.reference_id, parsed.state) == (None, 7, None)
+    assert parsed.is_outcome
+    assert orjson.loads(parsed.raw) == data
+
+
+def test_an_error_without_email_or_reference_id_still_parses() -> None:
+    data = {"messageType": "EmailStateChangeMessage", "notificationType": "Error"}
+    parsed = parse_message(CHANNEL, data)
+    assert isinstance(parsed, EmailStateChange)
+    assert (parsed.email_id, parsed.reference_id) == (None, None)
+
+
 MALFORMED_CASES: list[tuple[str, object]] = [
     ("not_an_object", ["messageType", "EmailStateChangeMessage"]),
     ("not_an_object", "EmailStateChangeMessage"),
@@ -108,15 +186,17 @@ MALFORMED_CASES: list[tuple[str, object]] = [
     ("no_message_type", notification(messageType=None)),
     ("no_message_type", notification(messageType="")),
     ("no_message_type", notification(messageType=7)),
-    ("unknown_message_type", notification(messageType="FaxStateChangeMessage")),
     ("no_notification_type", notification(notificationType=None)),
     ("no_notification_type", notification(notificationType=3)),
     ("no_notification_type", notification(notificationType="")),
     ("no_email", notification(email=None)),
     ("no_email", notification(email="01QG9WAK37H38024")),
+    ("no_email", notification(notificationType="Error", email="01QG9WAK37H38024")),
     ("no_email_id", with_email(id=None)),
     ("no_email_id", with_email(id="")),
     ("no_email_id", with_email(id=42)),
+    ("no_email_id", notification(notificationType="Error", email={"id": 42})),
+    ("bad_reference_id", notification(notificationType="Error", email=None, referenceId="x")),
     ("bad_reference_id", notification(referenceId="twenty-six")),
     ("bad_reference_id", notification(referenceId=26.5)),
     ("bad_reference_id", notification(referenceId=True)),
@@ -260,6 +340,6 @@ def test_near_valid_notifications_never_raise(
     parsed = parse_message(CHANNEL, data)
     assert isinstance(parsed, EmailStateChange | Ignored | Malformed)
     if isinstance(parsed, EmailStateChange):
-        assert parsed.email_id == email_id
+        assert parsed.email_id == (email_id if email_id else None)
         assert parsed.reference_id is None or isinstance(parsed.reference_id, int)
         assert parsed.state is None or isinstance(parsed.state, str)
