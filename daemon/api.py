@@ -284,6 +284,8 @@ async def readiness(context: ApiContext) -> dict[str, Any]:
     checks: dict[str, Any] = {
         "subscribed": context.listener.subscribed,
         "notDraining": not context.state.draining,
+        # False while GWS refuses the credentials (the daemon waits to log in again).
+        "gws_auth": not context.listener.credentials_refused,
     }
     try:
         # A real write (the heartbeat row), and no background duty failing on the store.

@@ -97,7 +97,11 @@ async def build_components(
     await session.open()
     stack.push_async_callback(session.close)
     listener = NotificationListener(
-        session=session, tracker=tracker, metrics=metrics, settings=settings.gws
+        session=session,
+        tracker=tracker,
+        metrics=metrics,
+        settings=settings.gws,
+        give_up_seconds=settings.correlation.read_back_give_up_seconds,
     )
     return Components(
         settings=settings,

@@ -17,6 +17,7 @@ SEND_OUTCOMES = ("accepted", "rejected", "error")
 CORRELATION_RESULTS = ("matched", "unmatched", "timed_out", "reconciled")
 DELIVERY_OUTCOMES = ("delivered", "retried", "dead_lettered")
 RECONCILIATION_RESULTS = ("resolved", "still_pending", "timed_out", "failed")
+LOGIN_FAILURE_REASONS = ("refused", "unreachable", "error")
 
 # Send -> outcome takes from tens of milliseconds to minutes.
 _OUTCOME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -51,6 +52,8 @@ class Metrics:
             self.notifications_malformed.labels(reason)
         for result in RECONCILIATION_RESULTS:
             self.reconciliations.labels(result)
+        for reason in LOGIN_FAILURE_REASONS:
+            self.gws_login_failures.labels(reason)
 
     def _define_send_metrics(self, r: CollectorRegistry) -> None:
         self.notifications_received = Counter(
@@ -151,6 +154,18 @@ class Metrics:
             PREFIX + "reconciliations_total",
             "Pending sends read back from GWS by GET, by result.",
             ["result"],
+            registry=r,
+        )
+        self.gws_login_failures = Counter(
+            PREFIX + "gws_login_failures",
+            "Failed GWS logins after start-up, by reason (refused: the credentials; "
+            "unreachable: no answer; error: any other failure).",
+            ["reason"],
+            registry=r,
+        )
+        self.gws_credentials_refused = Gauge(
+            PREFIX + "gws_credentials_refused",
+            "1 while GWS refuses the credentials (the daemon waits before each new try).",
             registry=r,
         )
         self.gws_requests = Histogram(

@@ -1,10 +1,20 @@
 """The notification listener: subscribes, receives, reconciles, checks deadlines.
 
-Owns the Bayeux client for GWS and the two read-back duties of README
-"Correlation", rule 6: after every (re)handshake it re-logs in (a new
-GWS session needs a new CSRF token and contact-center session), then reads
-back the state of every pending send; and it GETs each send whose deadline
-passed. It hands every batch to the tracker and never waits on a sink.
+Owns the Bayeux client for GWS, the GWS session's life after start-up, and
+the read-back duties of README "Correlation":
+
+- the session first, then the handshake: before every re-handshake (and
+  after an HTTP 401/403 under Bayeux) the session keeper makes sure the HTTP
+  session lives, logging in again, at a pace that never locks the agent out,
+  when it does not (`daemon.gws.login`); every Bayeux request carries the
+  session's Basic auth and CSRF token;
+- after every (re)subscription it reads back every pending send;
+- each send past its deadline is read back (one workspace listing when
+  several are due, then a GET per email not listed), and every one of them
+  ends: resolved, or timed out as `not_sent`, `not_found` or, once its
+  read-backs have failed for `read_back_give_up_seconds`, `read_back_failed`.
+
+It hands every batch to the tracker and never waits on a sink.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import structlog
 
@@ -19,6 +30,7 @@ from daemon.backoff import BackoffPolicy
 from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Subscribed
 from daemon.config import GwsSettings
 from daemon.errors import GwsError
+from daemon.gws.login import SessionKeeper
 from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
 from daemon.sends import SendRecord, SendStatus
@@ -26,10 +38,7 @@ from daemon.tracker import Tracker
 
 log = structlog.get_logger(logger_name="daemon.notifications")
 
-# GETs in parallel while reconciling: enough to read back 1,000 sends in about
-# a second, few enough not to look like an attack to GWS.
-READ_BACK_CONCURRENCY = 16
-# After a failed deadline check, the next one waits this long.
+# After a failed deadline check, the next one waits this long (never past the give-up time).
 RECHECK_POLICY = BackoffPolicy(initial=5.0, maximum=60.0, floor=1.0)
 
 
@@ -41,11 +50,12 @@ class NotificationListener:
         tracker: Tracker,
         metrics: Metrics,
         settings: GwsSettings,
+        give_up_seconds: float = 3600.0,
     ) -> None:
         self._session = session
         self._tracker = tracker
         self._metrics = metrics
-        self._settings = settings
+        self._keeper = SessionKeeper(session=session, settings=settings, metrics=metrics)
         self._client = BayeuxClient(
             session=session.http,
             settings=ClientSettings(
@@ -54,21 +64,32 @@ class NotificationListener:
                 allow_websocket=settings.allow_websocket,
                 max_response_bytes=settings.max_batch_bytes,
                 batch_window=settings.batch_window_seconds,
+                # A fast first retry, growing to retry_max_seconds, jittered.
+                backoff=BackoffPolicy(initial=0.1, maximum=settings.retry_max_seconds, floor=0.05),
             ),
             on_batch=tracker.on_batch,
             on_subscribed=self._on_subscribed,
             on_state=self._on_state,
+            headers=session.bayeux_headers,
+            before_handshake=self._before_handshake,
         )
         self._subscribed = False
         self.first_subscription = asyncio.Event()
         self._reconciling: asyncio.Task[None] | None = None
-        self._limit = asyncio.Semaphore(READ_BACK_CONCURRENCY)
-        self._failed_checks: dict[str, int] = {}
+        self._limit = asyncio.Semaphore(settings.read_back_concurrency)
+        self._give_up_seconds = give_up_seconds
+        # send id -> (failed deadline checks, when its read-backs are given up)
+        self._failed_checks: dict[str, tuple[int, float]] = {}
         self.reconcile_seconds: float | None = None
 
     @property
     def subscribed(self) -> bool:
         return self._subscribed
+
+    @property
+    def credentials_refused(self) -> bool:
+        """True while GWS refuses the credentials (`/readyz` names `gws_auth`)."""
+        return self._keeper.credentials_refused
 
     @property
     def state(self) -> ConnectionState:
@@ -77,6 +98,10 @@ class NotificationListener:
     @property
     def transport(self) -> str | None:
         return self._client.transport_name
+
+    def retry_login_now(self) -> None:
+        """Try the next login at once (SIGHUP: the password file may have been rotated)."""
+        self._keeper.retry_now()
 
     async def run(self) -> None:
         """Until close(): the Bayeux client, and the deadline checks beside it."""
@@ -108,16 +133,14 @@ class NotificationListener:
             self._metrics.cometd_subscribed.set(0)
         log.info("cometd_state", state=state.value)
 
-    async def _on_subscribed(self, info: Subscribed) -> None:
+    async def _before_handshake(self) -> None:
+        # A handshake on a dead HTTP session never succeeds when GWS authorises
+        # CometD by the session cookie: the session first.
+        if await self._keeper.ensure():
+            self._tracker.new_gws_session()
+
+    async def _on_subscribed(self, _info: Subscribed) -> None:
         self._metrics.cometd_handshakes.inc()
-        if info.rehandshake:
-            # GWS may have dropped our whole HTTP session (that is what an
-            # unknown client usually means): a new one needs a new CSRF token
-            # and a new contact-center session before we can GET or Send.
-            try:
-                await self._session.login()
-            except GwsError as exc:
-                log.warning("gws_relogin_failed", error=str(exc))
         self._subscribed = True
         self.first_subscription.set()
         self._metrics.cometd_subscribed.set(1)
@@ -128,7 +151,7 @@ class NotificationListener:
         self._reconciling = asyncio.create_task(self.reconcile(), name="reconcile")
 
     async def reconcile(self) -> None:
-        """Read back every pending send whose answer we have.
+        """Read back every pending send whose answer we have (none is timed out here).
 
         One GET of the whole workspace first; a GET per email only for the
         sends it does not show (GWS may drop a sent email from the list).
@@ -138,11 +161,7 @@ class NotificationListener:
             self.reconcile_seconds = 0.0
             return
         started = time.perf_counter()
-        try:
-            listed = await self._session.list_emails()
-        except GwsError as exc:
-            log.warning("list_emails_failed", error=str(exc))
-            listed = {}
+        listed = await self._list_workspace()
         # Together, so that their writes share transactions (group commit).
         results = await asyncio.gather(
             *(
@@ -160,8 +179,16 @@ class NotificationListener:
             seconds=round(self.reconcile_seconds, 3),
         )
 
+    async def _list_workspace(self) -> dict[str, dict[str, Any]]:
+        """Every email of the workspace by id; {} when GWS cannot list it now."""
+        try:
+            return await self._session.list_emails()
+        except GwsError as exc:
+            log.warning("list_emails_failed", error=str(exc))
+            return {}
+
     async def _read_back(self, send: SendRecord, *, final: bool) -> bool:
-        """GET one email and apply it (at most READ_BACK_CONCURRENCY at a time)."""
+        """GET one email (at most `read_back_concurrency` at a time) and apply it."""
         async with self._limit:
             if self._tracker.get(send.send_id) is None:
                 self._failed_checks.pop(send.send_id, None)
@@ -173,21 +200,49 @@ class NotificationListener:
                 log.warning(
                     "read_back_failed", send_id=send.send_id, email_id=send.email_id, error=str(exc)
                 )
-                if final:
-                    failures = self._failed_checks.get(send.send_id, 0) + 1
-                    self._failed_checks[send.send_id] = failures
-                    self._tracker.postpone(
-                        send.send_id, time.time() + RECHECK_POLICY.delay(failures)
-                    )
-                return False
+                failed = True
+            else:
+                failed = False
+        if failed:
+            return final and await self._after_failed_check(send)
+        self._failed_checks.pop(send.send_id, None)
+        return await self._tracker.read_back(send, email, final=final)
+
+    async def _after_failed_check(self, send: SendRecord) -> bool:
+        """Check again later, or, past the give-up time, end the send (`read_back_failed`)."""
+        now = time.time()
+        deadline = send.due_at if send.due_at is not None else now
+        failures, give_up_at = self._failed_checks.get(
+            send.send_id, (0, deadline + self._give_up_seconds)
+        )
+        if now >= give_up_at:
             self._failed_checks.pop(send.send_id, None)
-            return await self._tracker.read_back(send, email, final=final)
+            return await self._tracker.read_back(send, None, final=True, failed=True)
+        failures += 1
+        self._failed_checks[send.send_id] = (failures, give_up_at)
+        self._tracker.postpone(send.send_id, min(now + RECHECK_POLICY.delay(failures), give_up_at))
+        return False
+
+    async def _check_deadlines(self, due: list[SendRecord]) -> None:
+        """Read back the sends past their deadline: one listing when several are due."""
+        listed = await self._list_workspace() if len(due) > 1 else {}
+        await asyncio.gather(
+            *(
+                self._tracker.read_back(s, listed[s.email_id], final=True)
+                if s.email_id in listed
+                else self._read_back(s, final=True)
+                for s in due
+            )
+        )
+        for send in due:
+            if send.email_id in listed:
+                self._failed_checks.pop(send.send_id, None)
 
     async def _deadline_loop(self) -> None:
         while True:
             due = self._tracker.due(time.time())
             if due:
-                await asyncio.gather(*(self._read_back(s, final=True) for s in due))
+                await self._check_deadlines(due)
             next_at = self._tracker.next_deadline()
             wait = 1.0 if next_at is None else min(1.0, max(0.05, next_at - time.time()))
             await asyncio.sleep(wait)

@@ -331,6 +331,7 @@ class Service:
         parts = self._parts
         if source is None or parts is None:
             return False
+        parts.listener.retry_login_now()  # a rotated password file is tried at once
         try:
             new = load_settings(Path(source))
             sinks = build_sinks(new)

@@ -28,6 +28,7 @@ from daemon.config.settings import (
     SinkSettings,
     StoreSettings,
 )
+from daemon.config.values import read_secret_file
 
 __all__ = [
     "SINK_TYPES",
@@ -41,5 +42,6 @@ __all__ = [
     "SinkSettings",
     "StoreSettings",
     "load_settings",
+    "read_secret_file",
     "settings_from_dict",
 ]

@@ -101,7 +101,7 @@ def _gws(
 ) -> GwsSettings:
     base_url = http_url(table, "base_url")
     username = table.string("username", required=True)
-    password = _gws_password(table, base, environ, need_password=need_password)
+    password, password_file = _gws_password(table, base, environ, need_password=need_password)
     path = table.string("notifications_path", "/api/v2/notifications")
     if not path.startswith("/"):
         raise ConfigError(table.key("notifications_path"), "must start with /")
@@ -111,6 +111,7 @@ def _gws(
         base_url=base_url,
         username=username,
         password=password,
+        password_file=password_file,
         notifications_path=path.rstrip("/") or "/",
         channels=channels,
         start_session=table.boolean("start_session", True),
@@ -131,15 +132,19 @@ def _gws(
 
 def _gws_password(
     table: Table, base: Path, environ: Mapping[str, str], *, need_password: bool
-) -> Secret:
-    """The first of: password, password_file, $GWS_PASSWORD, the systemd credential."""
+) -> tuple[Secret, Path | None]:
+    """The first of: password, password_file, $GWS_PASSWORD, the systemd credential;
+    and the file it came from, if it came from one."""
     password = secret(table, base, value_key="password", file_key="password_file")
+    file_text = table.optional_string("password_file")
+    source = resolve(file_text, base) if password is not None and file_text else None
     if password is None and environ.get("GWS_PASSWORD"):
         password = Secret(environ["GWS_PASSWORD"])
     if password is None and environ.get("CREDENTIALS_DIRECTORY"):
         candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / "gws-password"
         if candidate.exists():
             password = read_secret_file("$CREDENTIALS_DIRECTORY/gws-password", str(candidate), base)
+            source = candidate
     if password is None and not need_password:
         password = Secret("")
     if password is None:
@@ -148,7 +153,7 @@ def _gws_password(
             "no password: set password or password_file, or $GWS_PASSWORD, "
             "or provide the systemd credential gws-password",
         )
-    return password
+    return password, source
 
 
 def _channels(table: Table) -> tuple[str, ...]:

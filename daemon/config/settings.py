@@ -42,6 +42,9 @@ class GwsSettings:
     base_url: str
     username: str
     password: Secret
+    # The file `password` was read from (password_file, or the systemd credential):
+    # read again at every login, so that a rotated password needs no restart.
+    password_file: Path | None = None
     notifications_path: str = "/api/v2/notifications"
     channels: tuple[str, ...] = ("/v2/me/emails",)
     start_session: bool = True

@@ -1,8 +1,15 @@
 """One GWS agent session over HTTP: auth, cookies, CSRF, and the REST calls we make.
 
 Owns the aiohttp `ClientSession` that REST *and* CometD share, because GWS
-ties both to the same Basic auth header and JSESSIONID cookie. Every failure
-is translated here into the project's GwsError tree:
+ties both to the same Basic auth header and JSESSIONID cookie; the headers
+every CometD request needs (`bayeux_headers`: Basic auth and the CSRF token);
+and the session's life: `login()` reads the password afresh each time (a
+rotated password file needs no restart), `ensure()` tells a live session from
+a lost one. While GWS refuses the credentials, no other request is sent: each
+would be one more failed login towards the agent's account being locked.
+How often to try again is `daemon.gws.login`'s business, not this module's.
+
+Every failure is translated here into the project's GwsError tree:
 
 - `GwsRequestError`     GWS answered with an HTTP error or a non-zero statusCode;
 - `GwsUnreachableError` the request never left (refused, DNS, TLS): GWS did nothing;
@@ -15,7 +22,7 @@ from __future__ import annotations
 import base64
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -23,9 +30,11 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 import structlog
+from yarl import URL
 
-from daemon.config import GwsSettings
+from daemon.config import GwsSettings, read_secret_file
 from daemon.errors import (
+    ConfigError,
     GwsAnswerLostError,
     GwsError,
     GwsRequestError,
@@ -39,6 +48,11 @@ _JSON = "application/json"
 # The part of `request_timeout_seconds` that connecting (a pooled connection,
 # TCP, TLS) may take.
 CONNECT_SHARE = 0.5
+# GWS's HTTP session cookie: a new one means a new session, whose contact-center
+# session must be started again.
+SESSION_COOKIE = "JSESSIONID"
+# The requests that log in; the only ones sent while the credentials are refused.
+_LOGIN_OPERATIONS = frozenset({"GetMe", "StartContactCenterSession"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +88,12 @@ class Answer:
         return 200 <= self.http_status < 300 and self.status_code in (0, None)
 
 
+def is_refusal(exc: GwsRequestError) -> bool:
+    """Whether a failed login means the credentials were refused (never retry fast)."""
+    # 401/403 to Basic auth; statusCode 8 (password change demanded), 20 (not authenticated).
+    return exc.http_status in (401, 403) or exc.status_code in (8, 20)
+
+
 def _ssl_context(settings: GwsSettings) -> ssl.SSLContext | bool:
     if not settings.verify_tls:
         return False
@@ -90,6 +110,9 @@ class GwsSession:
         self._metrics = metrics
         self._http: aiohttp.ClientSession | None = None
         self._csrf: tuple[str, str] | None = None
+        self._authorization = basic_authorization(settings.username, settings.password.reveal())
+        self._session_cookie: str | None = None  # JSESSIONID at the last login
+        self.credentials_refused = False
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -101,13 +124,8 @@ class GwsSession:
         # unsafe=True: aiohttp's default jar drops cookies of IP-address hosts,
         # and GWS (JSESSIONID) and CometD servers (BAYEUX_BROWSER) need them.
         self._http = aiohttp.ClientSession(
-            # A default header rather than aiohttp.BasicAuth (deprecated in
-            # aiohttp 3.14); it also reaches the CometD WebSocket upgrade.
-            headers={
-                "Authorization": basic_authorization(
-                    self.settings.username, self.settings.password.reveal()
-                )
-            },
+            # No default Authorization header: the password may change between
+            # logins, so every request (CometD's too) gets it from `_authorization`.
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             connector=aiohttp.TCPConnector(ssl=_ssl_context(self.settings), limit=64),
             # A connect of its own, shorter than the whole: when it runs out aiohttp
@@ -137,6 +155,11 @@ class GwsSession:
         body: bytes | None = None,
         params: Mapping[str, str] | None = None,
     ) -> Answer:
+        if self.credentials_refused and operation not in _LOGIN_OPERATIONS:
+            raise GwsUnreachableError(
+                f"{operation}: not sent: GWS refused the credentials of gws.username "
+                f"{self.settings.username!r}; waiting to log in again"
+            )
         started = time.perf_counter()
         result = "error"
         try:
@@ -171,7 +194,7 @@ class GwsSession:
             )
 
     def _headers(self, method: str, *, with_body: bool) -> dict[str, str]:
-        headers = {"Accept": _JSON}
+        headers = {"Accept": _JSON, "Authorization": self._authorization}
         if with_body:
             headers["Content-Type"] = _JSON
         if method != "GET" and self._csrf is not None:
@@ -224,9 +247,79 @@ class GwsSession:
         answer = await self._request("GET", "/api/v2/me", operation="GetMe")
         _raise_unless_ok(answer, "GetMe")
 
-    async def login(self) -> None:
-        """Learn the CSRF token and, if configured, start the contact-center session."""
-        await self.refresh_csrf()
+    # -- the session's life ------------------------------------------------------------
+
+    def bayeux_headers(self) -> dict[str, str]:
+        """What every CometD request carries besides the cookies: Basic auth, the CSRF token."""
+        headers = {"Authorization": self._authorization}
+        if self._csrf is not None:
+            headers[self._csrf[0]] = self._csrf[1]
+        return headers
+
+    @property
+    def csrf_header_name(self) -> str | None:
+        """The CSRF header GWS named (X-CSRF-HEADER), once learned."""
+        return self._csrf[0] if self._csrf is not None else None
+
+    def cookie_names(self) -> list[str]:
+        """The names (never the values) of the cookies GWS set for this session."""
+        return sorted(self.http.cookie_jar.filter_cookies(URL(self._url("/"))).keys())
+
+    def _session_id(self) -> str | None:
+        cookie = self.http.cookie_jar.filter_cookies(URL(self._url("/"))).get(SESSION_COOKIE)
+        return cookie.value if cookie is not None else None
+
+    def _take_password(self) -> None:
+        """The password as its source holds it now (a file is read again)."""
+        path = self.settings.password_file
+        if path is None:
+            return
+        try:
+            password = read_secret_file("gws.password_file", str(path), path.parent)
+        except ConfigError as exc:
+            # Mid-rotation, say: the password last read stays in use.
+            log.warning("gws_password_unreadable", error=str(exc))
+            return
+        self._authorization = basic_authorization(self.settings.username, password.reveal())
+
+    async def login(self) -> Answer | None:
+        """Log in afresh: the password read again, GET /api/v2/me (cookie, CSRF token),
+        then StartContactCenterSession if configured (its answer is returned).
+
+        Raises GwsRequestError (see `is_refusal`), GwsUnreachableError, GwsAnswerLostError.
+        """
+        self._take_password()
+        await self._checked(self._request("GET", "/api/v2/me", operation="GetMe"))
+        return await self._start_contact_center()
+
+    async def ensure(self) -> bool:
+        """Make sure the HTTP session lives: GET /api/v2/me with the password as it is now.
+
+        The same session (cookie) as at the last login: True, nothing more to do.
+        A new or no session cookie: the contact-center session is started again
+        (a login), and False. Raises as `login()` does.
+        """
+        self._take_password()
+        before = self._session_cookie
+        await self._checked(self._request("GET", "/api/v2/me", operation="GetMe"))
+        if before is not None and self._session_id() == before:
+            return True
+        await self._start_contact_center()
+        return False
+
+    async def _checked(self, request: Awaitable[Answer]) -> None:
+        """The login GET: refused credentials (or not) are remembered."""
+        answer = await request
+        failure = _failure(answer, "GetMe")
+        if failure is not None:
+            # Only a refusal changes what is known of the credentials: GWS
+            # unreachable or failing says nothing about them.
+            self.credentials_refused = self.credentials_refused or is_refusal(failure)
+            raise failure
+        self.credentials_refused = False
+
+    async def _start_contact_center(self) -> Answer | None:
+        answer: Answer | None = None
         if self.settings.start_session:
             answer = await self._call(
                 "POST",
@@ -239,13 +332,19 @@ class GwsSession:
             if answer.status_code == 7:
                 log.warning("gws_session_partial", status_message=answer.status_message)
             elif not answer.ok:
-                _raise_unless_ok(answer, "StartContactCenterSession")
+                failure = _failure(answer, "StartContactCenterSession")
+                assert failure is not None
+                self.credentials_refused = is_refusal(failure)
+                raise failure
+        self._session_cookie = self._session_id()
         log.info(
             "gws_logged_in",
             base_url=self.settings.base_url,
             username=self.settings.username,
             csrf=self._csrf is not None,
+            session_cookie=self._session_cookie is not None,
         )
+        return answer
 
     async def email_operation(self, email_id: str, body: bytes, *, operation: str) -> Answer:
         """POST an operation (Send, or anything else passed through) on an email.
@@ -304,12 +403,19 @@ def _is_csrf_refusal(answer: Answer) -> bool:
     return b"csrf" in answer.raw.lower()
 
 
+def _failure(answer: Answer, operation: str) -> GwsRequestError | None:
+    if answer.ok:
+        return None
+    return GwsRequestError(
+        operation=operation,
+        http_status=answer.http_status,
+        status_code=answer.status_code,
+        status_message=answer.status_message,
+        body=answer.body,
+    )
+
+
 def _raise_unless_ok(answer: Answer, operation: str) -> None:
-    if not answer.ok:
-        raise GwsRequestError(
-            operation=operation,
-            http_status=answer.http_status,
-            status_code=answer.status_code,
-            status_message=answer.status_message,
-            body=answer.body,
-        )
+    failure = _failure(answer, operation)
+    if failure is not None:
+        raise failure

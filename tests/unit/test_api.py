@@ -109,6 +109,7 @@ async def get_json(client: Client, path: str, **headers: str) -> tuple[int, Any]
 async def test_a_valid_send_answers_with_send_id_and_reference_id(
     api: Api, simulator: Simulator
 ) -> None:
+    simulator.settings.reference_id_in_answer = True  # the docs' GWS answers without one
     status, answer = await post_send(api.client, "A-1", send_body())
 
     assert status == 200

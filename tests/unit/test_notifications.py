@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ import pytest
 
 from daemon.cometd import ConnectionState
 from daemon.config import GwsSettings
+from daemon.errors import GwsUnreachableError
 from daemon.events import SEND_TIMED_OUT, STATE_CHANGED
 from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
@@ -97,6 +99,9 @@ async def test_it_subscribes_and_says_so(
         lambda: listener.state is ConnectionState.CONNECTED, timeout=DEADLINE, what="connected"
     )
     assert listener.transport == "long-polling"
+    # GWS wants the CSRF token on CometD POSTs too: every one carried it.
+    assert simulator.bayeux_posts >= 3
+    assert simulator.bayeux_posts_without_csrf == 0
 
 
 async def test_a_send_made_through_the_simulator_produces_its_event_via_the_tracker(
@@ -193,6 +198,7 @@ async def test_a_send_still_composing_at_its_deadline_is_timed_out(
     )
     assert event["type"] == SEND_TIMED_OUT
     assert event["data"]["state"] == "Composing"
+    assert event["data"]["reason"] == "not_sent"
 
 
 async def test_close_ends_run_and_leaves_the_subscription(
@@ -217,3 +223,168 @@ async def test_close_ends_run_and_leaves_the_subscription(
     assert listener.subscribed is False
     assert metric_value("gws_notifyd_cometd_subscribed") == 0
     assert simulator.subscriber_count() == 0
+
+
+# -- every accepted send ends: the read-back tells why ----------------------------------
+
+
+@pytest.fixture
+async def listener_with(
+    gws_session: GwsSession, tracker: Tracker, metrics: Metrics, gws_settings: GwsSettings
+) -> AsyncIterator[Callable[..., Awaitable[NotificationListener]]]:
+    """`await listener_with(give_up_seconds=..., **gws_changes)`: a subscribed listener."""
+    running: list[tuple[NotificationListener, asyncio.Task[None]]] = []
+
+    async def make(give_up_seconds: float = 3600.0, **changes: Any) -> NotificationListener:
+        await gws_session.login()
+        made = NotificationListener(
+            session=gws_session,
+            tracker=tracker,
+            metrics=metrics,
+            settings=dataclasses.replace(gws_settings, **changes),
+            give_up_seconds=give_up_seconds,
+        )
+        running.append((made, asyncio.create_task(made.run())))
+        await wait_until(made.first_subscription.is_set, timeout=DEADLINE, what="subscribed")
+        return made
+
+    yield make
+    for made, task in running:
+        await made.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, DEADLINE)
+
+
+async def test_a_send_whose_email_left_the_workspace_ends_not_found(
+    listener_with: Callable[..., Awaitable[NotificationListener]],
+    tracker: Tracker,
+    gws_session: GwsSession,
+    simulator: Simulator,
+    committed: list[dict[str, Any]],
+) -> None:
+    await listener_with()
+    simulator.settings.drop_emails.add("N-6")
+    simulator.settings.sent_emails_leave = True  # GET answers 404
+    tracker.set_send_timeout(SHORT_SEND_TIMEOUT)
+
+    record = await send(tracker, gws_session, "N-6")
+
+    [event] = await wait_until(
+        lambda: events_of(committed, record), timeout=DEADLINE, what="the time-out"
+    )
+    assert event["type"] == SEND_TIMED_OUT
+    assert event["data"]["reason"] == "not_found"
+    assert event["data"]["state"] is None
+
+
+async def test_a_send_whose_read_backs_keep_failing_ends_at_the_give_up_time(
+    listener_with: Callable[..., Awaitable[NotificationListener]],
+    tracker: Tracker,
+    gws_session: GwsSession,
+    simulator: Simulator,
+    committed: list[dict[str, Any]],
+    metric_value: Callable[..., float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await listener_with(give_up_seconds=0.5)
+    simulator.settings.drop_emails.add("N-7")
+    tracker.set_send_timeout(SHORT_SEND_TIMEOUT)
+    record = await send(tracker, gws_session, "N-7")
+
+    async def failing(_email_id: str) -> dict[str, Any] | None:
+        raise GwsUnreachableError("GetEmail: cannot connect")
+
+    monkeypatch.setattr(gws_session, "get_email", failing)
+    started = time.monotonic()
+
+    [event] = await wait_until(
+        lambda: events_of(committed, record), timeout=DEADLINE, what="the give-up"
+    )
+    assert event["type"] == SEND_TIMED_OUT
+    assert event["data"]["reason"] == "read_back_failed"
+    assert time.monotonic() - started < SHORT_SEND_TIMEOUT + 0.5 + 1.5
+    assert metric_value("gws_notifyd_reconciliations_total", result="failed") >= 1
+    assert tracker.get(record.send_id) is None
+
+
+async def test_several_sends_due_at_once_are_read_back_with_one_workspace_listing(
+    listener_with: Callable[..., Awaitable[NotificationListener]],
+    tracker: Tracker,
+    gws_session: GwsSession,
+    simulator: Simulator,
+    committed: list[dict[str, Any]],
+    metric_value: Callable[..., float],
+) -> None:
+    await listener_with()
+    emails = [f"N-8{i}" for i in range(5)]
+    simulator.settings.drop_emails.update(emails)
+    records = [await send(tracker, gws_session, e) for e in emails]
+
+    tracker.set_send_timeout(0.01)  # all of them due together
+
+    await wait_until(
+        lambda: all(events_of(committed, r) for r in records), timeout=DEADLINE, what="outcomes"
+    )
+    assert all(events_of(committed, r)[0]["data"]["state"] == "Sent" for r in records)
+    assert metric_value(REQUESTS, operation="ListEmails", result="ok") >= 1
+    assert metric_value(REQUESTS, operation="GetEmail", result="ok") == 0
+
+
+async def test_read_backs_by_get_are_at_most_read_back_concurrency_at_a_time(
+    listener_with: Callable[..., Awaitable[NotificationListener]],
+    tracker: Tracker,
+    gws_session: GwsSession,
+    simulator: Simulator,
+    committed: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await listener_with(read_back_concurrency=2)
+    emails = [f"N-9{i}" for i in range(6)]
+    simulator.settings.drop_emails.update(emails)
+    simulator.settings.sent_emails_leave = True  # not listed: a GET each
+    records = [await send(tracker, gws_session, e) for e in emails]
+    original = gws_session.get_email
+    in_flight = 0
+    most = 0
+
+    async def counting(email_id: str) -> dict[str, Any] | None:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            await asyncio.sleep(0.05)
+            return await original(email_id)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(gws_session, "get_email", counting)
+    tracker.set_send_timeout(0.01)
+
+    await wait_until(
+        lambda: all(events_of(committed, r) for r in records), timeout=DEADLINE, what="outcomes"
+    )
+    assert most == 2
+    assert {events_of(committed, r)[0]["data"]["reason"] for r in records} == {"not_found"}
+
+
+async def test_an_error_without_email_ends_the_one_send_with_its_reference_id(
+    listener_with: Callable[..., Awaitable[NotificationListener]],
+    tracker: Tracker,
+    gws_session: GwsSession,
+    simulator: Simulator,
+    committed: list[dict[str, Any]],
+) -> None:
+    await listener_with()
+    simulator.settings.reference_id_in_answer = True
+    simulator.settings.error_emails.add("N-10")
+    simulator.settings.error_without_email = True
+
+    record = await send(tracker, gws_session, "N-10")
+
+    [event] = await wait_until(
+        lambda: events_of(committed, record), timeout=DEADLINE, what="the Error"
+    )
+    assert event["data"]["correlated"] is True
+    assert event["data"]["notificationType"] == "Error"
+    assert event["data"]["emailId"] == "N-10"
+    assert "email" not in event["data"]["notification"]

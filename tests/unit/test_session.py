@@ -12,6 +12,7 @@ import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from daemon.config import GwsSettings, Secret
 from daemon.errors import GwsAnswerLostError, GwsRequestError, GwsUnreachableError
-from daemon.gws.session import GwsSession
+from daemon.gws.session import GwsSession, is_refusal
 from daemon.metrics import Metrics
 from daemon.simulator import Simulator
 
@@ -144,7 +145,7 @@ async def test_login_learns_the_csrf_token_and_sends_it_on_posts(
     answer = await gws_session.email_operation("S-1", send_body(), operation="Send")
 
     assert answer.ok
-    assert answer.reference_id == 1
+    assert answer.reference_id is None  # the docs' Send answer: {"statusCode":0}
     assert simulator.sends_accepted == 1
     # One GET learned the token; neither POST needed a refresh.
     assert metric_value(REQUESTS, operation="GetMe", result="ok") == 1
@@ -264,3 +265,88 @@ async def test_get_email_gives_the_email_or_none_when_gws_does_not_know_it(
     assert email is not None
     assert (email["id"], email["state"]) == ("G-1", "Sent")
     assert unknown is None
+
+
+# -- the session's life: password read afresh, a live session told from a lost one -----
+
+
+async def test_every_request_and_every_bayeux_header_carry_basic_auth_and_the_csrf_token(
+    logged_in: GwsSession, simulator: Simulator
+) -> None:
+    headers = logged_in.bayeux_headers()
+
+    assert headers["Authorization"].startswith("Basic ")
+    assert headers["X-CSRF-TOKEN"]
+    assert logged_in.csrf_header_name == "X-CSRF-TOKEN"
+    assert logged_in.cookie_names() == ["JSESSIONID"]
+    assert "agent1-password" not in repr(headers)  # base64, never the clear text
+
+
+async def test_ensure_on_a_live_session_is_one_get_and_no_new_login(
+    logged_in: GwsSession, metric_value: Callable[..., float]
+) -> None:
+    assert await logged_in.ensure() is True
+    assert metric_value(REQUESTS, operation="GetMe", result="ok") == 2
+    assert metric_value(REQUESTS, operation="StartContactCenterSession", result="ok") == 1
+
+
+async def test_ensure_on_a_lost_session_starts_the_contact_center_session_again(
+    logged_in: GwsSession, simulator: Simulator, metric_value: Callable[..., float]
+) -> None:
+    simulator.forget_sessions()
+
+    assert await logged_in.ensure() is False
+    assert metric_value(REQUESTS, operation="StartContactCenterSession", result="ok") == 2
+    assert (await logged_in.email_operation("E-1", send_body(), operation="Send")).ok
+
+
+async def test_a_refused_login_stops_every_other_request_until_a_login_succeeds(
+    logged_in: GwsSession, simulator: Simulator
+) -> None:
+    original = simulator.settings.password
+    simulator.settings.password = "changed"
+    with pytest.raises(GwsRequestError) as refused:
+        await logged_in.ensure()
+    assert is_refusal(refused.value)
+    assert logged_in.credentials_refused
+    refused_so_far = len(simulator.refused_times)
+
+    with pytest.raises(GwsUnreachableError, match="refused the credentials"):
+        await logged_in.email_operation("E-2", send_body(), operation="Send")
+    with pytest.raises(GwsUnreachableError):
+        await logged_in.get_email("E-2")
+
+    assert len(simulator.refused_times) == refused_so_far  # nothing else was tried
+    simulator.settings.password = original
+    await logged_in.ensure()
+    assert not logged_in.credentials_refused
+
+
+async def test_the_password_file_is_read_again_at_every_login(
+    session_with: Callable[..., Awaitable[GwsSession]], simulator: Simulator, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "gws-password"
+    password_file.write_text("old-password\n")
+    session = await session_with(password=Secret("old-password"), password_file=password_file)
+    with pytest.raises(GwsRequestError):
+        await session.login()
+
+    password_file.write_text(simulator.settings.password + "\n")
+    await session.login()
+
+    assert not session.credentials_refused
+    password_file.unlink()  # mid-rotation: the last password read stays in use
+    assert await session.ensure() is True
+
+
+@pytest.mark.parametrize(
+    ("http_status", "status_code", "refused"),
+    [(401, 20, True), (403, 3, True), (200, 8, True), (400, 20, True), (503, 4, False)],
+)
+def test_which_failed_logins_are_refusals(
+    http_status: int, status_code: int, refused: bool
+) -> None:
+    error = GwsRequestError(
+        operation="GetMe", http_status=http_status, status_code=status_code, status_message=None
+    )
+    assert is_refusal(error) is refused
