@@ -1,4 +1,4 @@
-"""`gws-notifyd`: run · check · demo · simulate · send · status · dead-letters.
+"""`gws-notifyd`: run · check · demo · simulate · send · status · dead-letters · probe.
 
 Exit codes are in `daemon.exitcodes`; a bad configuration is one line on
 stderr naming the key, no traceback. Process-wide tuning (the garbage
@@ -19,15 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from daemon import __version__, exitcodes
-from daemon.config import Settings, load_settings
-from daemon.errors import ConfigError, GwsNotifydError, StoreError
+from daemon import __version__, admin, exitcodes
+from daemon.config import load_settings
+from daemon.errors import ConfigError, GwsNotifydError
 from daemon.logging import configure_logging
 
 if TYPE_CHECKING:
     import aiohttp
-
-    from daemon.store import DeadLetter, Store
 
 # Young collections every 100k allocations (not 700); the older generations
 # still get collected every 1M / 10M, so cyclic garbage does not pile up.
@@ -74,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     _dead_letters_arguments(
         commands.add_parser("dead-letters", help="inspect, replay or purge dead letters")
     )
+    _probe_arguments(
+        commands.add_parser("probe", help="what your GWS says and sends; never sends an email")
+    )
     return parser
 
 
@@ -90,21 +91,10 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
+    from daemon.simulator.options import add_arguments
+
     parser.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
-    parser.add_argument("--username", default="agent1")
-    parser.add_argument(
-        "--password-env",
-        default="GWS_PASSWORD",
-        metavar="VAR",
-        help="environment variable holding the password "
-        "(default GWS_PASSWORD; 'agent1-password' if unset)",
-    )
-    parser.add_argument(
-        "--no-reference-id", action="store_true", help='answer Sends with {"statusCode":0} only'
-    )
-    parser.add_argument("--notify-delay", type=float, default=0.02, metavar="SECONDS")
-    parser.add_argument("--notify-before-answer", action="store_true")
-    parser.add_argument("--no-csrf", action="store_true")
+    add_arguments(parser)
 
 
 def _send_arguments(parser: argparse.ArgumentParser) -> None:
@@ -139,8 +129,10 @@ def _dead_letters_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=100)
 
 
-def _authorization(token: str | None) -> dict[str, str]:
-    return {} if token is None else {"Authorization": "Bearer " + token}
+def _probe_arguments(parser: argparse.ArgumentParser) -> None:
+    _config_argument(parser)
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long to listen")
+    parser.add_argument("--out", type=Path, help="write the JSON report here (else stdout)")
 
 
 # -- run, check, demo, simulate --------------------------------------------------------
@@ -192,21 +184,15 @@ def _demo(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     import os
 
-    from daemon.simulator import SimulatorSettings, serve
+    from daemon.simulator import serve
+    from daemon.simulator.options import settings_from_arguments
 
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         print(f"gws-notifyd: --listen: expected HOST:PORT, got {args.listen!r}", file=sys.stderr)
         return exitcodes.USAGE
     configure_logging(level="info")
-    settings = SimulatorSettings(
-        username=args.username,
-        password=os.environ.get(args.password_env) or "agent1-password",
-        reference_id_in_answer=not args.no_reference_id,
-        notify_delay_seconds=args.notify_delay,
-        notify_before_answer=args.notify_before_answer,
-        csrf=not args.no_csrf,
-    )
+    settings = settings_from_arguments(args, os.environ)
     try:
         asyncio.run(serve(host.strip("[]"), int(port), settings))
     except KeyboardInterrupt:
@@ -217,7 +203,16 @@ def _simulate(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-# -- send, status ----------------------------------------------------------------------
+def _probe(args: argparse.Namespace) -> int:
+    from daemon.probe import run_probe
+
+    settings = load_settings(args.config)
+    # Warnings on stderr: stdout may be the JSON report.
+    configure_logging(level="warning", fmt="console", stream=sys.stderr)
+    return run_probe(settings, seconds=args.seconds, out=args.out)
+
+
+# -- send ------------------------------------------------------------------------------
 
 
 def _send(args: argparse.Namespace) -> int:
@@ -230,7 +225,7 @@ async def _post_send(args: argparse.Namespace) -> int:
     token = args.token_file.read_text().strip() if args.token_file else None
     api = args.api.rstrip("/")
     try:
-        async with aiohttp.ClientSession(headers=_authorization(token)) as http:
+        async with aiohttp.ClientSession(headers=admin.authorization(token)) as http:
             async with http.post(
                 f"{api}/api/v2/me/emails/{args.email_id}", json=_send_body(args)
             ) as response:
@@ -269,167 +264,6 @@ async def _wait_for_outcome(
     return exitcodes.FAILURE
 
 
-def _status(args: argparse.Namespace) -> int:
-    return asyncio.run(_ask_status(args))
-
-
-async def _ask_status(args: argparse.Namespace) -> int:
-    import aiohttp
-
-    settings = load_settings(args.config, need_password=False)
-    host = settings.http.host if settings.http.host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
-    api = f"http://{host}:{settings.http.port}"
-    token = settings.http.token
-    try:
-        async with aiohttp.ClientSession(
-            headers=_authorization(token.reveal() if token is not None else None)
-        ) as http:
-            async with http.get(f"{api}/v1/status") as response:
-                document = await response.json()
-            async with http.get(f"{api}/readyz") as response:
-                ready = await response.json()
-    except aiohttp.ClientError as exc:
-        print(f"gws-notifyd: the daemon does not answer at {api}: {exc}", file=sys.stderr)
-        return exitcodes.UNAVAILABLE
-    document["ready"] = ready
-    if args.json:
-        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
-        return exitcodes.OK
-    print(_status_table(document))
-    return exitcodes.OK
-
-
-def _status_table(doc: dict[str, Any]) -> str:
-    cometd = doc["cometd"]
-    ready = doc["ready"]
-    lines = [
-        f"gws-notifyd {doc['version']}  up {doc['uptimeSeconds']:.0f} s  "
-        f"{'READY' if ready['ready'] else 'NOT READY (' + ', '.join(ready['failed']) + ')'}"
-        f"{'  DRAINING' if doc['draining'] else ''}",
-        f"CometD: {cometd['state']}, {'subscribed' if cometd['subscribed'] else 'not subscribed'}"
-        f" ({cometd['transport'] or 'no transport'})",
-        f"pending sends: {doc['pendingSends']}   outbox events: {doc['outboxEvents']}   "
-        f"malformed notifications kept: {doc['malformedNotifications']}",
-        "",
-        f"{'sink':<16} {'type':<8} {'backlog':>8} {'delivered':>10} {'retries':>8} "
-        f"{'dead':>6}  last error",
-    ]
-    for sink in doc["sinks"]:
-        lines.append(
-            f"{sink['name']:<16} {sink['type']:<8} {sink['backlog']:>8} {sink['delivered']:>10} "
-            f"{sink['retries']:>8} {sink['deadLetters']:>6}  {sink['lastError'] or '-'}"
-        )
-    return "\n".join(lines)
-
-
-# -- dead-letters: on the store itself, whether the daemon runs or not -----------------
-
-
-def _dead_letters(args: argparse.Namespace) -> int:
-    store = _open_store(load_settings(args.config, need_password=False))
-    if store is None:
-        return exitcodes.FAILURE
-    try:
-        return _DEAD_LETTER_ACTIONS[args.action](store, args)
-    finally:
-        store.close()
-
-
-def _open_store(settings: Settings) -> Store | None:
-    from daemon.store import Store
-
-    if not settings.store.path.exists():
-        print(f"gws-notifyd: no store at {settings.store.path}", file=sys.stderr)
-        return None
-    try:
-        return Store(settings.store.path, synchronous=settings.store.synchronous)
-    except StoreError as exc:
-        print(f"gws-notifyd: {exc}", file=sys.stderr)
-        return None
-
-
-def _list_letters(store: Store, args: argparse.Namespace) -> int:
-    letters = store.list_dead_letters(args.sink, args.limit)
-    print(f"{'id':>6} {'sink':<14} {'failed at (UTC)':<20} {'type':<26} {'email':<18} reason")
-    for letter in letters:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.failed_at))
-        print(
-            f"{letter.id:>6} {letter.sink:<14} {when:<20} {letter.type or '-':<26} "
-            f"{letter.email_id or '-':<18} {letter.reason}: {letter.detail or ''}"
-        )
-    print(f"{len(letters)} dead letter(s)")
-    return exitcodes.OK
-
-
-def _show_letters(store: Store, args: argparse.Namespace) -> int:
-    if not args.ids:
-        print("gws-notifyd: dead-letters show needs an id", file=sys.stderr)
-        return exitcodes.USAGE
-    for letter_id in args.ids:
-        letter = store.get_dead_letter(letter_id)
-        if letter is None:
-            print(f"gws-notifyd: no dead letter {letter_id}", file=sys.stderr)
-            return exitcodes.FAILURE
-        print(orjson.dumps(_letter_document(letter), option=orjson.OPT_INDENT_2).decode())
-    return exitcodes.OK
-
-
-def _letter_document(letter: DeadLetter) -> dict[str, Any]:
-    try:
-        body: Any = orjson.loads(letter.body)
-    except orjson.JSONDecodeError:
-        body = letter.body.decode("utf-8", "replace")
-    return {
-        "id": letter.id,
-        "sink": letter.sink,
-        "eventId": letter.event_id,
-        "type": letter.type,
-        "emailId": letter.email_id,
-        "reason": letter.reason,
-        "detail": letter.detail,
-        "attempts": letter.attempts,
-        "failedAt": letter.failed_at,
-        "body": body,
-    }
-
-
-def _replay_letters(store: Store, args: argparse.Namespace) -> int:
-    ids = _select(store, args)
-    if ids is None:
-        return exitcodes.USAGE
-    count = store.replay_dead_letters(ids)
-    print(f"replayed {count} dead letter(s); the daemon delivers them to their sink")
-    return exitcodes.OK
-
-
-def _purge_letters(store: Store, args: argparse.Namespace) -> int:
-    ids = _select(store, args)
-    if ids is None:
-        return exitcodes.USAGE
-    count = store.purge_dead_letters(ids)
-    print(f"purged {count} dead letter(s)")
-    return exitcodes.OK
-
-
-def _select(store: Store, args: argparse.Namespace) -> list[int] | None:
-    if args.ids:
-        return list(args.ids)
-    if args.all:
-        return [letter.id for letter in store.list_dead_letters(args.sink, 1_000_000)]
-    print(
-        f"gws-notifyd: dead-letters {args.action} needs ids, or --all (with --sink to narrow)",
-        file=sys.stderr,
-    )
-    return None
-
-
-_DEAD_LETTER_ACTIONS: dict[str, Callable[[Store, argparse.Namespace], int]] = {
-    "list": _list_letters,
-    "show": _show_letters,
-    "replay": _replay_letters,
-    "purge": _purge_letters,
-}
-
 # One handler per subcommand of `_parser`; each returns its exit code.
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
@@ -437,6 +271,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": _demo,
     "simulate": _simulate,
     "send": _send,
-    "status": _status,
-    "dead-letters": _dead_letters,
+    "status": admin.status,
+    "dead-letters": admin.dead_letters,
+    "probe": _probe,
 }

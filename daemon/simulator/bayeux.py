@@ -115,9 +115,13 @@ class BayeuxServer:
         long_poll_timeout_ms: IntSource = 25_000,
         max_interval_ms: IntSource = 10_000,
         session_of: Callable[[web.Request], str | None] | None = None,
+        connection_types: Callable[[], list[str]] = lambda: ["long-polling"],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`connection_types`: what a handshake reply offers (read at each handshake;
+        only long-polling is served, an embedding app may answer the WebSocket upgrade)."""
         self._clock = clock
+        self._connection_types = connection_types
         self._timeout_ms = long_poll_timeout_ms
         self._max_interval_ms = max_interval_ms
         self._session_of = session_of or (lambda _request: None)
@@ -266,7 +270,7 @@ class BayeuxServer:
             "clientId": client.client_id,
             "version": "1.0",
             "minimumVersion": "1.0",
-            "supportedConnectionTypes": ["long-polling"],
+            "supportedConnectionTypes": self._connection_types(),
             "advice": self._advice(),
         }
         return _dumps(_with_id(reply, message))

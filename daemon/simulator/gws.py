@@ -6,20 +6,26 @@ notifications through the generic Bayeux server in `bayeux.py`, mounted at
 gws-notifyd, so it follows the public GWS v2 documentation where that says
 something and picks a plausible behaviour where it is silent.
 
+By default it is GWS as its 8.5/8.6 docs describe it: the Send answer is
+`{"statusCode":0}` without a referenceId, CSRF is required on every POST (the
+CometD ones too), and the handshake offers long-polling only.
+
 Answers (always `Content-Type: application/json`):
 
 =====  ==========  ====================================================================
 HTTP   statusCode  when
 =====  ==========  ====================================================================
-200    0           success (Send: `{"statusCode":0,"referenceId":N}` or `{"statusCode":0}`)
+200    0           success (Send: `{"statusCode":0}`, or `{"statusCode":0,"referenceId":N}`)
 400    1           a required parameter is missing or unusable: operationName, queueName,
-                   email, to (a non-empty list of strings), from (a non-empty string)
+                   email, to (addresses as a list or a comma-separated string), from
 400    2           the operation is not valid for the email's state, or the Send's
                    queueName is not one of `settings.queues` ("Queue 'X' not found")
-403    3           CSRF on and the POST lacks the session's X-CSRF-TOKEN header
-404    6           unknown email id (GET and non-Send operations), or an unknown path
+403    3           CSRF on and the POST (CometD's too, unless `csrf_cometd` is off) lacks
+                   the session's X-CSRF-TOKEN header
+404    6           unknown email id (GET and non-Send operations; with `sent_emails_leave`
+                   an email that was sent), or an unknown path
 400    10          body is not a JSON object, an unknown operationName, a bad optional
-                   field (cc, bcc, channels, userData)
+                   field (cc, bcc, saveLAR, channels, userData), a WebSocket upgrade
 405    10          method not allowed on that path
 401    20          missing or wrong Basic credentials
 =====  ==========  ====================================================================
@@ -35,10 +41,20 @@ notification with errorCode "SendFailed"), `drop_emails` (accepted and Sent, no
 notification), `hang_emails` (Sent and notified, but the HTTP answer never comes:
 the connection is closed without one when the client gives up or the simulator
 stops), `notify_before_answer`, `reference_id_in_answer`,
-`follow_up_properties_updated`.
+`follow_up_properties_updated`, `csrf_cometd`, `offer_websocket` (the handshake
+offers WebSocket; every upgrade fails), `sent_emails_leave` (a sent email leaves
+the workspace), `error_without_email` (an Error notification carries its
+referenceId and no email).
+
+It counts what a client should be careful with: login attempts (GET /api/v2/me)
+and requests refused for their credentials, with their times; CometD POSTs
+without the CSRF token; WebSocket upgrades.
 
 Control endpoints (no auth): `GET|POST /control/settings`, `POST /control/forget`,
-`POST /control/publish`, `GET /control/stats`.
+`POST /control/publish`, `POST /control/samples` (one notification of each kind
+in `samples.py`, on its channel), `POST /control/password` (the agent's password
+changes: the old one is refused from then on, every session dropped),
+`GET /control/stats`.
 """
 
 from __future__ import annotations
@@ -49,6 +65,7 @@ import binascii
 import contextlib
 import hmac
 import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -59,6 +76,7 @@ import structlog
 from aiohttp import hdrs, web
 
 from daemon.simulator.bayeux import BayeuxServer
+from daemon.simulator.samples import samples
 
 __all__ = ["EMAILS_CHANNEL", "NOTIFICATIONS_PATH", "Simulator", "SimulatorSettings", "serve"]
 
@@ -112,10 +130,19 @@ class SimulatorSettings:
     username: str = "agent1"
     # The simulator's well-known demo credential, not a secret.
     password: str = "agent1-password"  # noqa: S105
-    reference_id_in_answer: bool = True
+    # The docs' Send answer is {"statusCode":0}; other operations show a referenceId.
+    reference_id_in_answer: bool = False
     notify_delay_seconds: float = 0.02
     notify_before_answer: bool = False
     csrf: bool = True
+    # No page exempts CometD from CSRF, and browser clients send it there too.
+    csrf_cometd: bool = True
+    # GWS 8.5 "does not currently support web sockets": offered, every upgrade fails.
+    offer_websocket: bool = False
+    # A sent email may leave the workspace: GET answers 404, the list omits it.
+    sent_emails_leave: bool = False
+    # Error notifications of error_emails carry the referenceId and no email.
+    error_without_email: bool = False
     long_poll_timeout_ms: int = 25000
     max_interval_ms: int = 10000
     queues: tuple[str, ...] = ("Outbound", "Forwarde-mails", "Support")
@@ -157,6 +184,10 @@ _SETTING_KINDS: Final = {
     "notify_delay_seconds": "float",
     "notify_before_answer": "bool",
     "csrf": "bool",
+    "csrf_cometd": "bool",
+    "offer_websocket": "bool",
+    "sent_emails_leave": "bool",
+    "error_without_email": "bool",
     "long_poll_timeout_ms": "int",
     "max_interval_ms": "int",
     "queues": "tuple",
@@ -234,6 +265,13 @@ class Simulator:
         self.sends_received = 0
         self.sends_accepted = 0
         self.notifications_published = 0
+        # monotonic times of logins (GET /api/v2/me) and of requests refused (401)
+        self.login_times: list[float] = []
+        self.refused_times: list[float] = []
+        self.bayeux_posts = 0
+        self.bayeux_posts_without_csrf = 0
+        self.websocket_upgrades = 0
+        self.websocket_upgrades_without_csrf = 0
         self.base_url: str | None = None
         self.user_id = uuid.uuid5(uuid.NAMESPACE_URL, "gws-simulator").hex
         self._sessions: dict[str, _HttpSession] = {}
@@ -244,8 +282,12 @@ class Simulator:
             long_poll_timeout_ms=lambda: self.settings.long_poll_timeout_ms,
             max_interval_ms=lambda: self.settings.max_interval_ms,
             session_of=_session_id_of,
+            connection_types=self._connection_types,
         )
         self.app = self._build_app()
+
+    def _connection_types(self) -> list[str]:
+        return ["websocket", "long-polling"] if self.settings.offer_websocket else ["long-polling"]
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -310,10 +352,13 @@ class Simulator:
         r.add_get("/api/v2/me/emails/{email_id}", self._get_email)
         r.add_post("/api/v2/me/emails/{email_id}", self._email_operation)
         self.bayeux.add_routes(app, NOTIFICATIONS_PATH)
+        r.add_get(NOTIFICATIONS_PATH, self._websocket_upgrade)
         r.add_get("/control/settings", self._control_get_settings)
         r.add_post("/control/settings", self._control_post_settings)
         r.add_post("/control/forget", self._control_forget)
         r.add_post("/control/publish", self._control_publish)
+        r.add_post("/control/samples", self._control_samples)
+        r.add_post("/control/password", self._control_password)
         r.add_get("/control/stats", self._control_stats)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
@@ -346,12 +391,12 @@ class Simulator:
     async def _gws_request(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if not self._authenticated(request):
-            denied = _gws_error(401, 20, "Not authenticated")
-            denied.headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="GWS"'
+        denied = self._refusal(request)
+        if denied is not None:
             return denied
         session, is_new = self._session_of(request)
         request[_SESSION] = session
+        self._count_bayeux(request, session)
         response: web.StreamResponse
         try:
             if self._csrf_ok(request, session):
@@ -369,6 +414,17 @@ class Simulator:
             response.headers[CSRF_HEADER] = session.csrf_token
         return response
 
+    def _refusal(self, request: web.Request) -> web.Response | None:
+        """401 for wrong credentials (counted, as logins are: a real GWS may lock the agent)."""
+        if request.method == hdrs.METH_GET and request.path == "/api/v2/me":
+            self.login_times.append(time.monotonic())
+        if self._authenticated(request):
+            return None
+        self.refused_times.append(time.monotonic())
+        denied = _gws_error(401, 20, "Not authenticated")
+        denied.headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="GWS"'
+        return denied
+
     def _session_of(self, request: web.Request) -> tuple[_HttpSession, bool]:
         """The request's HTTP session (by cookie), and whether it was made just now."""
         session_id = request.cookies.get(SESSION_COOKIE)
@@ -385,12 +441,16 @@ class Simulator:
         return (
             request.method != hdrs.METH_POST
             or not self.settings.csrf
-            or request.path.startswith(NOTIFICATIONS_PATH)
+            or (request.path.startswith(NOTIFICATIONS_PATH) and not self.settings.csrf_cometd)
             or not request.path.startswith("/api/v2/")
-            or hmac.compare_digest(
-                request.headers.get(CSRF_HEADER, "").encode(), session.csrf_token.encode()
-            )
+            or _carries_token(request, session)
         )
+
+    def _count_bayeux(self, request: web.Request, session: _HttpSession) -> None:
+        if request.method == hdrs.METH_POST and request.path.startswith(NOTIFICATIONS_PATH):
+            self.bayeux_posts += 1
+            if not _carries_token(request, session):
+                self.bayeux_posts_without_csrf += 1
 
     def _authenticated(self, request: web.Request) -> bool:
         scheme, _, encoded = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
@@ -434,6 +494,13 @@ class Simulator:
         return _json({"statusCode": 0})
 
     # -- /api/v2/me/emails ---------------------------------------------------
+
+    async def _websocket_upgrade(self, request: web.Request) -> web.Response:
+        """GWS 8.5 has no WebSocket for CometD: an offered upgrade fails (and is counted)."""
+        self.websocket_upgrades += 1
+        if not _carries_token(request, request[_SESSION]):
+            self.websocket_upgrades_without_csrf += 1
+        raise _GwsFailure(400, 10, "WebSocket is not supported")
 
     async def _get_emails(self, _request: web.Request) -> web.Response:
         return _json({"statusCode": 0, "emails": list(self.emails.values())})
@@ -509,21 +576,23 @@ class Simulator:
         settings = self.settings
         notifications: list[dict[str, Any]]
         if email_id in settings.error_emails:
-            notifications = [
-                {
-                    "messageType": "EmailStateChangeMessage",
-                    "notificationType": "Error",
-                    "referenceId": reference_id,
-                    "errorCode": "SendFailed",
-                    "errorMessage": f"Simulated failure: email '{email_id}' was not sent",
-                    "email": _snapshot(email),
-                }
-            ]
+            error: dict[str, Any] = {
+                "messageType": "EmailStateChangeMessage",
+                "notificationType": "Error",
+                "referenceId": reference_id,
+                "errorCode": "SendFailed",
+                "errorMessage": f"Simulated failure: email '{email_id}' was not sent",
+            }
+            if not settings.error_without_email:
+                error["email"] = _snapshot(email)
+            notifications = [error]
         else:
             email.update(sent_fields)
             email["state"] = "Sent"
             email["capabilities"] = []
             notifications = [_state_change(email, reference_id)]
+            if settings.sent_emails_leave:
+                self.emails.pop(email_id, None)
             if settings.follow_up_properties_updated:
                 notifications.append(
                     {
@@ -647,12 +716,51 @@ class Simulator:
         published = self.bayeux.publish_json(channel, payloads)
         return _json({"published": published})
 
+    async def _control_samples(self, request: web.Request) -> web.Response:
+        order = await _control_object(request)
+        names = order.get("samples")
+        if names is not None and not (
+            isinstance(names, list) and all(isinstance(n, str) for n in names)
+        ):
+            return _json({"error": "'samples' must be a list of sample names"}, 400)
+        try:
+            chosen = samples(names)
+        except KeyError as exc:
+            return _json({"error": f"no sample {exc.args[0]!r}"}, 400)
+        published = []
+        for name, channel, payload in chosen:
+            self.bayeux.publish(channel, [payload])
+            published.append(
+                {
+                    "sample": name,
+                    "channel": channel,
+                    "messageType": payload["messageType"],
+                    "notificationType": payload.get("notificationType"),
+                }
+            )
+        return _json({"published": published})
+
+    async def _control_password(self, request: web.Request) -> web.Response:
+        password = (await _control_object(request)).get("password")
+        if not isinstance(password, str) or not password:
+            return _json({"error": "'password' must be a non-empty string"}, 400)
+        self.settings.password = password
+        # The agent is logged out everywhere; the old password is refused from now on.
+        self.forget_sessions()
+        return _json({"changed": True})
+
     async def _control_stats(self, _request: web.Request) -> web.Response:
         return _json(
             {
                 "sendsReceived": self.sends_received,
                 "sendsAccepted": self.sends_accepted,
                 "notificationsPublished": self.notifications_published,
+                "loginAttempts": len(self.login_times),
+                "refusedRequests": len(self.refused_times),
+                "bayeuxPosts": self.bayeux_posts,
+                "bayeuxPostsWithoutCsrf": self.bayeux_posts_without_csrf,
+                "websocketUpgrades": self.websocket_upgrades,
+                "websocketUpgradesWithoutCsrf": self.websocket_upgrades_without_csrf,
                 "messagesPublished": self.bayeux.messages_published,
                 "httpSessions": len(self._sessions),
                 "bayeuxClients": len(self.bayeux.client_ids()),
@@ -703,11 +811,10 @@ def _validate_send(body: dict[str, Any], queues: Iterable[str]) -> dict[str, Any
     email = body.get("email")
     if not isinstance(email, dict):
         raise _GwsFailure(400, 1, "Required parameter 'email' is missing")
-    to = email.get("to")
-    if to is None or to == []:
-        raise _GwsFailure(400, 1, "Required parameter 'to' is missing")
-    if not isinstance(to, list) or not all(isinstance(a, str) and a for a in to):
-        raise _GwsFailure(400, 1, "Required parameter 'to' must be a non-empty list of strings")
+    to = _recipients(email.get("to"))
+    save_lar = body.get("saveLAR")
+    if save_lar is not None and not isinstance(save_lar, bool) and save_lar not in _BOOL_TEXT:
+        raise _GwsFailure(400, 10, "Parameter 'saveLAR' must be true or false")
     sender = email.get("from")
     if sender is None or sender == "":
         raise _GwsFailure(400, 1, "Required parameter 'from' is missing")
@@ -722,6 +829,20 @@ def _validate_send(body: dict[str, Any], queues: Iterable[str]) -> dict[str, Any
         has_html = "body" in stored or "bodyAsPlainText" not in stored
         stored["mime"] = "text/html" if has_html else "text/plain"
     return stored
+
+
+_BOOL_TEXT: Final = ("true", "false")
+
+
+def _recipients(to: object) -> list[str]:
+    """`to` as GWS takes it: a list, or one comma-delimited string (like cc and bcc)."""
+    if isinstance(to, str):
+        to = [a.strip() for a in to.split(",") if a.strip()]
+    if to is None or to == []:
+        raise _GwsFailure(400, 1, "Required parameter 'to' is missing")
+    if not isinstance(to, list) or not all(isinstance(a, str) and a for a in to):
+        raise _GwsFailure(400, 1, "Required parameter 'to' must be a non-empty list of strings")
+    return list(to)
 
 
 def _optional_email_fields(email: dict[str, Any]) -> dict[str, Any]:
@@ -762,6 +883,12 @@ def _snapshot(email: dict[str, Any]) -> dict[str, Any]:
     # notification still waiting for its delay.
     copy: dict[str, Any] = orjson.loads(orjson.dumps(email))
     return copy
+
+
+def _carries_token(request: web.Request, session: _HttpSession) -> bool:
+    return hmac.compare_digest(
+        request.headers.get(CSRF_HEADER, "").encode(), session.csrf_token.encode()
+    )
 
 
 def _session_id_of(request: web.Request) -> str | None:

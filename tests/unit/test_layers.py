@@ -1,6 +1,6 @@
 """The layers point one way: read every module's imports and hold them to the plan.
 
-    edges        cli, demo, service, app, api                  (may import anything)
+    edges        cli, admin, probe, demo, service, app, api    (may import anything)
     application  tracker, correlator, events, notifications,
                  sending, dispatcher, housekeeping
     adapters     gws/ (GWS)       -> bayeux client, foundation
@@ -53,7 +53,15 @@ _APPLICATION_MODULES = {
     "daemon.dispatcher",
     "daemon.housekeeping",
 }
-_EDGE_MODULES = {"daemon.cli", "daemon.demo", "daemon.service", "daemon.app", "daemon.api"}
+_EDGE_MODULES = {
+    "daemon.cli",
+    "daemon.demo",
+    "daemon.service",
+    "daemon.app",
+    "daemon.api",
+    "daemon.admin",
+    "daemon.probe",
+}
 
 _ADAPTERS = {FOUNDATION, BAYEUX, GWS, STORE, STORE_ROWS, SINKS}
 ALLOWED: dict[str, set[str]] = {

@@ -77,7 +77,8 @@ class Agent:
         self.csrf = headers["X-CSRF-TOKEN"]
 
     async def bayeux(self, *messages: dict[str, Any]) -> list[dict[str, Any]]:
-        status, answer = await self.post("/api/v2/notifications", list(messages), csrf=False)
+        # CometD POSTs carry the CSRF token too, as on a GWS that asks for it.
+        status, answer = await self.post("/api/v2/notifications", list(messages))
         assert status == 200
         assert isinstance(answer, list)
         return answer
@@ -221,15 +222,39 @@ async def test_end_contact_center_session_invalidates_the_http_session_and_its_c
     old_token = agent.csrf
 
     ended = await agent.post("/api/v2/me", {"operationName": "EndContactCenterSession"})
+    refused = await agent.post(
+        "/api/v2/notifications",
+        [{"channel": "/meta/connect", "clientId": client_id, "connectionType": "long-polling"}],
+    )
+    sim.settings.csrf_cometd = False
     orphan = await agent.connect(client_id, timeout=0)
     stale = await agent.post("/api/v2/me", {"operationName": "StartContactCenterSession"})
     await agent.login()
 
     assert ended == (200, {"statusCode": 0})
+    # The new session's CSRF token is not the old one: the CometD POST is refused ...
+    assert refused == (403, {"statusCode": 3, "statusMessage": "Missing or invalid Csrf token"})
+    # ... and without CSRF on CometD, Bayeux itself does not know the client.
     assert orphan[-1]["error"] == "402::Unknown client"
     assert orphan[-1]["advice"]["reconnect"] == "handshake"
     assert stale[0] == 403
     assert agent.csrf != old_token
+
+
+async def test_cometd_posts_need_the_csrf_token_unless_told_otherwise(
+    sim: Simulator, agent: Agent
+) -> None:
+    handshake = [{"channel": "/meta/handshake", "version": "1.0"}]
+
+    without = await agent.post("/api/v2/notifications", handshake, csrf=False)
+    with_token = await agent.post("/api/v2/notifications", handshake)
+    sim.settings.csrf_cometd = False
+    relaxed = await agent.post("/api/v2/notifications", handshake, csrf=False)
+
+    assert without == (403, {"statusCode": 3, "statusMessage": "Missing or invalid Csrf token"})
+    assert with_token[0] == 200
+    assert relaxed[0] == 200
+    assert (sim.bayeux_posts, sim.bayeux_posts_without_csrf) == (3, 2)
 
 
 async def test_a_bayeux_client_belongs_to_the_session_it_handshook_in(
@@ -288,7 +313,9 @@ async def test_create_get_and_list_emails(sim: Simulator, agent: Agent) -> None:
         (send_body(email=None), 1, "Required parameter 'email' is missing"),
         (send_body(email={"from": "a@b"}), 1, "Required parameter 'to' is missing"),
         (send_body(email={"to": [], "from": "a@b"}), 1, "Required parameter 'to' is missing"),
-        (send_body(email={"to": "x@y", "from": "a@b"}), 1, None),
+        (send_body(email={"to": 5, "from": "a@b"}), 1, None),
+        (send_body(email={"to": " , ", "from": "a@b"}), 1, "Required parameter 'to' is missing"),
+        (send_body(saveLAR="yes"), 10, "Parameter 'saveLAR' must be true or false"),
         (send_body(email={"to": ["x@y"]}), 1, "Required parameter 'from' is missing"),
         (send_body(queueName="Nope"), 2, "Queue 'Nope' not found"),
     ],
@@ -313,6 +340,7 @@ async def test_send_is_validated_like_gws(
 async def test_send_answers_per_session_reference_ids_and_marks_the_email_sent(
     sim: Simulator, agent: Agent
 ) -> None:
+    sim.settings.reference_id_in_answer = True
     first = await agent.post("/api/v2/me/emails/E1", send_body())
     second = await agent.post("/api/v2/me/emails/E2", send_body())
     other = await new_agent(sim)
@@ -336,10 +364,18 @@ async def test_send_answers_per_session_reference_ids_and_marks_the_email_sent(
     assert sim.sends_received == 3
 
 
-async def test_send_answer_without_reference_id(sim: Simulator, agent: Agent) -> None:
-    sim.settings.reference_id_in_answer = False
-
+async def test_send_answers_without_reference_id_by_default(sim: Simulator, agent: Agent) -> None:
     assert await agent.post("/api/v2/me/emails/E1", send_body()) == (200, {"statusCode": 0})
+
+
+async def test_a_to_of_one_comma_separated_string_and_a_textual_save_lar_are_taken(
+    sim: Simulator, agent: Agent
+) -> None:
+    body = send_body(saveLAR="true")
+    body["email"]["to"] = "customer@example.com, other@example.com"
+
+    assert (await agent.post("/api/v2/me/emails/E1", body))[0] == 200
+    assert sim.emails["E1"]["to"] == ["customer@example.com", "other@example.com"]
 
 
 async def test_a_second_send_of_a_sent_email_is_refused(agent: Agent) -> None:
@@ -356,6 +392,7 @@ async def test_a_second_send_of_a_sent_email_is_refused(agent: Agent) -> None:
 async def test_send_publishes_a_status_change_with_the_reference_id(
     sim: Simulator, agent: Agent
 ) -> None:
+    sim.settings.reference_id_in_answer = True
     sim.settings.follow_up_properties_updated = True
     client_id = await agent.listen()
 
@@ -378,6 +415,7 @@ async def test_send_publishes_a_status_change_with_the_reference_id(
 async def test_error_email_is_accepted_then_an_error_is_notified(
     sim: Simulator, agent: Agent
 ) -> None:
+    sim.settings.reference_id_in_answer = True
     sim.settings.error_emails.add("BAD")
     client_id = await agent.listen()
 
@@ -395,6 +433,7 @@ async def test_error_email_is_accepted_then_an_error_is_notified(
 
 
 async def test_dropped_email_is_sent_but_never_notified(sim: Simulator, agent: Agent) -> None:
+    sim.settings.reference_id_in_answer = True
     sim.settings.drop_emails.add("LOST")
     client_id = await agent.listen()
 
@@ -452,6 +491,7 @@ async def test_stopping_the_simulator_drops_a_hung_send_without_an_answer(
 async def test_notify_before_answer_queues_the_notification_before_the_answer(
     sim: Simulator, agent: Agent
 ) -> None:
+    sim.settings.reference_id_in_answer = True
     client_id = await agent.listen()
     sim.settings.notify_delay_seconds = 60.0
     await agent.post("/api/v2/me/emails/LATER", send_body())
@@ -468,6 +508,7 @@ async def test_notify_before_answer_queues_the_notification_before_the_answer(
 
 
 async def test_other_operations_change_state_and_notify(sim: Simulator, agent: Agent) -> None:
+    sim.settings.reference_id_in_answer = True
     client_id = await agent.listen()
     _, created = await agent.post("/api/v2/me/emails", {})
     email_id = created["id"]
@@ -542,6 +583,7 @@ async def test_control_forget_drops_sessions_and_bayeux_clients(
     client_id = await agent.listen()
 
     assert await control(sim, "POST", "/control/forget") == (200, {"forgotten": True})
+    sim.settings.csrf_cometd = False  # the session's token went with it: Bayeux's answer
     orphan = await agent.connect(client_id, timeout=0)
 
     assert orphan[-1]["error"] == "402::Unknown client"
@@ -580,6 +622,7 @@ async def test_control_publish_of_200k_messages_is_fast_and_comes_in_one_batch(
     async with agent.http.post(
         "/api/v2/notifications",
         data=orjson.dumps([{"channel": "/meta/connect", "clientId": client_id}]),
+        headers={"X-CSRF-TOKEN": agent.csrf},
     ) as response:
         body = await response.read()
 
@@ -611,3 +654,119 @@ async def test_serve_logs_the_url_and_username_but_not_the_password() -> None:
 
     assert any(entry.get("username") == "agent1" for entry in logs)
     assert "s3cret-pass" not in repr(logs)
+
+
+# -- the docs' GWS, and what it departs from on request ---------------------------------
+
+
+async def test_the_handshake_offers_long_polling_only_unless_websocket_is_offered(
+    sim: Simulator, agent: Agent
+) -> None:
+    handshake = {"channel": "/meta/handshake", "version": "1.0"}
+    [plain] = await agent.bayeux(handshake)
+    sim.settings.offer_websocket = True
+    [offering] = await agent.bayeux(handshake)
+
+    async with agent.http.get(
+        "/api/v2/notifications", headers={"X-CSRF-TOKEN": agent.csrf}
+    ) as response:
+        upgrade_status = response.status
+    async with agent.http.get("/api/v2/notifications") as response:
+        pass
+
+    assert plain["supportedConnectionTypes"] == ["long-polling"]
+    assert offering["supportedConnectionTypes"] == ["websocket", "long-polling"]
+    assert upgrade_status == 400
+    assert (sim.websocket_upgrades, sim.websocket_upgrades_without_csrf) == (2, 1)
+
+
+async def test_a_sent_email_can_leave_the_workspace(sim: Simulator, agent: Agent) -> None:
+    sim.settings.sent_emails_leave = True
+
+    assert (await agent.post("/api/v2/me/emails/GONE", send_body()))[0] == 200
+    status, _, _ = await agent.get("/api/v2/me/emails/GONE")
+    _, listed, _ = await agent.get("/api/v2/me/emails")
+
+    assert status == 404
+    assert listed["emails"] == []
+
+
+async def test_an_error_can_come_without_its_email(sim: Simulator, agent: Agent) -> None:
+    sim.settings.error_emails.add("BAD")
+    sim.settings.error_without_email = True
+    sim.settings.reference_id_in_answer = True
+    client_id = await agent.listen()
+
+    _, answer = await agent.post("/api/v2/me/emails/BAD", send_body())
+    [note] = await agent.notifications(client_id)
+
+    assert note["notificationType"] == "Error"
+    assert note["referenceId"] == answer["referenceId"]
+    assert "email" not in note
+
+
+async def test_a_password_change_refuses_the_old_password_and_counts_every_try(
+    sim: Simulator, agent: Agent
+) -> None:
+    assert await control(sim, "POST", "/control/password", {"password": "new-one"}) == (
+        200,
+        {"changed": True},
+    )
+    old_status, _, _ = await agent.get("/api/v2/me")
+    assert sim.base_url is not None
+    renewed = Agent(sim.base_url, password="new-one")
+    try:
+        await renewed.login()
+    finally:
+        await renewed.close()
+    _, stats = await control(sim, "GET", "/control/stats")
+
+    assert old_status == 401
+    assert sim.session_count == 1  # every old session was dropped
+    assert stats["loginAttempts"] == 3  # the agent fixture's, the refused one, the new one
+    assert stats["refusedRequests"] == 1
+    assert await control(sim, "POST", "/control/password", {"password": ""}) == (
+        400,
+        {"error": "'password' must be a non-empty string"},
+    )
+
+
+async def test_samples_of_every_kind_are_published_on_their_channels(
+    sim: Simulator, agent: Agent
+) -> None:
+    client_id = await agent.listen()
+    [subscribed] = await agent.bayeux(
+        {"channel": "/meta/subscribe", "clientId": client_id, "subscription": "/v2/me/**"}
+    )
+    assert subscribed["successful"] is True
+
+    status, published = await control(sim, "POST", "/control/samples", {})
+    notes = await agent.notifications(client_id)
+    some = await control(sim, "POST", "/control/samples", {"samples": ["ErrorMessage"]})
+    unknown = await control(sim, "POST", "/control/samples", {"samples": ["Fax"]})
+
+    assert status == 200
+    types = {p["messageType"] for p in published["published"]}
+    assert types >= {
+        "CallStateChangeMessage",
+        "ErrorMessage",
+        "DeviceStateChangeMessage",
+        "ChatStateChangeMessage",
+        "MessageLogUpdated",
+        "WorkitemStateChangeMessage",
+        "OpenmediaStateChangeMessage",
+        "WorkbinStateChangeMessage",
+        "WorkbinSubscriptionStateChangeMessage",
+        "OutboundRecordMessage",
+        "EmailStateChangeMessage",
+    }
+    assert len(notes) == len(published["published"])
+    assert some[1]["published"] == [
+        {
+            "sample": "ErrorMessage",
+            "channel": "/v2/me/calls",
+            "messageType": "ErrorMessage",
+            "notificationType": None,
+        }
+    ]
+    assert unknown == (400, {"error": "no sample 'Fax'"})

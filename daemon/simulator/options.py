@@ -1,0 +1,69 @@
+"""`gws-notifyd simulate`'s switches: the command line into `SimulatorSettings`.
+
+By default the simulator is GWS as its docs describe it; each switch departs
+from that in one way (or turns on a fault to test against).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+
+from daemon.simulator.gws import SimulatorSettings
+
+DEFAULT_PASSWORD = "agent1-password"  # noqa: S105 - the simulator's well-known demo credential
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The switches of `simulate` (besides --listen)."""
+    parser.add_argument("--username", default="agent1")
+    parser.add_argument(
+        "--password-env",
+        default="GWS_PASSWORD",
+        metavar="VAR",
+        help=f"environment variable holding the password "
+        f"(default GWS_PASSWORD; {DEFAULT_PASSWORD!r} if unset)",
+    )
+    parser.add_argument(
+        "--reference-id",
+        action="store_true",
+        help='answer Sends with {"statusCode":0,"referenceId":N} (the docs show none)',
+    )
+    parser.add_argument("--notify-delay", type=float, default=0.02, metavar="SECONDS")
+    parser.add_argument("--notify-before-answer", action="store_true")
+    parser.add_argument("--no-csrf", action="store_true", help="no CSRF token on any POST")
+    parser.add_argument(
+        "--no-csrf-cometd", action="store_true", help="no CSRF token on CometD POSTs"
+    )
+    parser.add_argument(
+        "--offer-websocket",
+        action="store_true",
+        help="offer WebSocket in the handshake (every upgrade then fails, as GWS 8.5 has none)",
+    )
+    parser.add_argument(
+        "--sent-emails-leave",
+        action="store_true",
+        help="a sent email leaves the workspace: GET answers 404",
+    )
+    parser.add_argument(
+        "--error-without-email",
+        action="store_true",
+        help="Error notifications carry their referenceId and no email",
+    )
+
+
+def settings_from_arguments(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> SimulatorSettings:
+    return SimulatorSettings(
+        username=args.username,
+        password=environ.get(args.password_env) or DEFAULT_PASSWORD,
+        reference_id_in_answer=args.reference_id,
+        notify_delay_seconds=args.notify_delay,
+        notify_before_answer=args.notify_before_answer,
+        csrf=not args.no_csrf,
+        csrf_cometd=not args.no_csrf_cometd,
+        offer_websocket=args.offer_websocket,
+        sent_emails_leave=args.sent_emails_leave,
+        error_without_email=args.error_without_email,
+    )
