@@ -353,7 +353,8 @@ class SimulatorPeer(BayeuxPeer):
             from daemon.simulator import Simulator, SimulatorSettings
         except ImportError as exc:
             _skip(f"daemon.simulator is not importable yet: {exc}")
-        self._settings = SimulatorSettings(long_poll_timeout_ms=timeout_ms)
+        # A Bayeux peer: the client under test knows nothing of GWS's CSRF token.
+        self._settings = SimulatorSettings(long_poll_timeout_ms=timeout_ms, csrf_cometd=False)
         self._simulator_class = Simulator
         self._simulator: Simulator | None = None
 
