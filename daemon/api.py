@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import structlog
@@ -38,6 +39,7 @@ from daemon.gws.operations import (
     NOT_AUTHENTICATED,
     PROCESSING_INCOMPLETE,
     Invalid,
+    check_email_id,
 )
 from daemon.metrics import Metrics
 from daemon.notifications import NotificationListener
@@ -56,6 +58,7 @@ from daemon.tracker import Tracker
 log = structlog.get_logger(logger_name="daemon.api")
 
 RETRY_AFTER_SECONDS = "5"
+EMAILS_PATH = "/api/v2/me/emails/"
 
 
 @dataclass(slots=True)
@@ -104,18 +107,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def build_app(context: ApiContext) -> web.Application:
-    token = context.http.token
-
     limit = context.http.max_body_bytes
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """The bearer token (when configured), and a GWS-style 413."""
-        if token is not None and not request.path.startswith(("/healthz", "/readyz", "/metrics")):
-            given = request.headers.get("Authorization", "")
-            expected = "Bearer " + token.reveal()
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return _gws_error(401, NOT_AUTHENTICATED, "Missing or invalid bearer token")
+        """The bearer token (when configured), the email id, and a GWS-style 413."""
+        refusal = _unauthorized(request, context.http) or _bad_email_id(request)
+        if refusal is not None:
+            return refusal
         try:
             return await handler(request)
         except web.HTTPRequestEntityTooLarge:
@@ -123,7 +122,7 @@ def build_app(context: ApiContext) -> web.Application:
 
     app = web.Application(client_max_size=limit, middlewares=[guard])
     app[_CONTEXT] = context
-    app.router.add_post("/api/v2/me/emails/{email_id}", _email_operation)
+    app.router.add_post(EMAILS_PATH + "{email_id}", _email_operation)
     app.router.add_get("/v1/sends/{send_id}", _get_send)
     app.router.add_get("/v1/sends", _list_sends)
     app.router.add_get("/v1/status", _status)
@@ -131,6 +130,36 @@ def build_app(context: ApiContext) -> web.Application:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
+
+
+_OPEN_PATHS = ("/healthz", "/readyz", "/metrics")
+
+
+def _unauthorized(request: web.Request, http: HttpSettings) -> web.Response | None:
+    token = http.token
+    if token is None or request.path.startswith(_OPEN_PATHS):
+        return None
+    # Header bytes that are not UTF-8 arrive as surrogates: compared as they came.
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if hmac.compare_digest(given, b"Bearer " + token.reveal().encode()):
+        return None
+    return _gws_error(401, NOT_AUTHENTICATED, "Missing or invalid bearer token")
+
+
+def _bad_email_id(request: web.Request) -> web.Response | None:
+    """400 for a POST under /api/v2/me/emails/ whose rest is not one GWS email id.
+
+    Read from the raw path: routing sees it with dot segments removed, so that
+    `/api/v2/me/emails/..` would be taken for another path.
+    """
+    raw = request.raw_path.partition("?")[0]
+    if request.method != "POST" or not raw.startswith(EMAILS_PATH):
+        return None
+    invalid = check_email_id(unquote(raw.removeprefix(EMAILS_PATH)))
+    if invalid is None:
+        return None
+    log.info("send_invalid", field=invalid.field, path=raw[:120])
+    return _json(invalid.as_json(), status=400)
 
 
 # -- Send drop-in -----------------------------------------------------------------

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 import structlog
 
 from daemon.errors import GwsAnswerLostError, GwsUnreachableError, StoreError
-from daemon.gws.operations import Invalid, Operation, SendRequest, parse_operation
+from daemon.gws.operations import (
+    Invalid,
+    Operation,
+    SendRequest,
+    check_email_id,
+    parse_operation,
+)
 from daemon.gws.session import Answer, GwsSession
 from daemon.sends import SendRecord, new_send_id
 from daemon.tracker import Tracker
@@ -100,11 +106,11 @@ class SendWorkflow:
 
     async def handle(self, email_id: str, raw: bytes) -> Outcome:
         """One POST on an email: a Send, or another operation passed through."""
-        operation = parse_operation(raw)
+        operation = check_email_id(email_id) or parse_operation(raw)
         if isinstance(operation, Invalid):
             log.info(
                 "send_invalid",
-                email_id=email_id,
+                email_id=email_id[:80],
                 field=operation.field,
                 status_message=operation.message,
             )

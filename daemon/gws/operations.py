@@ -12,6 +12,7 @@ input. The body itself is forwarded as received: these checks change nothing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,10 @@ INTERNAL_ERROR = 4
 PROCESSING_INCOMPLETE = 9  # the operation may or may not have been carried out
 INVALID = 10  # input validation error
 NOT_AUTHENTICATED = 20
+
+# Letters and digits in GWS's samples; `_` and `-` for deployments that use them.
+MAX_EMAIL_ID_LENGTH = 64
+_EMAIL_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_EMAIL_ID_LENGTH}}}")
 
 _OPTIONAL_TEXT = ("subject", "body", "bodyAsPlainText", "mime")
 _ADDRESS_LISTS = ("cc", "bcc")
@@ -81,6 +86,18 @@ def _address_list(email: dict[str, Any], key: str, *, required: bool) -> tuple[s
         if not isinstance(item, str) or not item.strip():
             return _invalid(f"{field}[{index}]", "must be a non-empty string")
     return tuple(value)
+
+
+def check_email_id(email_id: str) -> Invalid | None:
+    """None for an id GWS can have; otherwise why not, as the 400 GWS would give."""
+    if _EMAIL_ID.fullmatch(email_id):
+        return None
+    return Invalid(
+        INVALID,
+        f"Input validation error: 'id' must be 1 to {MAX_EMAIL_ID_LENGTH} "
+        "letters, digits, '_' or '-'",
+        "id",
+    )
 
 
 def parse_operation(raw: bytes) -> SendRequest | Operation | Invalid:

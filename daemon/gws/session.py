@@ -396,6 +396,14 @@ def basic_authorization(username: str, password: str) -> str:
 
 
 def _quote(segment: str) -> str:
+    """`segment` as one URL path segment: `/`, `?`, `#` and the rest escaped.
+
+    A dot segment cannot be escaped (`%2E%2E` is `..` to URL normalisation,
+    ours and every server's): it would move the request up the path, so it is
+    never sent. The API accepts only GWS-shaped ids; this holds whatever the caller.
+    """
+    if segment in ("", ".", ".."):
+        raise GwsUnreachableError(f"not sent: email id {segment!r} is not a URL path segment")
     return quote(segment, safe="")
 
 
