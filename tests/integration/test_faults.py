@@ -266,7 +266,7 @@ async def test_a_flood_of_malformed_notifications_leaves_the_daemon_ready_and_co
         [],
         {},
         {"messageType": 7},
-        {"messageType": "Nope"},
+        {"messageType": ""},
         {"messageType": "EmailStateChangeMessage"},
         {"messageType": "EmailStateChangeMessage", "notificationType": "StatusChange"},
         {
