@@ -6,13 +6,21 @@ one JSON array per batch (`batch_mode = "array"`,
 `Idempotency-Key` (the event id; for an array, the id of its first event and
 `Idempotency-Keys` with all of them) and, when a secret is configured,
 
-    Gws-Notifyd-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+    Gws-Notifyd-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>,
+                           v2=<hex HMAC-SHA256(secret, "<t>.<Idempotency-Key>.<body>")>
 
-A receiver recomputes the HMAC over the timestamp, a dot and the raw body,
-compares in constant time and rejects stale timestamps (README, "Webhook").
+A receiver recomputes an HMAC, compares in constant time and rejects
+timestamps more than `REPLAY_WINDOW_SECONDS` away; v2 also binds the
+Idempotency-Key, so a captured request cannot be replayed under another key
+past the receiver's deduplication (README, "Webhook").
 
 Retry classification (the dispatcher acts on it): 2xx taken; 408, 429, 5xx,
-timeouts and connection errors retryable; any other status permanent.
+timeouts and connection errors retryable; any other status permanent,
+redirects included: they are never followed (a redirect would take the event,
+its headers and its signature somewhere nobody configured).
+
+The URL is shown (errors, dead letters, /v1/status) without userinfo, query
+or fragment, where credentials hide; so is a redirect's Location.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import time
 from collections.abc import Sequence
 
 import aiohttp
+from yarl import URL
 
 from daemon import __version__
 from daemon.config import Secret
@@ -33,15 +42,40 @@ from daemon.store.rows import OutboxRow
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 SIGNATURE_HEADER = "Gws-Notifyd-Signature"
+# How far a signature's timestamp may be from the receiver's clock.
+REPLAY_WINDOW_SECONDS = 300
+# What is read of an answer: enough to keep the connection for the next POST;
+# a longer answer costs its connection instead of the sink's time.
+MAX_ANSWER_BYTES = 64 * 1024
 
 
-def sign(secret: bytes, timestamp: int, body: bytes) -> str:
-    digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
+def _hmac(secret: bytes, *parts: bytes) -> str:
+    return hmac.new(secret, b".".join(parts), hashlib.sha256).hexdigest()
 
 
-def verify(secret: bytes, header: str, body: bytes, *, now: float, tolerance: float = 300) -> bool:
-    """What a receiver does; shipped so integrators can test their endpoint."""
+def sign(secret: bytes, timestamp: int, body: bytes, idempotency_key: str | None = None) -> str:
+    """The signature header: v1 over "<t>.<body>", and v2 over "<t>.<key>.<body>" given a key."""
+    t = str(timestamp).encode()
+    header = f"t={timestamp},v1={_hmac(secret, t, body)}"
+    if idempotency_key is not None:
+        header += f",v2={_hmac(secret, t, idempotency_key.encode(), body)}"
+    return header
+
+
+def verify(
+    secret: bytes,
+    header: str,
+    body: bytes,
+    *,
+    now: float,
+    tolerance: float = REPLAY_WINDOW_SECONDS,
+    idempotency_key: str | None = None,
+) -> bool:
+    """What a receiver does; shipped so integrators can test their endpoint.
+
+    With `idempotency_key` (the request's Idempotency-Key) and a v2 in the
+    header, v2 decides; otherwise v1.
+    """
     fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
     try:
         timestamp = int(fields["t"])
@@ -49,8 +83,21 @@ def verify(secret: bytes, header: str, body: bytes, *, now: float, tolerance: fl
         return False
     if abs(now - timestamp) > tolerance:
         return False
-    expected = sign(secret, timestamp, body).split("v1=", 1)[1]
-    return hmac.compare_digest(expected.encode(), fields.get("v1", "").encode())
+    t = str(timestamp).encode()
+    if idempotency_key is not None and "v2" in fields:
+        given, expected = fields["v2"], _hmac(secret, t, idempotency_key.encode(), body)
+    else:
+        given, expected = fields.get("v1", ""), _hmac(secret, t, body)
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
+
+
+def shown(url: str | URL) -> str:
+    """`url` as it may appear in a log, an error or a dead letter: no userinfo, query, fragment."""
+    try:
+        parsed = url if isinstance(url, URL) else URL(url)
+        return str(parsed.with_user(None).with_query(None).with_fragment(None))
+    except (TypeError, ValueError):
+        return "(unparsable URL)"
 
 
 def classify(status: int) -> bool | None:
@@ -60,6 +107,17 @@ def classify(status: int) -> bool | None:
     if status in RETRYABLE_STATUSES or status >= 500:
         return False
     return None
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> None:
+    """Read the answer up to MAX_ANSWER_BYTES; past that, drop the connection unread."""
+    remaining = MAX_ANSWER_BYTES
+    while remaining > 0:
+        chunk = await response.content.read(remaining)
+        if not chunk:
+            return
+        remaining -= len(chunk)
+    response.close()
 
 
 class WebhookSink(Sink):
@@ -78,6 +136,7 @@ class WebhookSink(Sink):
     ) -> None:
         self.name = name
         self.url = url
+        self._shown_url = shown(url)
         self._secret = secret.reveal().encode() if secret is not None else None
         self._headers = {"User-Agent": f"gws-notifyd/{__version__}", **dict(headers)}
         self._batch_mode = batch_mode
@@ -112,22 +171,37 @@ class WebhookSink(Sink):
     ) -> None:
         headers = {**self._headers, **extra, "Content-Type": content_type}
         if self._secret is not None:
-            headers[SIGNATURE_HEADER] = sign(self._secret, int(time.time()), body)
+            headers[SIGNATURE_HEADER] = sign(
+                self._secret, int(time.time()), body, extra["Idempotency-Key"]
+            )
         try:
-            async with self._http.post(self.url, data=body, headers=headers) as response:
-                await response.read()
-                verdict = classify(response.status)
+            async with self._http.post(
+                self.url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                await _read_some(response)
+                status, location = response.status, response.headers.get("Location")
         except (aiohttp.ClientError, TimeoutError, ssl.SSLError) as exc:
             raise RetryableSinkError(
-                f"sink {self.name}: POST {self.url} failed: {type(exc).__name__}",
+                f"sink {self.name}: POST {self._shown_url} failed: {type(exc).__name__}",
                 delivered=delivered,
             ) from None
+        verdict = classify(status)
         if verdict is True:
             return
-        message = f"sink {self.name}: POST {self.url} answered HTTP {response.status}"
+        message = f"sink {self.name}: POST {self._shown_url} answered HTTP {status}"
         if verdict is False:
             raise RetryableSinkError(message, delivered=delivered)
+        if 300 <= status < 400:
+            message += f" (redirects are not followed; Location: {self._location(location)})"
         raise PermanentSinkError(message, delivered=delivered)
+
+    def _location(self, location: str | None) -> str:
+        if location is None:
+            return "none"
+        try:
+            return shown(URL(self.url).join(URL(location)))
+        except ValueError:
+            return "(unparsable)"
 
     async def close(self) -> None:
         await self._http.close()
