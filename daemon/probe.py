@@ -46,11 +46,11 @@ class _Listening:
         self.states: list[str] = []
         self.subscribed = asyncio.Event()
         self.transport: str | None = None
-        self.shapes: Counter[tuple[tuple[str, Any], ...]] = Counter()
+        self.shapes: Counter[bytes] = Counter()  # each shape as JSON
 
     async def on_batch(self, batch: list[Message]) -> None:
         for message in batch:
-            self.shapes[tuple(_shape(message).items())] += 1
+            self.shapes[orjson.dumps(_shape(message))] += 1
 
     async def on_subscribed(self, info: Subscribed) -> None:
         self.transport = info.transport
@@ -132,20 +132,25 @@ async def _listen(session: GwsSession, settings: Settings, seconds: float) -> di
     if listening.subscribed.is_set():
         await asyncio.sleep(seconds)  # listening is what a probe is for
     await client.close()
-    with contextlib.suppress(Exception):
+    error: str | None = None
+    try:
         await asyncio.wait_for(running, 10)
+    except Exception as exc:  # a probe reports what went wrong, whatever it was
+        error = f"{type(exc).__name__}: {exc}"
     reply = client.handshake_reply
     return {
         "url": settings.gws.notifications_url,
         "handshake": {k: reply[k] for k in _HANDSHAKE_SHOWN if k in reply} if reply else None,
         "handshakeOtherKeys": sorted(k for k in reply if k not in _HANDSHAKE_SHOWN),
-        "subscribed": listening.subscribed.is_set(),
+        "subscribed": listening.subscribed.is_set() and error is None,
+        "error": error,
         "channels": list(settings.gws.channels),
         "transport": listening.transport,
         "states": listening.states,
         "listenedSeconds": seconds,
         "notifications": [
-            dict(shape) | {"count": count} for shape, count in listening.shapes.most_common()
+            orjson.loads(shape) | {"count": count}
+            for shape, count in listening.shapes.most_common()
         ],
     }
 
@@ -231,6 +236,8 @@ def _cometd_lines(cometd: dict[str, Any]) -> list[str]:
         f"notifications in {cometd['listenedSeconds']:g} s: "
         f"{sum(n['count'] for n in cometd['notifications'])}",
     ]
+    if cometd["error"]:
+        lines.append(f"CometD stopped: {cometd['error']}")
     for shape in cometd["notifications"]:
         lines.append(
             f"  {shape['count']:>5} x {shape['channel']} {shape['messageType']}"

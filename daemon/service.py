@@ -43,6 +43,7 @@ from daemon.app import Components, build_components, build_sinks, new_metrics
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError, GwsError, GwsRequestError, SinkError, StoreError
+from daemon.gws.session import is_refusal
 from daemon.metrics import Metrics
 from daemon.sdnotify import SystemdNotifier
 
@@ -246,12 +247,12 @@ class Service:
         )
 
     async def _login(self, parts: Components) -> None:
-        backoff = Backoff(BackoffPolicy(initial=1.0, maximum=30.0))
+        backoff = Backoff(BackoffPolicy(initial=1.0, maximum=self.settings.gws.retry_max_seconds))
         while not self._stop.is_set():
             try:
                 await parts.session.login()
             except GwsRequestError as exc:
-                if exc.http_status in (401, 403):
+                if is_refusal(exc):  # an operator's typo at start: exit, never retry it
                     raise StartupError(
                         f"GWS refused the credentials of gws.username "
                         f"{self.settings.gws.username!r}: {exc}",

@@ -71,8 +71,9 @@ class SessionKeeper:
         self._rng = rng
         self._refusals = 0
         self._attempts = 0
+        # As the Bayeux client's: back within a fraction of a second after a short outage.
         self._transport = Backoff(
-            BackoffPolicy(initial=0.5, maximum=settings.retry_max_seconds, floor=0.1), rng=rng
+            BackoffPolicy(initial=0.1, maximum=settings.retry_max_seconds, floor=0.05), rng=rng
         )
         self._wake = asyncio.Event()
 

@@ -272,6 +272,7 @@ class Simulator:
         self.bayeux_posts_without_csrf = 0
         self.websocket_upgrades = 0
         self.websocket_upgrades_without_csrf = 0
+        self.last_send_body: bytes | None = None  # the raw body of the last Send
         self.base_url: str | None = None
         self.user_id = uuid.uuid5(uuid.NAMESPACE_URL, "gws-simulator").hex
         self._sessions: dict[str, _HttpSession] = {}
@@ -338,6 +339,11 @@ class Simulator:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    def issued_secrets(self) -> list[str]:
+        """Every session id (cookie value) and CSRF token handed out and still valid:
+        what a client must never print."""
+        return [v for s in self._sessions.values() for v in (s.session_id, s.csrf_token)]
 
     # -- application ---------------------------------------------------------
 
@@ -530,6 +536,7 @@ class Simulator:
         operation = _operation_name(body)
         if operation == "Send":
             self.sends_received += 1
+            self.last_send_body = await request.read()
             return await self._send(request, email_id, body)
         if operation not in _OTHER_OPERATIONS:
             raise _GwsFailure(400, 10, f"Unsupported operationName '{operation}'")
