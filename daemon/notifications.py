@@ -73,6 +73,8 @@ class NotificationListener:
             headers=session.bayeux_headers,
             before_handshake=self._before_handshake,
         )
+        # A Send answered 401 is news the long-poll may bring only much later.
+        session.on_refused(self._client.rehandshake)
         self._subscribed = False
         self.first_subscription = asyncio.Event()
         self._reconciling: asyncio.Task[None] | None = None

@@ -29,8 +29,9 @@ from daemon.backoff import BackoffPolicy
 from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Message, Subscribed
 from daemon.config import Settings
 from daemon.errors import GwsError, GwsRequestError
+from daemon.gws.answers import is_refusal
 from daemon.gws.messages import EmailStateChange, Malformed, parse_message
-from daemon.gws.session import GwsSession, is_refusal
+from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
 
 # Of the handshake reply, what is shown; the rest (clientId, ext) only by name.

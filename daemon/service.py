@@ -43,7 +43,7 @@ from daemon.app import Components, build_components, build_sinks, new_metrics
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError, GwsError, GwsRequestError, SinkError, StoreError
-from daemon.gws.session import is_refusal
+from daemon.gws.answers import is_refusal
 from daemon.metrics import Metrics
 from daemon.sdnotify import SystemdNotifier
 

@@ -11,6 +11,7 @@ daemon must reconcile. See the README, "Why not aiocometd".
     advice.py            the server's advice (timeout, interval, reconnect) as it stands
     meta.py              the /meta/ requests, and what their replies and refusals mean
     messages.py          a response body → meta replies + data `Message`s
+    waiting.py           a pause, and work, that close() cuts short
     errors.py            the package's errors, under daemon.errors.CometdError
                          (SessionRefusedError: an HTTP 401/403 under Bayeux)
     transports/

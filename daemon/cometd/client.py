@@ -72,6 +72,7 @@ from daemon.cometd.transports.base import (
 )
 from daemon.cometd.transports.long_polling import LongPollingTransport
 from daemon.cometd.transports.websocket import WebSocketFallback, WebSocketTransport
+from daemon.cometd.waiting import done_unless, pause
 from daemon.errors import CometdError, HandshakeError, ServerGoneError
 
 log = structlog.get_logger(logger_name="daemon.cometd")
@@ -117,6 +118,7 @@ class BayeuxClient:
         self._advice = Advice()
         self._state = ConnectionState.DISCONNECTED
         self._closing = asyncio.Event()
+        self._interrupted = asyncio.Event()  # close(), or rehandshake()
         self._handshakes = 0
         self._attempts = 0  # handshakes tried, successful or not
         self._connects = 0
@@ -176,11 +178,18 @@ class BayeuxClient:
     async def close(self) -> None:
         """Stop `run()`: disconnect politely, then return."""
         self._closing.set()
+        self._interrupted.set()
+
+    def rehandshake(self) -> None:
+        """Drop the connection and handshake again, `before_handshake` first.
+
+        For a caller that learned its HTTP session is in trouble (a REST call
+        answered 401) before the long-poll did.
+        """
+        self._interrupted.set()
 
     async def _pause(self, seconds: float) -> None:
-        if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), seconds)
+        await pause(seconds, self._closing)
 
     async def _hand_over(self, batch: list[Message]) -> None:
         if batch:
@@ -215,30 +224,17 @@ class BayeuxClient:
         credentials were refused).
         """
         self._attempts += 1
+        if not self._closing.is_set():
+            self._interrupted.clear()  # a handshake is coming anyway
         if self._attempts == 1 or self._before_handshake is None:
             return True
         self._set_state(ConnectionState.RECONNECTING)
         preparing = asyncio.ensure_future(self._before_handshake())
-        if not await self._unless_closing(preparing):
+        if not await done_unless(preparing, self._closing):
             return False
         if preparing.exception() is not None:
             raise TransportError(f"before handshake: {preparing.exception()!r}")
         return True
-
-    async def _unless_closing(self, work: asyncio.Future[Any]) -> bool:
-        """Wait for `work`, or for `close()`: then cancel it. True if `work` is done."""
-        try:
-            closing = asyncio.ensure_future(self._closing.wait())
-            try:
-                await asyncio.wait({work, closing}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closing.cancel()
-            return work.done() and not work.cancelled()
-        finally:
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(BaseException):
-                    await work
 
     async def _rehandshake_after(self, exc: UnknownClientError | SessionRefusedError) -> None:
         # The first "unknown client" since the last working connect (a server
@@ -392,7 +388,8 @@ class BayeuxClient:
     ) -> Answer | None:
         """Send a /meta/connect, hand `batch` over while it is out, and return its answer.
 
-        None when `close()` came first: the connect is then cancelled.
+        None when `close()` came first: the connect is then cancelled (after
+        `rehandshake()` too, which raises SessionRefusedError).
         """
         request = asyncio.ensure_future(
             transport.exchange(
@@ -406,8 +403,10 @@ class BayeuxClient:
         except BaseException:
             request.cancel()
             raise
-        if not await self._unless_closing(request):
-            return None
+        if not await done_unless(request, self._interrupted):
+            if self._closing.is_set():
+                return None
+            raise SessionRefusedError("the caller asked for a new handshake")
         return request.result()
 
     def _connect_message(self, transport: Transport) -> dict[str, Any]:

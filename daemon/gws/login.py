@@ -30,7 +30,8 @@ import structlog
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import GwsSettings
 from daemon.errors import GwsError, GwsRequestError
-from daemon.gws.session import GwsSession, is_refusal
+from daemon.gws.answers import is_refusal
+from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
 
 log = structlog.get_logger(logger_name="daemon.gws.login")

@@ -22,9 +22,8 @@ from __future__ import annotations
 import base64
 import ssl
 import time
-from collections.abc import Awaitable, Mapping
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -37,10 +36,12 @@ from daemon.errors import (
     ConfigError,
     GwsAnswerLostError,
     GwsError,
-    GwsRequestError,
     GwsUnreachableError,
 )
+from daemon.gws.answers import Answer, failure_of, field, is_refusal, raise_unless_ok
 from daemon.metrics import Metrics
+
+__all__ = ["Answer", "GwsSession", "basic_authorization", "is_refusal"]
 
 log = structlog.get_logger(logger_name="daemon.gws.session")
 
@@ -53,45 +54,6 @@ CONNECT_SHARE = 0.5
 SESSION_COOKIE = "JSESSIONID"
 # The requests that log in; the only ones sent while the credentials are refused.
 _LOGIN_OPERATIONS = frozenset({"GetMe", "StartContactCenterSession"})
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """A GWS answer as it came: HTTP status, parsed body (if JSON) and raw bytes."""
-
-    http_status: int
-    body: Any
-    raw: bytes
-    content_type: str
-
-    def _integer(self, key: str) -> int | None:
-        value = self.body.get(key) if isinstance(self.body, dict) else None
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    @property
-    def status_code(self) -> int | None:
-        return self._integer("statusCode")
-
-    @property
-    def status_message(self) -> str | None:
-        if isinstance(self.body, dict):
-            message = self.body.get("statusMessage")
-            return message if isinstance(message, str) else None
-        return None
-
-    @property
-    def reference_id(self) -> int | None:
-        return self._integer("referenceId")
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.http_status < 300 and self.status_code in (0, None)
-
-
-def is_refusal(exc: GwsRequestError) -> bool:
-    """Whether a failed login means the credentials were refused (never retry fast)."""
-    # 401/403 to Basic auth; statusCode 8 (password change demanded), 20 (not authenticated).
-    return exc.http_status in (401, 403) or exc.status_code in (8, 20)
 
 
 def _ssl_context(settings: GwsSettings) -> ssl.SSLContext | bool:
@@ -113,6 +75,12 @@ class GwsSession:
         self._authorization = basic_authorization(settings.username, settings.password.reveal())
         self._session_cookie: str | None = None  # JSESSIONID at the last login
         self.credentials_refused = False
+        self._on_refused: Callable[[], None] | None = None
+
+    def on_refused(self, callback: Callable[[], None]) -> None:
+        """Call `callback` when a request (not a login) is answered 401: whoever keeps
+        the session should check it now, not at the end of a long-poll."""
+        self._on_refused = callback
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -172,6 +140,8 @@ class GwsSession:
             ) as response:
                 answer = await self._answer(response)
                 result = "ok" if answer.ok else "rejected"
+                if answer.http_status == 401 and operation not in _LOGIN_OPERATIONS:
+                    self._refused_meanwhile()
                 return answer
         except aiohttp.ClientConnectorError as exc:
             result = "unreachable"
@@ -192,6 +162,14 @@ class GwsSession:
             self._metrics.gws_requests.labels(operation, result).observe(
                 time.perf_counter() - started
             )
+
+    def _refused_meanwhile(self) -> None:
+        # Each further request with these credentials would be one more failed
+        # login: none leaves until the session keeper has logged in again.
+        self.credentials_refused = True
+        log.warning("gws_credentials_refused", detail="a request was answered 401")
+        if self._on_refused is not None:
+            self._on_refused()
 
     def _headers(self, method: str, *, with_body: bool) -> dict[str, str]:
         headers = {"Accept": _JSON, "Authorization": self._authorization}
@@ -245,7 +223,7 @@ class GwsSession:
 
     async def refresh_csrf(self) -> None:
         answer = await self._request("GET", "/api/v2/me", operation="GetMe")
-        _raise_unless_ok(answer, "GetMe")
+        raise_unless_ok(answer, "GetMe")
 
     # -- the session's life ------------------------------------------------------------
 
@@ -310,7 +288,7 @@ class GwsSession:
     async def _checked(self, request: Awaitable[Answer]) -> None:
         """The login GET: refused credentials (or not) are remembered."""
         answer = await request
-        failure = _failure(answer, "GetMe")
+        failure = failure_of(answer, "GetMe")
         if failure is not None:
             # Only a refusal changes what is known of the credentials: GWS
             # unreachable or failing says nothing about them.
@@ -332,7 +310,7 @@ class GwsSession:
             if answer.status_code == 7:
                 log.warning("gws_session_partial", status_message=answer.status_message)
             elif not answer.ok:
-                failure = _failure(answer, "StartContactCenterSession")
+                failure = failure_of(answer, "StartContactCenterSession")
                 assert failure is not None
                 self.credentials_refused = is_refusal(failure)
                 raise failure
@@ -360,7 +338,7 @@ class GwsSession:
         answer = await self._call(
             "GET", "/api/v2/me/emails", operation="ListEmails", params={"fields": "*"}
         )
-        emails = _field(answer, "emails", list, "ListEmails")
+        emails = field(answer, "emails", list, "ListEmails")
         return {e["id"]: e for e in emails if isinstance(e, dict) and isinstance(e.get("id"), str)}
 
     async def get_email(self, email_id: str) -> dict[str, Any] | None:
@@ -370,24 +348,7 @@ class GwsSession:
         )
         if answer.http_status == 404 or answer.status_code == 6:
             return None
-        return _field(answer, "email", dict, "GetEmail")
-
-
-T = TypeVar("T")
-
-
-def _field(answer: Answer, key: str, kind: type[T], operation: str) -> T:
-    """`answer.body[key]` of the expected kind, from a successful answer."""
-    _raise_unless_ok(answer, operation)
-    value = answer.body.get(key) if isinstance(answer.body, dict) else None
-    if not isinstance(value, kind):
-        raise GwsRequestError(
-            operation=operation,
-            http_status=answer.http_status,
-            status_code=None,
-            status_message=f"answer has no {key!r} {kind.__name__}",
-        )
-    return value
+        return field(answer, "email", dict, "GetEmail")
 
 
 def basic_authorization(username: str, password: str) -> str:
@@ -409,21 +370,3 @@ def _quote(segment: str) -> str:
 
 def _is_csrf_refusal(answer: Answer) -> bool:
     return b"csrf" in answer.raw.lower()
-
-
-def _failure(answer: Answer, operation: str) -> GwsRequestError | None:
-    if answer.ok:
-        return None
-    return GwsRequestError(
-        operation=operation,
-        http_status=answer.http_status,
-        status_code=answer.status_code,
-        status_message=answer.status_message,
-        body=answer.body,
-    )
-
-
-def _raise_unless_ok(answer: Answer, operation: str) -> None:
-    failure = _failure(answer, operation)
-    if failure is not None:
-        raise failure

@@ -166,6 +166,32 @@ async def test_a_password_changed_on_the_server_is_tried_slowly_and_a_new_file_a
     assert by_send[refused_send["sendId"]]["type"] == "gws.email.send_rejected"
 
 
+async def test_a_send_answered_401_stops_every_other_request_until_a_login_succeeds(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    assert simulator.base_url
+    async with DaemonProcess(write_config(tmp_path, gws_url=simulator.base_url)) as daemon:
+        right = simulator.settings.password
+        await wait_until(lambda: simulator.bayeux.held_connects() == 1, timeout=5, what="a poll")
+        # Changed under a held long-poll: the first to hear of it is a Send.
+        simulator.settings.password = "changed-elsewhere"
+        status, first = await daemon.send("U-1")
+        await daemon.wait_ready_status(503, timeout=5)
+        _, ready = await daemon.readyz()
+        status_2, second = await daemon.send("U-2")
+        await daemon.wait_log(lambda e: e.get("event") == "gws_login_failed")
+        refused = len(simulator.refused_times)
+
+        simulator.settings.password = right
+        await daemon.signal(signal.SIGHUP)  # tries at once, not in a minute
+        await daemon.wait_ready_status(200, timeout=10)
+
+    assert (status, first["statusCode"]) == (401, 20)  # GWS's answer, passed on
+    assert "gws_auth" in ready["failed"]
+    assert (status_2, second["statusCode"]) == (502, 4)  # never left
+    assert refused == 2  # the Send, then one login check: nothing else
+
+
 async def test_a_websocket_offer_that_fails_is_tried_twice_in_the_process_life_then_long_polling(
     simulator: Simulator, tmp_path: Path
 ) -> None:

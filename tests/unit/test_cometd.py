@@ -618,3 +618,34 @@ async def test_without_websocket_allowed_no_upgrade_is_tried() -> None:
     async with running_client(server, caller):
         await server.connected(1)
     assert server.upgrades == 0
+
+
+async def test_rehandshake_drops_the_held_connect_and_mends_the_session_first() -> None:
+    server = ScriptedBayeux()
+    caller = Caller()
+    mended: list[int] = []
+
+    async def before_handshake() -> None:
+        mended.append(server.handshakes)
+
+    app = web.Application()
+    app.router.add_post("/cometd", server.handle)
+    async with serving(app) as url, aiohttp.ClientSession() as session:
+        client = BayeuxClient(
+            session=session,
+            settings=ClientSettings(url=str(url), channels=(CHANNEL,), allow_websocket=False),
+            on_batch=caller.on_batch,
+            on_subscribed=caller.on_subscribed,
+            before_handshake=before_handshake,
+        )
+        running = asyncio.create_task(client.run())
+        try:
+            await server.connected(1)  # held by the server: nothing would end it soon
+            client.rehandshake()
+            await server.connected(2)
+        finally:
+            await client.close()
+            server.released.set()
+            await asyncio.wait_for(asyncio.gather(running, return_exceptions=True), WAIT)
+    assert mended == [1]
+    assert [s.client_id for s in caller.subscribed] == ["c1", "c2"]

@@ -21,7 +21,8 @@ from aiohttp import web
 
 from daemon.config import GwsSettings, Secret
 from daemon.errors import GwsAnswerLostError, GwsRequestError, GwsUnreachableError
-from daemon.gws.session import GwsSession, is_refusal
+from daemon.gws.answers import is_refusal
+from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
 from daemon.simulator import Simulator
 
@@ -350,3 +351,20 @@ def test_which_failed_logins_are_refusals(
         operation="GetMe", http_status=http_status, status_code=status_code, status_message=None
     )
     assert is_refusal(error) is refused
+
+
+async def test_a_request_answered_401_closes_the_gate_and_tells_the_session_keeper(
+    logged_in: GwsSession, simulator: Simulator
+) -> None:
+    told: list[bool] = []
+    logged_in.on_refused(lambda: told.append(True))
+    simulator.settings.password = "changed-on-the-server"
+
+    answer = await logged_in.email_operation("E-3", send_body(), operation="Send")
+
+    assert answer.http_status == 401
+    assert told == [True]
+    assert logged_in.credentials_refused
+    with pytest.raises(GwsUnreachableError):
+        await logged_in.email_operation("E-4", send_body(), operation="Send")
+    assert len(simulator.refused_times) == 1
