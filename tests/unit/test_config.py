@@ -623,9 +623,9 @@ def test_duplicate_sink_names_are_refused_at_the_second(tmp_path: Path) -> None:
 
 
 def test_unknown_sink_type_lists_the_known_ones(tmp_path: Path) -> None:
-    error = config_error(with_sinks({"name": "queue", "type": "redis"}), tmp_path)
+    error = config_error(with_sinks({"name": "queue", "type": "kafka"}), tmp_path)
     assert error.key == "sinks[0].type"
-    assert error.reason == "must be one of jsonl, log, webhook; got 'redis'"
+    assert error.reason == "must be one of jsonl, log, webhook, redis, nats; got 'kafka'"
 
 
 def test_missing_sink_type_is_named(tmp_path: Path) -> None:
