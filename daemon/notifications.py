@@ -30,7 +30,7 @@ from daemon.backoff import BackoffPolicy
 from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Subscribed
 from daemon.config import GwsSettings
 from daemon.errors import GwsError
-from daemon.gws.login import SessionKeeper
+from daemon.gws.login import SessionKeeper, transport_retry_policy
 from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
 from daemon.sends import SendRecord, SendStatus
@@ -64,8 +64,7 @@ class NotificationListener:
                 allow_websocket=settings.allow_websocket,
                 max_response_bytes=settings.max_batch_bytes,
                 batch_window=settings.batch_window_seconds,
-                # A fast first retry, growing to retry_max_seconds, jittered.
-                backoff=BackoffPolicy(initial=0.1, maximum=settings.retry_max_seconds, floor=0.05),
+                backoff=transport_retry_policy(settings.retry_max_seconds),
             ),
             on_batch=tracker.on_batch,
             on_subscribed=self._on_subscribed,

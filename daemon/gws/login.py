@@ -48,6 +48,14 @@ def auth_retry_delay(refusals: int, base: float, *, rng: random.Random | None = 
     return max(base, step) * (rng or _RNG).uniform(1.0, AUTH_JITTER)
 
 
+def transport_retry_policy(maximum: float) -> BackoffPolicy:
+    """Retries after GWS was unreachable, reset or failing: a fast first one, growing
+    by a quarter each time to `maximum`, fully jittered. A GWS back after a couple of
+    seconds is found again within half a second; one down for long is asked about
+    once every `maximum` seconds after a minute or so (15 s: 23 tries)."""
+    return BackoffPolicy(initial=0.1, maximum=maximum, multiplier=1.25, floor=0.05)
+
+
 def failure_reason(exc: GwsError) -> str:
     """`refused`, `unreachable` or `error`: the label of a failed login."""
     if isinstance(exc, GwsRequestError):
@@ -72,10 +80,7 @@ class SessionKeeper:
         self._rng = rng
         self._refusals = 0
         self._attempts = 0
-        # As the Bayeux client's: back within a fraction of a second after a short outage.
-        self._transport = Backoff(
-            BackoffPolicy(initial=0.1, maximum=settings.retry_max_seconds, floor=0.05), rng=rng
-        )
+        self._transport = Backoff(transport_retry_policy(settings.retry_max_seconds), rng=rng)
         self._wake = asyncio.Event()
 
     @property

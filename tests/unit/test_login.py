@@ -24,6 +24,7 @@ from daemon.gws.login import (
     SessionKeeper,
     auth_retry_delay,
     failure_reason,
+    transport_retry_policy,
 )
 from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
@@ -49,6 +50,15 @@ def test_the_waits_are_jittered() -> None:
 
 def test_an_auth_retry_above_the_cap_is_still_waited_in_full() -> None:
     assert auth_retry_delay(1, 3600.0, rng=random.Random(1)) >= 3600.0
+
+
+def test_transport_retries_start_fast_and_grow_to_retry_max_seconds() -> None:
+    policy = transport_retry_policy(15.0)
+    rng = random.Random(5)
+    assert all(0.05 <= policy.delay(1, rng=rng) <= 0.1 for _ in range(50))
+    assert all(policy.delay(n, rng=rng) <= 15.0 for n in range(1, 40))
+    assert all(policy.delay(n, rng=rng) <= 0.5 for n in range(1, 8) for _ in range(20))
+    assert max(policy.delay(24, rng=rng) for _ in range(200)) > 14.0
 
 
 @pytest.mark.parametrize(
