@@ -274,11 +274,12 @@ class GwsSession:
         """Make sure the HTTP session lives: GET /api/v2/me with the password as it is now.
 
         The same session (cookie) as at the last login: True, nothing more to do.
-        A new or no session cookie: the contact-center session is started again
-        (a login), and False. Raises as `login()` does.
+        A new or no session cookie, or credentials refused until now: the
+        contact-center session is started again (a login), and False. Raises as
+        `login()` does.
         """
         self._take_password()
-        before = self._session_cookie
+        before = None if self.credentials_refused else self._session_cookie
         await self._checked(self._request("GET", "/api/v2/me", operation="GetMe"))
         if before is not None and self._session_id() == before:
             return True

@@ -368,3 +368,16 @@ async def test_a_request_answered_401_closes_the_gate_and_tells_the_session_keep
     with pytest.raises(GwsUnreachableError):
         await logged_in.email_operation("E-4", send_body(), operation="Send")
     assert len(simulator.refused_times) == 1
+
+
+async def test_after_refused_credentials_are_accepted_again_it_is_a_full_login(
+    logged_in: GwsSession, simulator: Simulator, metric_value: Callable[..., float]
+) -> None:
+    right = simulator.settings.password
+    simulator.settings.password = "changed"
+    with pytest.raises(GwsRequestError):
+        await logged_in.ensure()
+    simulator.settings.password = right
+
+    assert await logged_in.ensure() is False  # same cookie, yet logged in again
+    assert metric_value(REQUESTS, operation="StartContactCenterSession", result="ok") == 2
