@@ -17,6 +17,7 @@ Send *does* is `daemon.sending`'s business, whose outcomes are mapped here.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable
@@ -45,6 +46,7 @@ from daemon.metrics import Metrics
 from daemon.notifications import NotificationListener
 from daemon.sending import (
     Answered,
+    ClientGone,
     NeverLeft,
     NotRecorded,
     OutboxFull,
@@ -173,9 +175,26 @@ async def _email_operation(request: web.Request) -> web.StreamResponse:
         return _gws_error(
             503, INTERNAL_ERROR, "gws-notifyd is shutting down; retry later", headers=_RETRY_LATER
         )
-    raw = await request.read()
-    outcome = await context.workflow.handle(request.match_info["email_id"], raw)
+    timeout = context.http.read_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
+    except TimeoutError:
+        answer = _gws_error(
+            408, INVALID, f"Input validation error: the body did not arrive within {timeout:g} s"
+        )
+        answer.force_close()  # the rest of the body may still be on its way
+        return answer
+    outcome = await context.workflow.handle(
+        request.match_info["email_id"], raw, client_gone=lambda: _client_gone(request)
+    )
     return _answer(outcome)
+
+
+def _client_gone(request: web.Request) -> bool:
+    """Whether the integration has closed the connection (nobody would read the answer)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _answer(outcome: Outcome) -> web.Response:
@@ -194,6 +213,11 @@ def _answer(outcome: Outcome) -> web.Response:
     if isinstance(outcome, NotRecorded):
         return _gws_error(
             503, INTERNAL_ERROR, "gws-notifyd cannot record the send", headers=_RETRY_LATER
+        )
+    if isinstance(outcome, ClientGone):
+        # Nobody reads it: the connection is gone.
+        return _gws_error(
+            503, INTERNAL_ERROR, "Not forwarded: the connection closed", send_id=outcome.send_id
         )
     if isinstance(outcome, NeverLeft):
         return _gws_error(

@@ -7,7 +7,10 @@ becomes the send's next state. The result is an outcome that `daemon.api`
 maps to an HTTP answer. Operations other than Send pass through unchanged.
 
 Once recorded, a send's bookkeeping finishes even when the integration hangs
-up: that part runs shielded from the request's cancellation.
+up: that part runs shielded from the request's cancellation. But a Send whose
+integration has hung up before it left is not forwarded: the integration took
+it for failed and may send it again. It is rejected (`send_rejected`, no HTTP
+status, `CLIENT_GONE`), which is what happened to it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from daemon.sends import SendRecord, new_send_id
 from daemon.tracker import Tracker
 
 log = structlog.get_logger(logger_name="daemon.sending")
+
+CLIENT_GONE = "not forwarded: the integration closed its connection before the Send left"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,18 @@ class AnswerLost:
     send_id: str | None = None
 
 
-Outcome = Invalid | Answered | NotRecorded | OutboxFull | NeverLeft | AnswerLost
+@dataclass(frozen=True, slots=True)
+class ClientGone:
+    """The integration hung up before the Send left: not forwarded (the send is rejected)."""
+
+    send_id: str
+
+
+Outcome = Invalid | Answered | NotRecorded | OutboxFull | NeverLeft | AnswerLost | ClientGone
+
+
+def _never() -> bool:
+    return False
 
 
 class SendWorkflow:
@@ -104,8 +120,14 @@ class SendWorkflow:
             return False
         return True
 
-    async def handle(self, email_id: str, raw: bytes) -> Outcome:
-        """One POST on an email: a Send, or another operation passed through."""
+    async def handle(
+        self, email_id: str, raw: bytes, *, client_gone: Callable[[], bool] = _never
+    ) -> Outcome:
+        """One POST on an email: a Send, or another operation passed through.
+
+        `client_gone` says whether the integration has hung up; it is asked
+        right before a Send is forwarded.
+        """
         operation = check_email_id(email_id) or parse_operation(raw)
         if isinstance(operation, Invalid):
             log.info(
@@ -120,19 +142,23 @@ class SendWorkflow:
         if self._outbox_full():
             log.warning("send_refused_outbox_full", email_id=email_id)
             return OutboxFull()
-        return await asyncio.shield(self._send(email_id, raw, operation))
+        return await asyncio.shield(self._send(email_id, raw, operation, client_gone))
 
-    async def _send(self, email_id: str, raw: bytes, request: SendRequest) -> Outcome:
+    async def _send(
+        self, email_id: str, raw: bytes, request: SendRequest, client_gone: Callable[[], bool]
+    ) -> Outcome:
         self._in_flight += 1
         self._idle.clear()
         try:
-            return await self._record_and_forward(email_id, raw, request)
+            return await self._record_and_forward(email_id, raw, request, client_gone)
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
 
-    async def _record_and_forward(self, email_id: str, raw: bytes, request: SendRequest) -> Outcome:
+    async def _record_and_forward(
+        self, email_id: str, raw: bytes, request: SendRequest, client_gone: Callable[[], bool]
+    ) -> Outcome:
         tracker = self._tracker
         send = SendRecord(
             send_id=new_send_id(),
@@ -148,6 +174,14 @@ class SendWorkflow:
             log.error("send_not_recorded", email_id=email_id, error=str(exc))
             return NotRecorded(str(exc))
         send_id = send.send_id
+        if client_gone():
+            log.warning(
+                "send_not_forwarded", send_id=send_id, email_id=email_id, reason="client_gone"
+            )
+            await tracker.rejected(
+                send_id, status_code=None, status_message=CLIENT_GONE, http_status=None
+            )
+            return ClientGone(send_id)
         try:
             answer = await self._session.email_operation(email_id, raw, operation="Send")
         except GwsUnreachableError as exc:

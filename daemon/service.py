@@ -35,7 +35,6 @@ from types import FrameType
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from daemon import __version__, exitcodes
 from daemon.api import build_app
@@ -44,6 +43,7 @@ from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError, GwsError, GwsRequestError, SinkError, StoreError
 from daemon.gws.answers import is_refusal
+from daemon.http_server import start_api_server
 from daemon.metrics import Metrics
 from daemon.sdnotify import SystemdNotifier
 
@@ -189,20 +189,15 @@ class Service:
 
     async def _serve_api(self, parts: Components, stack: contextlib.AsyncExitStack) -> None:
         http = self.settings.http
-        runner = web.AppRunner(
-            build_app(parts.api_context()), access_log=None, handle_signals=False
-        )
-        await runner.setup()
-        stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, http.host, http.port, reuse_address=True)
         try:
-            await site.start()
+            server = await start_api_server(build_app(parts.api_context()), http)
         except OSError as exc:
             raise StartupError(
                 f"http.listen: cannot listen on {http.host}:{http.port}: {exc.strerror}",
                 exitcodes.UNAVAILABLE,
             ) from None
-        self.api_url = f"http://{http.host}:{runner.addresses[0][1]}"
+        stack.push_async_callback(server.close)
+        self.api_url = f"http://{http.host}:{server.port}"
         if http.token is None and not http.on_loopback:
             log.warning(
                 "api_unauthenticated",

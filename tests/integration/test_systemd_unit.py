@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import GwsSettings, ServiceSettings, load_settings
+from daemon.config import GwsSettings, HttpSettings, ServiceSettings, load_settings
+from daemon.http_server import connection_limits
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "gws-notifyd.service"
 SHIPPED_EXECUTABLE = "/usr/bin/gws-notifyd"
@@ -137,3 +138,12 @@ def test_the_unit_speaks_the_notify_protocol_the_daemon_implements() -> None:
     assert found["WatchdogSec"] == ["30"]
     # sd_notify needs AF_UNIX; GWS, sinks and the local API need AF_INET/AF_INET6.
     assert found["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
+
+
+def test_the_descriptor_limit_leaves_room_for_every_api_connection() -> None:
+    [limit] = directives()["LimitNOFILE"]
+    configured = HttpSettings().max_connections
+    # The default cap is kept whole: no api_connections_lowered at start.
+    assert connection_limits(configured, int(limit)).connections == configured
+    # The daemon cannot raise the limit itself: setrlimit is among the denied calls.
+    assert "~@privileged @resources" in directives()["SystemCallFilter"]

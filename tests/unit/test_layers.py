@@ -1,6 +1,7 @@
 """The layers point one way: read every module's imports and hold them to the plan.
 
-    edges        cli, admin, probe, demo, service, app, api    (may import anything)
+    edges        cli, admin, probe, demo, service, app, api,
+                 http_server                                   (may import anything)
     application  tracker, correlator, events, notifications,
                  sending, dispatcher, housekeeping
     adapters     gws/ (GWS)       -> bayeux client, foundation
@@ -59,6 +60,7 @@ _EDGE_MODULES = {
     "daemon.service",
     "daemon.app",
     "daemon.api",
+    "daemon.http_server",
     "daemon.admin",
     "daemon.probe",
 }
