@@ -161,14 +161,23 @@ def _tune_collector() -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from daemon.sinks.jsonl import unwritable
+
     path = args.config
     settings = load_settings(path)
+    for index, sink in enumerate(settings.sinks):
+        # What `run` would find only when it opens the file (78 then too).
+        problem = unwritable(sink.path) if sink.type == "jsonl" and sink.path else None
+        if problem is not None:
+            raise ConfigError(f"sinks[{index}].path", problem)
     sinks = ", ".join(f"{s.name} ({s.type})" for s in settings.sinks) or "none"
     print(
         f"{path}: OK — GWS {settings.gws.base_url} as {settings.gws.username}, "
         f"API on {settings.http.host}:{settings.http.port}, store {settings.store.path}, "
         f"sinks: {sinks}"
     )
+    for warning in settings.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if not settings.sinks:
         print("warning: no [[sinks]]: events are kept only until they are pruned", file=sys.stderr)
     return exitcodes.OK

@@ -198,6 +198,8 @@ class Service:
             ) from None
         stack.push_async_callback(server.close)
         self.api_url = f"http://{http.host}:{server.port}"
+        for warning in self.settings.warnings:
+            log.warning("config_warning", detail=warning)
         if http.token is None and not http.on_loopback:
             log.warning(
                 "api_unauthenticated",

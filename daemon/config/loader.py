@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config.buses import nats_fields, redis_fields
+from daemon.config.exposure import exposure_warnings
 from daemon.config.reader import Table
 from daemon.config.settings import (
     SINK_TYPES,
@@ -90,6 +91,7 @@ def settings_from_dict(
         service=service,
         logging=logging,
         source=source,
+        warnings=exposure_warnings(data, base),
     )
 
 

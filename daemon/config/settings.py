@@ -165,3 +165,5 @@ class Settings:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: Path | None = None
+    # What exposes a secret without making the config invalid (`config.exposure`).
+    warnings: tuple[str, ...] = ()
