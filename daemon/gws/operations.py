@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from daemon.gws.messages import DEFAULT_MAX_MESSAGE_BYTES
+
 # GWS statusCodes (GWS API v2, "Error handling"); the daemon uses the same in
 # the answers it makes up itself, so an integration reads one vocabulary.
 MISSING = 1  # a required parameter is missing
@@ -86,6 +88,19 @@ def _address_list(email: dict[str, Any], key: str, *, required: bool) -> tuple[s
         if not isinstance(item, str) or not item.strip():
             return _invalid(f"{field}[{index}]", "must be a non-empty string")
     return tuple(value)
+
+
+# What GWS adds to the email it notifies about: ids, uri, queue, capabilities, user data.
+_NOTIFICATION_HEADROOM = 64 * 1024
+
+
+def notification_limit(max_send_bytes: int) -> int:
+    """The size a notification about a Send of up to `max_send_bytes` may reach.
+
+    The notification carries the email as sent (its body, and perhaps a plain-text
+    copy GWS derived from it) and what GWS adds; never less than the default.
+    """
+    return max(DEFAULT_MAX_MESSAGE_BYTES, 2 * max_send_bytes + _NOTIFICATION_HEADROOM)
 
 
 def check_email_id(email_id: str) -> Invalid | None:
