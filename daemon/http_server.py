@@ -85,11 +85,13 @@ class _Connection(asyncio.Protocol):
         self.handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self.handler.data_received(data)
+        if self.admitted:
+            self.handler.data_received(data)
 
     def eof_received(self) -> None:
         # aiohttp's answer is "close the transport" (None), whatever it does first.
-        self.handler.eof_received()
+        if self.admitted:
+            self.handler.eof_received()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._guard.release(self)
