@@ -80,6 +80,7 @@ class _Worker:
     # (at start, after `fresh` overflowed, on the idle poll, after a store failure).
     behind: bool = True
     store_failures: Backoff = field(default_factory=lambda: Backoff(RETRY_POLICY))
+    duplicates_counted: int = 0  # of sink.duplicates_dropped, already in the metric
 
 
 class Dispatcher:
@@ -400,6 +401,10 @@ class Dispatcher:
         self._advance(worker, rows[-1].seq)
         worker.status.delivered += len(rows)
         self._metrics.sink_deliveries.labels(worker.sink.name, "delivered").inc(len(rows))
+        dropped = worker.sink.duplicates_dropped - worker.duplicates_counted
+        if dropped:  # the bus dropped these as already delivered: delivered all the same
+            self._metrics.sink_duplicates_dropped.labels(worker.sink.name).inc(dropped)
+            worker.duplicates_counted += dropped
 
     async def _dead_letter(
         self, worker: _Worker, row: OutboxRow, error: SinkError, attempts: int

@@ -98,6 +98,12 @@ class Metrics:
             ["sink", "outcome"],
             registry=r,
         )
+        self.sink_duplicates_dropped = Counter(
+            PREFIX + "sink_duplicates_dropped_total",
+            "Events a bus sink's server dropped as already delivered (same event id).",
+            ["sink"],
+            registry=r,
+        )
         self.sink_delivery_duration = Histogram(
             PREFIX + "sink_delivery_duration_seconds",
             "Time a sink took to take one batch.",
@@ -180,6 +186,7 @@ class Metrics:
         """Create a sink's series (called for each configured sink)."""
         for outcome in DELIVERY_OUTCOMES:
             self.sink_deliveries.labels(sink, outcome)
+        self.sink_duplicates_dropped.labels(sink)
         self.outbox_backlog.labels(sink).set(0)
         self.dead_letters.labels(sink)
 

@@ -18,6 +18,9 @@ from daemon.store.rows import OutboxRow
 class Sink(ABC):
     name: str
     kind: str
+    # Events the destination itself dropped as duplicates (a bus that deduplicates
+    # by event id says so); they count as delivered.
+    duplicates_dropped: int = 0
 
     @abstractmethod
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:

@@ -345,6 +345,8 @@ async def test_every_event_of_a_burst_reaches_both_buses_once_in_order(
     assert len(expected) == 200
     assert 'gws_notifyd_sink_deliveries_total{outcome="delivered",sink="redis"} 200.0' in metrics
     assert 'gws_notifyd_sink_deliveries_total{outcome="delivered",sink="nats"} 200.0' in metrics
+    assert 'gws_notifyd_sink_duplicates_dropped_total{sink="redis"} 0.0' in metrics
+    assert 'gws_notifyd_sink_duplicates_dropped_total{sink="nats"} 0.0' in metrics
 
 
 @pytest.mark.slow

@@ -311,3 +311,21 @@ async def test_replayed_dead_letter_goes_to_its_sink_only(
         assert picky.taken == event_ids(1)
         assert other.taken == event_ids(1)
         assert inspector.list_dead_letters() == []
+
+
+async def test_duplicates_a_bus_dropped_are_counted_for_that_sink(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    bus = FakeSink("bus")
+    async with running(store, metrics, bus) as dispatcher:
+        bus.duplicates_dropped = 2  # what the bus reported for the batch below
+        dispatcher.notify(await write(store, 1, 2, 3))
+        assert await dispatcher.drain(DEADLINE)
+
+    assert (
+        metrics.registry.get_sample_value(
+            "gws_notifyd_sink_duplicates_dropped_total", {"sink": "bus"}
+        )
+        == 2
+    )
+    assert delivered_metric(metrics, "bus", "delivered") == 3
