@@ -199,6 +199,26 @@ def _route_libraries(renderer: Any, stream: TextIO, *, json: bool, level: int) -
     _library_handler = handler
 
 
+def saved_logging() -> Callable[[], None]:
+    """A function that puts the process's logging back as it is now (tests change it)."""
+    config = structlog.get_config()
+    batch = (_batch_stream, _batch_level)
+    root = stdlib_logging.getLogger()
+    handlers, level, library = list(root.handlers), root.level, _library_handler
+
+    def restore() -> None:
+        global _batch_stream, _batch_level, _library_handler
+        structlog.configure(**config)
+        _batch_stream, _batch_level = batch
+        for handler in list(root.handlers):
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        _library_handler = library
+
+    return restore
+
+
 def _json_text(event: Any, **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 

@@ -16,7 +16,7 @@ import pytest
 import structlog
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 
-from daemon.logging import LibraryThrottle, configure_logging
+from daemon.logging import LibraryThrottle, configure_logging, saved_logging
 
 TOKEN = "tok-3f9a8b7c6d5e"
 ACCEPT_FAILED = "socket.accept() out of system resource\nsocket: <TransportSocket fd=7>"
@@ -25,16 +25,13 @@ ACCEPT_FAILED = "socket.accept() out of system resource\nsocket: <TransportSocke
 @pytest.fixture
 def output() -> Iterator[io.TextIOWrapper]:
     """A stream the daemon's logging writes JSON lines to; logging as it was, afterwards."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    restore = saved_logging()
     stream = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
     configure_logging(level="info", fmt="json", stream=stream)
-    yield stream
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    structlog.reset_defaults()
+    try:
+        yield stream
+    finally:
+        restore()
 
 
 def lines(stream: io.TextIOWrapper) -> list[dict[str, Any]]:
