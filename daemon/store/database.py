@@ -324,6 +324,8 @@ class Store:
 
     def set_cursors(self, cursors: dict[str, int]) -> None:
         """Move several sinks' cursors forward in one transaction (never back)."""
+        if not cursors:
+            return
         with self._transaction():
             self._move_cursors(cursors)
 
