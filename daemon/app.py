@@ -18,6 +18,7 @@ from daemon.correlator import Correlator
 from daemon.dispatcher import Dispatcher
 from daemon.events import EventFactory
 from daemon.gws.messages import MALFORMED_REASONS
+from daemon.gws.operations import notification_limit
 from daemon.gws.session import GwsSession
 from daemon.housekeeping import Housekeeping
 from daemon.metrics import Metrics
@@ -92,6 +93,8 @@ async def build_components(
         events=EventFactory(source=settings.gws.base_url + "/api/v2/me/emails"),
         metrics=metrics,
         channels=settings.gws.channels,
+        # A notification about the largest Send the API takes must fit.
+        max_message_bytes=notification_limit(settings.http.max_body_bytes),
     )
     session = GwsSession(settings.gws, metrics)
     await session.open()

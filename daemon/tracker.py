@@ -21,6 +21,7 @@ from daemon.cometd import Message
 from daemon.correlator import Correlator, Matched
 from daemon.events import Event, EventFactory
 from daemon.gws.messages import (
+    DEFAULT_MAX_MESSAGE_BYTES,
     EMAIL_NOTIFICATION_TYPES,
     EMAIL_STATE_CHANGE,
     EMAIL_STATES,
@@ -78,9 +79,12 @@ class Tracker:
         events: EventFactory,
         metrics: Metrics,
         channels: Sequence[str],
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """`max_message_bytes`: a larger notification is kept as malformed ("oversized")."""
         self._correlator = correlator
+        self._max_message_bytes = max_message_bytes
         self._store = store
         self._writer = writer
         self._events = events
@@ -242,7 +246,7 @@ class Tracker:
     def _process(self, messages: list[Message]) -> asyncio.Future[int]:
         """Parse and correlate one chunk; returns its queued transaction."""
         now = self._clock()
-        batch = parse_batch(messages)
+        batch = parse_batch(messages, max_bytes=self._max_message_bytes)
         if messages:
             self._metrics.last_notification.set(now)
         tally = _Tally()

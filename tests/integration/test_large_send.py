@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from daemon.simulator import Simulator
 from tests.harness.daemon_process import DaemonProcess, send_body, write_config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the tracker to parse notifications with "
-    "max_bytes=notification_limit(settings.http.max_body_bytes) (daemon/tracker.py, daemon/app.py)",
-)
 async def test_the_outcome_of_a_send_just_under_the_body_limit_is_correlated(
     simulator: Simulator, tmp_path: Path
 ) -> None:
