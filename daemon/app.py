@@ -75,6 +75,7 @@ async def build_components(
             synchronous=settings.store.synchronous,
             max_outbox_events=settings.store.max_outbox_events,
             busy_timeout_seconds=settings.store.busy_timeout_seconds,
+            check_pages=True,
         ),
         failure_exit_seconds=settings.store.failure_exit_seconds,
     )

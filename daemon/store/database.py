@@ -16,7 +16,7 @@ import orjson
 
 from daemon.errors import StoreError
 from daemon.sends import PENDING_STATUSES, SendRecord
-from daemon.store.files import check_free_space, check_pages, corrupt, prepare
+from daemon.store.files import check_free_space, check_pages, connect, corrupt, prepare
 from daemon.store.rows import (
     MALFORMED_SINK,
     DeadLetter,
@@ -39,6 +39,9 @@ PRUNE_CHUNK = 5000
 
 
 class Store:
+    """`check_pages`: look at every page first (bounded, `files.check_pages`): the
+    daemon does at start; the CLI's short looks at the store do not."""
+
     def __init__(
         self,
         path: Path,
@@ -46,6 +49,7 @@ class Store:
         synchronous: Literal["normal", "full"] = "normal",
         max_outbox_events: int = 1_000_000,
         busy_timeout_seconds: float = 10.0,
+        check_pages: bool = False,
     ) -> None:
         self.path = path
         self.max_outbox_events = max_outbox_events
@@ -53,16 +57,11 @@ class Store:
         self._busy_timeout = busy_timeout_seconds
         prepare(path)
         try:
-            self._db = sqlite3.connect(
-                str(path),
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=busy_timeout_seconds,
-            )
+            self._db = connect(path, busy_timeout_seconds)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from None
         try:
-            self._open(synchronous)
+            self._open(synchronous, check=check_pages)
         except sqlite3.Error as exc:
             self._db.close()
             if corrupted(exc):
@@ -72,26 +71,25 @@ class Store:
             self._db.close()
             raise
 
-    def _open(self, synchronous: str) -> None:
+    def _open(self, synchronous: str, *, check: bool) -> None:
         db = self._db
         db.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
         # 16 KiB pages hold a dozen events each: fewer pages to write, split
         # and free per batch than with 4 KiB (only takes effect on a new file).
         db.execute("PRAGMA page_size=16384")
         db.execute("PRAGMA journal_mode=WAL")
-        # synchronous: in WAL mode NORMAL makes a commit reach the OS before
-        # it returns, so it survives kill -9, an OOM kill or a crash of the
-        # daemon (what the README promises); only a power cut or kernel
-        # panic can lose the last commits. FULL adds an fsync per commit
-        # (per Send, per notification batch) for hosts that must survive
-        # power loss too: `store.synchronous = "full"`.
+        # synchronous: in WAL mode NORMAL makes a commit reach the OS before it
+        # returns: it survives kill -9, an OOM kill or a crash of the daemon (what
+        # the README promises); a power cut or kernel panic may lose the last
+        # commits. FULL (an fsync per commit) survives those too.
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         # The daemon checkpoints from a thread of its own (`checkpoint`), so
         # that copying the WAL into the database never holds up a commit;
         # this automatic one (at 128 MiB of WAL) is only the backstop.
         db.execute("PRAGMA wal_autocheckpoint=8192")
         db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
-        check_pages(db, self.path)
+        if check:
+            check_pages(db, self.path)
         migrate(db, self.path)
         self._outbox_rows = self._scalar("SELECT COUNT(*) FROM outbox")
 
@@ -108,12 +106,7 @@ class Store:
             if wal.stat().st_size < min_wal_bytes:
                 return False
             if self._checkpointer is None:
-                self._checkpointer = sqlite3.connect(
-                    str(self.path),
-                    isolation_level=None,
-                    check_same_thread=False,
-                    timeout=self._busy_timeout,
-                )
+                self._checkpointer = connect(self.path, self._busy_timeout)
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except FileNotFoundError:
             return False

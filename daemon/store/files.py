@@ -1,6 +1,6 @@
 """The store's file on disk: created private, checked at open, and the room left for it.
 
-Owns what happens to `state.db` outside SQL proper:
+Owns what happens to `state.db` outside SQL proper (and how it is connected to):
 - the missing directories are created 0700 and the database file 0600 whatever
   the umask (SQLite gives `-wal` and `-shm` the mode of the database file);
 - at open, `PRAGMA quick_check` looks at every page, for at most
@@ -54,6 +54,13 @@ def prepare(path: Path) -> None:
             f"cannot create the store {path}: {exc.strerror or exc}"
             + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else "")
         ) from None
+
+
+def connect(path: Path, busy_timeout_seconds: float) -> sqlite3.Connection:
+    """A connection of our own to `path`: transactions by hand, any thread (one at a time)."""
+    return sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_seconds
+    )
 
 
 def corrupt(path: Path, detail: str) -> StoreError:

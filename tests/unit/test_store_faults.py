@@ -165,7 +165,7 @@ def test_a_corrupted_page_is_refused_at_open_with_how_to_recover(path: Path) -> 
     corrupt_page(path, root_page(path, "sends"))
 
     with pytest.raises(StoreError, match="corrupt") as raised:
-        Store(path)
+        Store(path, check_pages=True)
 
     message = str(raised.value)
     assert "\n" not in message
