@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 import pytest
 
+from daemon.gws.operations import notification_limit
 from daemon.simulator import Simulator
 from tests.harness.daemon_process import (
     DaemonProcess,
@@ -291,7 +292,8 @@ async def test_a_flood_of_malformed_notifications_leaves_the_daemon_ready_and_co
         {
             "messageType": "EmailStateChangeMessage",
             "notificationType": "StatusChange",
-            "email": {"id": "A", "body": "x" * (1024 * 1024 + 1)},
+            # Past what a notification about the largest Send the API takes may be.
+            "email": {"id": "A", "body": "x" * (notification_limit(1024 * 1024) + 1)},
         }
     )
     async with DaemonProcess(write_config(tmp_path, gws_url=simulator.base_url)) as daemon:
