@@ -48,6 +48,8 @@ SLOW_SECONDS = 0.04
 OUTAGE_SECONDS = 10.0
 FAULTS = ("session_loss", "webhook_outage", "sighup")
 SETTLE_TIMEOUT = 180.0
+# RSS gained within this long after a fault is put down to it (a reconcile, a backlog).
+FAULT_EFFECT_SECONDS = 10.0
 RECENT_SENDS = 10_000  # daemon.correlator.Correlator's recent_capacity
 
 
@@ -206,6 +208,11 @@ class Faults:
             kind = name
         return kind
 
+    def kind_between(self, start: float, end: float) -> str | None:
+        """The kind of the last fault begun between `start` and `end`, if any."""
+        kinds = [kind for began, kind in self.log if start <= began <= end]
+        return kinds[-1] if kinds else None
+
     def counts(self) -> dict[str, int]:
         return {kind: sum(1 for _, k in self.log if k == kind) for kind in FAULTS}
 
@@ -231,11 +238,10 @@ def write_daemon_config(
 
 
 async def sample_rss(meter: measure.CpuMeter, every: float, out: list[tuple[float, float]]) -> None:
-    """The daemon's RSS (MB) every `every` s, with the seconds since the start."""
-    began = time.monotonic()
+    """The daemon's RSS (MB) every `every` s, with the time (monotonic) of each sample."""
     while True:
         with contextlib.suppress(psutil.Error):
-            out.append((time.monotonic() - began, meter.rss_mb()))
+            out.append((time.monotonic(), meter.rss_mb()))
         await asyncio.sleep(every)  # the sampling period
 
 
@@ -262,21 +268,39 @@ async def settle(load: Load, work: Path, receivers: tuple[Receiver, Receiver]) -
 # -- figures -------------------------------------------------------------------------------
 
 
-def rss_figures(samples: list[tuple[float, float]], warm_up: float) -> dict[str, Any]:
-    after = [mb for at, mb in samples if at >= warm_up]
+def rss_figures(
+    samples: list[tuple[float, float]], warm_up: float, faults: Faults
+) -> dict[str, Any]:
+    began = samples[0][0]
+    after = [(at, mb) for at, mb in samples if at - began >= warm_up]
     if not after:
         raise BenchError("no RSS sample after the warm-up")
-    start, end = after[0], after[-1]
+    start, end = after[0][1], after[-1][1]
     return {
         "warm_up_seconds": round(warm_up),
         "after_warm_up_mb": round(start, 1),
         "end_mb": round(end, 1),
-        "max_mb": round(max(after), 1),
+        "max_mb": round(max(mb for _, mb in after), 1),
         "drift_percent": round(100 * (end - start) / start, 1),
         "target_percent": TARGET_DRIFT_PERCENT,
         "met": abs(end - start) / start * 100 <= TARGET_DRIFT_PERCENT,
-        "samples": [(round(at), round(mb, 1)) for at, mb in samples],
+        "growth_by_cause_mb": {
+            "whole run": growth_by_cause(samples, faults, began),
+            "after warm-up": growth_by_cause(after, faults, after[0][0]),
+        },
+        "samples": [(round(at - began), round(mb, 1)) for at, mb in samples],
     }
+
+
+def growth_by_cause(
+    samples: list[tuple[float, float]], faults: Faults, since: float
+) -> dict[str, float]:
+    """RSS change between consecutive samples, by the fault begun shortly before, or "steady"."""
+    out = dict.fromkeys(("steady", *FAULTS), 0.0)
+    for (before, low), (at, high) in itertools.pairwise(samples):
+        if before >= since:
+            out[faults.kind_between(before - FAULT_EFFECT_SECONDS, at) or "steady"] += high - low
+    return {kind: round(mb, 1) for kind, mb in out.items()}
 
 
 def redelivery_figures(faults: Faults, receivers: tuple[Receiver, ...]) -> dict[str, Any]:
@@ -318,6 +342,11 @@ def tables_of(result: dict[str, Any]) -> list[report.Table]:
         f"+/- {rss['target_percent']:g} %",
         "yes" if rss["met"] else "NO",
     )
+    causes = report.Table(
+        "soak: RSS change by what came before it (MB)", ["span", "steady", *FAULTS]
+    )
+    for span, growth in rss["growth_by_cause_mb"].items():
+        causes.add(span, growth["steady"], *(growth[k] for k in FAULTS))
     again = report.Table(
         "soak: same-id re-deliveries by the fault they followed",
         ["webhook", "deliveries", "re-deliveries", *(f"per {k}" for k in FAULTS), "before any"],
@@ -335,7 +364,7 @@ def tables_of(result: dict[str, Any]) -> list[report.Table]:
     )
     for name, count in result["missing"].items():
         missing.add(name, count, 0)
-    return [run, memory, again, missing]
+    return [run, memory, causes, again, missing]
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -403,7 +432,7 @@ async def soak(
             "answers": load.answers,
         },
         "faults": faults.counts(),
-        "rss": rss_figures(samples, plan.warm_up),
+        "rss": rss_figures(samples, plan.warm_up, faults),
         "redeliveries": redelivery_figures(faults, receivers),
         "missing": missing,
         "log": log,
