@@ -60,7 +60,7 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -140,7 +140,7 @@ class Service:
             self._on_started()
         self._install_signals()
         stack.callback(self._remove_signals)
-        stack.push_async_callback(_cancel, self._tasks)
+        stack.push_async_callback(self._stop_tasks)
         self._start_background(parts)
         await self._login(parts)
         if not self._stop.is_set():
@@ -157,6 +157,10 @@ class Service:
             self._supervised(self._watchdog(self.notifier.watchdog_seconds), "watchdog")
         if self.notifier.enabled:
             self._supervised(self._report_status(), "status")
+
+    async def _stop_tasks(self) -> None:
+        self._stopping = True  # whatever ends from here on ends on purpose
+        await _cancel(self._tasks)
 
     def _supervised(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(work, name=name)

@@ -11,18 +11,18 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from daemon.dispatcher import Dispatcher
 from daemon.errors import PermanentSinkError, RetryableSinkError, SinkError, StoreError
 from daemon.housekeeping import Housekeeping
 from daemon.metrics import Metrics
 from daemon.store import AsyncStore, OutboxRow, Store
+from tests.harness.log_capture import captured_logs
 from tests.harness.store_faults import ExternalLock, corrupt_page, root_page
 from tests.harness.waiting import wait_until
 from tests.unit.test_dispatcher import FakeSink, event_ids, settings, write
@@ -51,15 +51,8 @@ def metrics() -> Metrics:
 @pytest.fixture
 def logs() -> Iterator[list[dict[str, Any]]]:
     """Log lines of the test, as structlog hands them over."""
-    captured: list[dict[str, Any]] = []
-
-    def keep(_: object, __: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
-        captured.append(dict(event))
-        raise structlog.DropEvent
-
-    structlog.configure(processors=[structlog.processors.add_log_level, keep])
-    yield captured
-    structlog.reset_defaults()
+    with captured_logs() as captured:
+        yield captured
 
 
 def events_named(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:

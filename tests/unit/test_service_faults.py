@@ -18,6 +18,7 @@ from daemon import exitcodes
 from daemon.config import Settings, settings_from_dict
 from daemon.service import Service
 from daemon.simulator import Simulator
+from tests.harness.log_capture import captured_logs
 from tests.harness.store_faults import ExternalLock
 from tests.harness.waiting import wait_until
 from tests.unit.test_service import DEADLINE, SEND_BODY, send, wait_ready
@@ -116,3 +117,17 @@ async def test_a_background_task_that_ends_on_its_own_exits_70(
     task.cancel()  # stopped by something other than the shutdown
 
     assert await asyncio.wait_for(asyncio.shield(running), DEADLINE) == exitcodes.SOFTWARE
+
+
+async def test_a_start_that_fails_says_why_in_one_error_line(
+    daemon_config: dict[str, Any], tmp_path: Path, simulator: Simulator
+) -> None:
+    daemon_config["gws"]["password"] = "not-the-password"
+    service = Service(settings_with(daemon_config, tmp_path))
+
+    with captured_logs() as logs:
+        exit_code = await asyncio.wait_for(service.run(), DEADLINE)
+
+    assert exit_code == exitcodes.NOPERM
+    # The background tasks it had started end with it, on purpose: no more error lines.
+    assert [line["event"] for line in logs if line["level"] == "error"] == ["startup_failed"]
