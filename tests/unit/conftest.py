@@ -6,17 +6,23 @@ registry); each fixture closes what it opened, so no test leaks into the next.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
-from daemon.app import new_metrics
-from daemon.config import GwsSettings, Secret
+from daemon.api import build_app
+from daemon.app import Components, build_components, build_sinks, new_metrics
+from daemon.config import GwsSettings, Secret, settings_from_dict
 from daemon.correlator import Correlator
 from daemon.events import EventFactory
 from daemon.gws.session import GwsSession
@@ -25,6 +31,7 @@ from daemon.simulator import Simulator
 from daemon.store import AsyncStore, OutcomeWriter, Store
 from daemon.store.rows import StoredEvent
 from daemon.tracker import Tracker
+from tests.harness.service_runs import DEADLINE, Started
 
 SIMULATOR_PASSWORD = "agent1-password"  # the simulator's well-known demo credential
 EMAILS_CHANNEL = "/v2/me/emails"
@@ -150,3 +157,50 @@ async def gws_session(gws_settings: GwsSettings, metrics: Metrics) -> AsyncItera
     await opened.open()
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+async def started() -> AsyncIterator[Started]:
+    """Services a test runs (`tests.harness.service_runs.start`); those still running at the
+    end are stopped."""
+    services: Started = []
+    yield services
+    for service, running in services:
+        service.request_stop()
+        await asyncio.wait_for(running, DEADLINE)
+
+
+ApiClient = TestClient[web.Request, web.Application]
+
+
+@pytest.fixture
+async def serve_api(
+    daemon_config: dict[str, Any], tmp_path: Path, metrics: Metrics
+) -> AsyncIterator[Callable[..., Awaitable[tuple[ApiClient, Components]]]]:
+    """`await serve_api(token=None, **http_keys)`: the local API on loopback in front of the
+    daemon's parts (built as the service builds them), logged in to GWS."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def serve(*, token: str | None = None, **http: Any) -> tuple[ApiClient, Components]:
+            daemon_config["http"].update(http)
+            if token is not None:
+                (tmp_path / "api-token").write_text(token + "\n")
+                daemon_config["http"]["token_file"] = "api-token"
+            settings = settings_from_dict(daemon_config, base=tmp_path, environ={})
+            parts = await build_components(settings, stack, metrics=metrics)
+            await parts.dispatcher.start(build_sinks(settings))
+            stack.push_async_callback(parts.dispatcher.stop)
+            await parts.session.login()
+            client: ApiClient = TestClient(
+                TestServer(build_app(parts.api_context()), host="127.0.0.1")
+            )
+            await stack.enter_async_context(client)
+            return client, parts
+
+        yield serve

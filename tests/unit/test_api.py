@@ -8,20 +8,15 @@ notification listener runs only where a test says so.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from daemon.api import build_app
-from daemon.app import Components, build_components, build_sinks
-from daemon.config import settings_from_dict
-from daemon.metrics import Metrics
+from daemon.app import Components
 from daemon.simulator import Simulator
 from tests.harness.waiting import wait_until
 
@@ -49,30 +44,18 @@ def send_body(**changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def make_api(
-    daemon_config: dict[str, Any], tmp_path: Path, metrics: Metrics
-) -> AsyncIterator[Callable[..., Awaitable[Api]]]:
+def make_api(
+    serve_api: Callable[..., Awaitable[tuple[Client, Components]]],
+) -> Callable[..., Awaitable[Api]]:
     """`await make_api(token=False)`: the API in front of the daemon's parts, logged in to GWS."""
-    async with contextlib.AsyncExitStack() as stack:
 
-        async def make(*, token: bool = False) -> Api:
-            http = daemon_config["http"]
-            http["max_body_bytes"] = MAX_BODY_BYTES
-            if token:
-                (tmp_path / "api-token").write_text(TOKEN + "\n")
-                http["token_file"] = "api-token"
-            settings = settings_from_dict(daemon_config, base=tmp_path, environ={})
-            parts = await build_components(settings, stack, metrics=metrics)
-            await parts.dispatcher.start(build_sinks(settings))
-            stack.push_async_callback(parts.dispatcher.stop)
-            await parts.session.login()
-            client: Client = TestClient(
-                TestServer(build_app(parts.api_context()), host="127.0.0.1")
-            )
-            await stack.enter_async_context(client)
-            return Api(client, parts)
+    async def make(*, token: bool = False) -> Api:
+        client, parts = await serve_api(
+            token=TOKEN if token else None, max_body_bytes=MAX_BODY_BYTES
+        )
+        return Api(client, parts)
 
-        yield make
+    return make
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from daemon.errors import PermanentSinkError, RetryableSinkError, SinkError, Sto
 from daemon.housekeeping import Housekeeping
 from daemon.metrics import Metrics
 from daemon.store import AsyncStore, OutboxRow, Store
+from tests.harness.fake_sink import FakeSink, event_ids, sink_settings, write
 from tests.harness.log_capture import captured_logs
 from tests.harness.store_faults import ExternalLock, corrupt_page, root_page
 from tests.harness.waiting import wait_until
-from tests.unit.test_dispatcher import FakeSink, event_ids, settings, write
 
 DEADLINE = 10.0
 BUSY_SECONDS = 0.05
@@ -41,11 +41,6 @@ async def store(path: Path) -> AsyncIterator[AsyncStore]:
     opened = AsyncStore(Store(path, busy_timeout_seconds=BUSY_SECONDS), failure_exit_seconds=60)
     yield opened
     await opened.close()
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
 
 
 @pytest.fixture
@@ -105,7 +100,7 @@ async def test_a_sink_worker_on_a_locked_store_logs_retries_and_carries_on(
         return refuse_first(ids)
 
     sink = FakeSink("crm", down_then_refuse_first)
-    await dispatcher.start([(sink, settings("crm"))])
+    await dispatcher.start([(sink, sink_settings("crm"))])
     dispatcher.notify(await write(store, 1, 2, 3))
     async with ExternalLock(path):
         # Dead-lettering event-1 is a write: it fails while the lock is held.
@@ -128,7 +123,7 @@ async def test_a_sink_worker_that_meets_a_corrupted_outbox_is_reported_not_silen
     store: AsyncStore, dispatcher: Dispatcher, path: Path, logs: list[dict[str, Any]]
 ) -> None:
     sink = FakeSink("crm")
-    await dispatcher.start([(sink, settings("crm"))])
+    await dispatcher.start([(sink, sink_settings("crm"))])
     dispatcher.notify(await write(store, *range(1, 200)))
     await wait_until(lambda: len(sink.taken) == 199, timeout=DEADLINE, what="the first events")
     other = sqlite3.connect(str(path), isolation_level=None)
@@ -152,7 +147,7 @@ async def test_a_sink_worker_that_stops_on_its_own_is_reported(
     store: AsyncStore, dispatcher: Dispatcher
 ) -> None:
     await write(store, 1)
-    await dispatcher.start([(BrokenSink("buggy"), settings("buggy"))])
+    await dispatcher.start([(BrokenSink("buggy"), sink_settings("buggy"))])
 
     reason = await asyncio.wait_for(dispatcher.wait_broken(), DEADLINE)
 
@@ -168,11 +163,11 @@ async def test_a_reload_while_a_slow_sink_holds_a_batch_delivers_nothing_twice(
 ) -> None:
     await write(store, *range(1, 151))
     slow = PacedSink("crm", 0.02)  # 150 events: 3 s for the batch
-    await dispatcher.start([(slow, settings("crm"))])
+    await dispatcher.start([(slow, sink_settings("crm"))])
     await wait_until(lambda: slow.taken, timeout=DEADLINE, what="the batch under way")
 
     replacement = FakeSink("crm")
-    await dispatcher.replace_sinks([(replacement, settings("crm", batch_size=100))])
+    await dispatcher.replace_sinks([(replacement, sink_settings("crm", batch_size=100))])
     await wait_until(
         lambda: len(slow.taken) + len(replacement.taken) >= 150,
         timeout=DEADLINE,
@@ -187,12 +182,12 @@ async def test_concurrent_reloads_leave_one_worker_per_sink(
     store: AsyncStore, dispatcher: Dispatcher
 ) -> None:
     first = FakeSink("crm")
-    await dispatcher.start([(first, settings("crm"))])
+    await dispatcher.start([(first, sink_settings("crm"))])
     second, third = FakeSink("crm"), FakeSink("crm")
 
     await asyncio.gather(
-        dispatcher.replace_sinks([(second, settings("crm", batch_size=10))]),
-        dispatcher.replace_sinks([(third, settings("crm", batch_size=20))]),
+        dispatcher.replace_sinks([(second, sink_settings("crm", batch_size=10))]),
+        dispatcher.replace_sinks([(third, sink_settings("crm", batch_size=20))]),
     )
     dispatcher.notify(await write(store, 1, 2, 3))
     await wait_until(lambda: third.taken, timeout=DEADLINE, what="the last reload's sink")
@@ -207,7 +202,7 @@ async def test_a_reload_never_rewinds_a_sink_even_when_its_cursor_cannot_be_save
     store: AsyncStore, dispatcher: Dispatcher, path: Path
 ) -> None:
     first = FakeSink("crm")
-    await dispatcher.start([(first, settings("crm"))])
+    await dispatcher.start([(first, sink_settings("crm"))])
     dispatcher.notify(await write(store, 1, 2, 3))
     await wait_until(lambda: len(first.taken) == 3, timeout=DEADLINE, what="the first events")
     replacement = FakeSink("crm")
@@ -216,7 +211,7 @@ async def test_a_reload_never_rewinds_a_sink_even_when_its_cursor_cannot_be_save
         # The old worker's cursor cannot be saved, nor the new sinks synced: the
         # reload waits for the store (reporting it), and starts from memory.
         reload = asyncio.create_task(
-            dispatcher.replace_sinks([(replacement, settings("crm", batch_size=10))])
+            dispatcher.replace_sinks([(replacement, sink_settings("crm", batch_size=10))])
         )
         await wait_until(
             lambda: "dispatcher" in store.failing_duties(), timeout=DEADLINE, what="the failure"
@@ -232,10 +227,10 @@ async def test_an_unchanged_sink_keeps_its_worker_across_a_reload(
     store: AsyncStore, dispatcher: Dispatcher
 ) -> None:
     running = FakeSink("crm")
-    await dispatcher.start([(running, settings("crm"))])
+    await dispatcher.start([(running, sink_settings("crm"))])
     rebuilt = FakeSink("crm")
 
-    await dispatcher.replace_sinks([(rebuilt, settings("crm"))])
+    await dispatcher.replace_sinks([(rebuilt, sink_settings("crm"))])
     dispatcher.notify(await write(store, 1))
 
     await wait_until(lambda: running.taken, timeout=DEADLINE, what="the event")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,62 +11,18 @@ import pytest
 from daemon.config import SinkSettings
 from daemon.dispatcher import Dispatcher
 from daemon.errors import PermanentSinkError, RetryableSinkError, SinkError
-from daemon.events import Event
 from daemon.metrics import Metrics
-from daemon.sinks.base import Sink
-from daemon.store import AsyncStore, OutboxRow, Store
+from daemon.store import AsyncStore, Store
+from tests.harness.fake_sink import FakeSink, event_ids, sink_settings, write
 from tests.harness.waiting import wait_until
 
 DEADLINE = 5.0
-
-# Given the ids of a batch, return the error to raise (its `delivered` says how many
-# of them the sink took first), or None to take them all.
-Verdict = Callable[[list[str]], SinkError | None]
-
-
-class FakeSink(Sink):
-    kind = "fake"
-
-    def __init__(self, name: str, verdict: Verdict | None = None) -> None:
-        self.name = name
-        self.verdict = verdict
-        self.batches: list[list[str]] = []
-        self.taken: list[str] = []
-        self.closed = False
-
-    async def deliver(self, batch: Sequence[OutboxRow]) -> None:
-        ids = [row.event_id for row in batch]
-        self.batches.append(ids)
-        error = self.verdict(ids) if self.verdict else None
-        if error is not None:
-            self.taken.extend(ids[: error.delivered])
-            raise error
-        self.taken.extend(ids)
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-def settings(name: str, **overrides: object) -> SinkSettings:
-    values: dict[str, object] = {"name": name, "type": "log", "backoff_max_seconds": 0.05}
-    return SinkSettings(**(values | overrides))  # type: ignore[arg-type]
-
-
-def event_ids(*numbers: int) -> list[str]:
-    return [f"event-{n}" for n in numbers]
 
 
 async def saved_cursors(dispatcher: Dispatcher, inspector: Store) -> dict[str, int]:
     """The cursors on disk once the dispatcher has saved what moved (housekeeping's job)."""
     await dispatcher.save_cursors()
     return inspector.sync_sinks(dispatcher.sink_names)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[AsyncStore]:
-    opened = AsyncStore(Store(tmp_path / "state.db"))
-    yield opened
-    await opened.close()
 
 
 @pytest.fixture
@@ -77,26 +33,13 @@ def inspector(store: AsyncStore, tmp_path: Path) -> Iterator[Store]:
     opened.close()
 
 
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-async def write(store: AsyncStore, *numbers: int) -> int:
-    events = [
-        Event(f"event-{n}", "gws.email.state_changed", f"email-{n}", 1000.0 + n, b'{"n":%d}' % n)
-        for n in numbers
-    ]
-    return await store.submit_outcomes(events=events)
-
-
 @contextlib.asynccontextmanager
 async def running(
     store: AsyncStore,
     metrics: Metrics,
     *sinks: FakeSink | tuple[FakeSink, SinkSettings],
 ) -> AsyncIterator[Dispatcher]:
-    pairs = [s if isinstance(s, tuple) else (s, settings(s.name)) for s in sinks]
+    pairs = [s if isinstance(s, tuple) else (s, sink_settings(s.name)) for s in sinks]
     dispatcher = Dispatcher(store=store, metrics=metrics, max_outbox_events=10_000)
     await dispatcher.start(pairs)
     try:
@@ -119,7 +62,7 @@ async def test_every_event_reaches_every_sink_once_in_order(
 ) -> None:
     small, large = FakeSink("small"), FakeSink("large")
     async with running(
-        store, metrics, (small, settings("small", batch_size=7)), large
+        store, metrics, (small, sink_settings("small", batch_size=7)), large
     ) as dispatcher:
         dispatcher.notify(await write(store, *range(1, 13)))
         dispatcher.notify(await write(store, *range(13, 26)))
@@ -234,7 +177,7 @@ async def test_retryable_failure_past_give_up_time_is_dead_lettered(
 
     sink = FakeSink("hopeless", always_down)
     await write(store, 1)
-    pair = (sink, settings("hopeless", give_up_after_seconds=0.2))
+    pair = (sink, sink_settings("hopeless", give_up_after_seconds=0.2))
     async with running(store, metrics, pair) as dispatcher:
         assert await dispatcher.drain(DEADLINE)
 

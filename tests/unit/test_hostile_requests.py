@@ -8,22 +8,16 @@ non-UTF-8 header bytes, a body that never finishes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from daemon.api import build_app
-from daemon.app import Components, build_components, build_sinks
-from daemon.config import settings_from_dict
+from daemon.app import Components
 from daemon.errors import GwsUnreachableError
 from daemon.gws.session import GwsSession
-from daemon.metrics import Metrics
 from daemon.simulator import Simulator
 
 TOKEN = "t0k3n-for-tests"
@@ -44,30 +38,15 @@ def send_body() -> bytes:
 
 
 @pytest.fixture
-async def make_parts(
-    daemon_config: dict[str, Any], tmp_path: Path, metrics: Metrics
-) -> AsyncIterator[Callable[..., Awaitable[tuple[Client, Components]]]]:
+def make_parts(
+    serve_api: Callable[..., Awaitable[tuple[Client, Components]]],
+) -> Callable[..., Awaitable[tuple[Client, Components]]]:
     """`await make_parts(token=False)`: the API on loopback in front of logged-in parts."""
-    async with contextlib.AsyncExitStack() as stack:
 
-        async def make(*, token: bool = False) -> tuple[Client, Components]:
-            http = daemon_config["http"]
-            http["read_timeout_seconds"] = READ_TIMEOUT
-            if token:
-                (tmp_path / "api-token").write_text(TOKEN + "\n")
-                http["token_file"] = "api-token"
-            settings = settings_from_dict(daemon_config, base=tmp_path, environ={})
-            parts = await build_components(settings, stack, metrics=metrics)
-            await parts.dispatcher.start(build_sinks(settings))
-            stack.push_async_callback(parts.dispatcher.stop)
-            await parts.session.login()
-            client: Client = TestClient(
-                TestServer(build_app(parts.api_context()), host="127.0.0.1")
-            )
-            await stack.enter_async_context(client)
-            return client, parts
+    async def make(*, token: bool = False) -> tuple[Client, Components]:
+        return await serve_api(token=TOKEN if token else None, read_timeout_seconds=READ_TIMEOUT)
 
-        yield make
+    return make
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from daemon.gws.messages import EmailStateChange
 from daemon.metrics import Metrics
 from daemon.sends import SendRecord
 from daemon.store import AsyncStore, Store
-from tests.unit.test_dispatcher import FakeSink, settings
+from tests.harness.fake_sink import FakeSink, sink_settings
 
 RECENT = 10_000
 
@@ -125,7 +125,7 @@ async def test_events_held_in_memory_for_a_lagging_sink_take_their_own_size(
 
     dispatcher = Dispatcher(store=store, metrics=Metrics(), max_outbox_events=100_000)
     try:
-        await dispatcher.start([(StalledSink("slow"), settings("slow", batch_size=100))])
+        await dispatcher.start([(StalledSink("slow"), sink_settings("slow", batch_size=100))])
         factory = EventFactory(source="https://gws.example.com/api/v2/me/emails")
         before = traced()
         for n in range(MAX_FRESH * 100):

@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
 from daemon import exitcodes
@@ -23,14 +21,16 @@ from daemon.sends import SendStatus
 from daemon.service import Service
 from daemon.simulator import Simulator
 from daemon.store import Store
+from tests.harness.daemon_process import read_jsonl
+from tests.harness.service_runs import (
+    DEADLINE,
+    Started,
+    send,
+    start,
+    status_of,
+    wait_ready,
+)
 from tests.harness.waiting import wait_until
-
-DEADLINE = 10.0
-SEND_BODY = {
-    "operationName": "Send",
-    "queueName": "Outbound",
-    "email": {"from": "agent@example.com", "to": ["customer@example.com"], "subject": "Hi"},
-}
 
 
 @pytest.fixture
@@ -39,65 +39,6 @@ def settings(daemon_config: dict[str, Any], tmp_path: Path) -> Settings:
     return settings_from_dict(
         daemon_config, base=tmp_path, environ={}, source=tmp_path / "gws-notifyd.toml"
     )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def started() -> AsyncIterator[list[tuple[Service, asyncio.Task[int]]]]:
-    """Services a test runs; any still running at the end are stopped."""
-    services: list[tuple[Service, asyncio.Task[int]]] = []
-    yield services
-    for service, running in services:
-        service.request_stop()
-        await asyncio.wait_for(running, DEADLINE)
-
-
-async def start(
-    settings: Settings, started: list[tuple[Service, asyncio.Task[int]]]
-) -> tuple[Service, asyncio.Task[int]]:
-    service = Service(settings)
-    running = asyncio.create_task(service.run())
-    started.append((service, running))
-    return service, running
-
-
-async def status_of(http: aiohttp.ClientSession, url: str) -> int | None:
-    try:
-        async with http.get(url) as response:
-            return response.status
-    except aiohttp.ClientError:
-        return None
-
-
-async def is_ready(http: aiohttp.ClientSession, api: str) -> bool:
-    return await status_of(http, f"{api}/readyz") == 200
-
-
-async def wait_ready(service: Service, http: aiohttp.ClientSession) -> str:
-    """The service's API URL, once /readyz answers 200."""
-    api = await wait_until(lambda: service.api_url, timeout=DEADLINE, what="the API to listen")
-    assert api is not None
-    await wait_until(lambda: is_ready(http, api), timeout=DEADLINE, what="/readyz 200")
-    return api
-
-
-async def send(http: aiohttp.ClientSession, api: str, email_id: str) -> str:
-    async with http.post(f"{api}/api/v2/me/emails/{email_id}", json=SEND_BODY) as response:
-        answer = await response.json()
-        assert response.status == 200, answer
-    send_id: str = answer["sendId"]
-    return send_id
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def sink_names(document: dict[str, Any]) -> list[str]:
@@ -127,7 +68,7 @@ def port_is_free(port: int) -> bool:
 
 async def test_run_serves_the_api_and_is_ready_once_subscribed(
     settings: Settings,
-    started: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
     simulator: Simulator,
     tmp_path: Path,
@@ -140,14 +81,16 @@ async def test_run_serves_the_api_and_is_ready_once_subscribed(
     assert await status_of(http, f"{api}/healthz") == 200
     send_id = await send(http, api, "SV-1")
     [event] = await wait_until(
-        lambda: events(tmp_path / "events.jsonl"), timeout=DEADLINE, what="the event in the sink"
+        lambda: read_jsonl(tmp_path / "events.jsonl"),
+        timeout=DEADLINE,
+        what="the event in the sink",
     )
     assert event["data"]["send"]["sendId"] == send_id
 
 
 async def test_request_stop_makes_run_return_0_and_closes_everything(
     settings: Settings,
-    started: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
     simulator: Simulator,
     tmp_path: Path,
@@ -156,7 +99,9 @@ async def test_request_stop_makes_run_return_0_and_closes_everything(
     api = await wait_ready(service, http)
     send_id = await send(http, api, "SV-2")
     await wait_until(
-        lambda: events(tmp_path / "events.jsonl"), timeout=DEADLINE, what="the event in the sink"
+        lambda: read_jsonl(tmp_path / "events.jsonl"),
+        timeout=DEADLINE,
+        what="the event in the sink",
     )
     port = int(api.rsplit(":", 1)[1])
 
@@ -180,7 +125,7 @@ async def test_request_stop_makes_run_return_0_and_closes_everything(
 
 async def test_run_leaves_no_signal_handlers_behind(
     settings: Settings,
-    started: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
 ) -> None:
     watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -224,7 +169,7 @@ async def test_while_waiting_for_gws_at_start_it_is_alive_not_ready_and_stops_cl
     daemon_config: dict[str, Any],
     tmp_path: Path,
     closed_port: int,
-    started: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
 ) -> None:
     daemon_config["gws"]["base_url"] = f"http://127.0.0.1:{closed_port}"  # wait_at_start: true
@@ -246,7 +191,7 @@ async def test_while_waiting_for_gws_at_start_it_is_alive_not_ready_and_stops_cl
 
 async def test_reload_takes_new_sinks_and_a_new_send_timeout_for_pending_sends(
     settings: Settings,
-    started: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
     simulator: Simulator,
     tmp_path: Path,
@@ -283,16 +228,16 @@ path = "audit.jsonl"
     assert sink_names(await status_document(http, api)) == ["audit"]
     # The send made before the reload is read back at its new, shorter deadline.
     [event] = await wait_until(
-        lambda: events(tmp_path / "audit.jsonl"), timeout=DEADLINE, what="the read-back event"
+        lambda: read_jsonl(tmp_path / "audit.jsonl"), timeout=DEADLINE, what="the read-back event"
     )
     assert event["data"]["send"]["sendId"] == send_id
     assert event["data"]["reconciled"] is True
-    assert events(tmp_path / "events.jsonl") == []
+    assert read_jsonl(tmp_path / "events.jsonl") == []
 
 
 async def test_reload_of_a_broken_file_is_rejected_and_the_running_settings_kept(
     settings: Settings,
-    started: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:

@@ -7,7 +7,6 @@ the fault is real (another process holds SQLite's write lock past the busy timeo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +18,9 @@ from daemon.config import Settings, settings_from_dict
 from daemon.service import Service
 from daemon.simulator import Simulator
 from tests.harness.log_capture import captured_logs
+from tests.harness.service_runs import DEADLINE, SEND_BODY, Started, send, start, wait_ready
 from tests.harness.store_faults import ExternalLock
 from tests.harness.waiting import wait_until
-from tests.unit.test_service import DEADLINE, SEND_BODY, send, wait_ready
 
 
 def settings_with(daemon_config: dict[str, Any], tmp_path: Path, **store: float | int) -> Settings:
@@ -29,27 +28,6 @@ def settings_with(daemon_config: dict[str, Any], tmp_path: Path, **store: float 
     return settings_from_dict(
         daemon_config, base=tmp_path, environ={}, source=tmp_path / "gws-notifyd.toml"
     )
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
-
-
-@pytest.fixture
-async def services() -> AsyncIterator[list[tuple[Service, asyncio.Task[int]]]]:
-    running: list[tuple[Service, asyncio.Task[int]]] = []
-    yield running
-    for service, task in running:
-        service.request_stop()
-        await asyncio.wait_for(task, DEADLINE)
-
-
-def run(settings: Settings, services: list[tuple[Service, asyncio.Task[int]]]) -> Service:
-    service = Service(settings)
-    services.append((service, asyncio.create_task(service.run())))
-    return service
 
 
 async def readyz(http: aiohttp.ClientSession, api: str) -> tuple[int, dict[str, Any]]:
@@ -60,11 +38,11 @@ async def readyz(http: aiohttp.ClientSession, api: str) -> tuple[int, dict[str, 
 async def test_a_locked_store_is_not_ready_refuses_sends_and_all_is_well_once_released(
     daemon_config: dict[str, Any],
     tmp_path: Path,
-    services: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
     simulator: Simulator,
 ) -> None:
-    service = run(settings_with(daemon_config, tmp_path), services)
+    service, _ = await start(settings_with(daemon_config, tmp_path), started)
     api = await wait_ready(service, http)
 
     async with ExternalLock(tmp_path / "state.db"):
@@ -88,12 +66,13 @@ async def test_a_locked_store_is_not_ready_refuses_sends_and_all_is_well_once_re
 async def test_a_store_failing_longer_than_failure_exit_seconds_exits_70(
     daemon_config: dict[str, Any],
     tmp_path: Path,
-    services: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
 ) -> None:
-    service = run(settings_with(daemon_config, tmp_path, failure_exit_seconds=0.5), services)
+    service, running = await start(
+        settings_with(daemon_config, tmp_path, failure_exit_seconds=0.5), started
+    )
     await wait_ready(service, http)
-    _, running = services[-1]
 
     async with ExternalLock(tmp_path / "state.db"):
         exit_code = await asyncio.wait_for(asyncio.shield(running), DEADLINE)
@@ -106,12 +85,11 @@ async def test_a_background_task_that_ends_on_its_own_exits_70(
     task_name: str,
     daemon_config: dict[str, Any],
     tmp_path: Path,
-    services: list[tuple[Service, asyncio.Task[int]]],
+    started: Started,
     http: aiohttp.ClientSession,
 ) -> None:
-    service = run(settings_with(daemon_config, tmp_path), services)
+    service, running = await start(settings_with(daemon_config, tmp_path), started)
     await wait_ready(service, http)
-    _, running = services[-1]
     [task] = [t for t in asyncio.all_tasks() if t.get_name() == task_name]
 
     task.cancel()  # stopped by something other than the shutdown
