@@ -18,12 +18,15 @@ class BackoffPolicy:
     multiplier: float = 2.0
     floor: float = 0.1
 
+    def ceiling(self, attempt: int) -> float:
+        """The capped exponential for retry number `attempt` (1 for the first), unjittered."""
+        return min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))
+
     def delay(self, attempt: int, *, rng: random.Random | None = None) -> float:
         """Delay before retry number `attempt` (1 for the first retry)."""
         if attempt < 1:
             return 0.0
-        ceiling = min(self.maximum, self.initial * self.multiplier ** min(attempt - 1, 64))
-        draw = (rng or _RNG).uniform(0.0, ceiling)
+        draw = (rng or _RNG).uniform(0.0, self.ceiling(attempt))
         return max(min(self.floor, self.maximum), draw)
 
 

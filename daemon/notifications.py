@@ -163,21 +163,27 @@ class NotificationListener:
             return
         started = time.perf_counter()
         listed = await self._list_workspace()
-        # Together, so that their writes share transactions (group commit).
-        results = await asyncio.gather(
-            *(
-                self._tracker.read_back(s, listed[s.email_id], final=False)
-                if s.email_id in listed
-                else self._read_back(s, final=False)
-                for s in pending
-            )
-        )
+        results = await self._read_back_all(pending, listed, final=False)
         self.reconcile_seconds = time.perf_counter() - started
         log.info(
             "reconciled",
             pending=len(pending),
             resolved=sum(1 for r in results if r),
             seconds=round(self.reconcile_seconds, 3),
+        )
+
+    async def _read_back_all(
+        self, sends: list[SendRecord], listed: dict[str, dict[str, Any]], *, final: bool
+    ) -> list[bool]:
+        """Apply the listing to the sends it shows, GET the others. Together, so that
+        their writes share transactions (group commit)."""
+        return await asyncio.gather(
+            *(
+                self._tracker.read_back(s, listed[s.email_id], final=final)
+                if s.email_id in listed
+                else self._read_back(s, final=final)
+                for s in sends
+            )
         )
 
     async def _list_workspace(self) -> dict[str, dict[str, Any]]:
@@ -227,14 +233,7 @@ class NotificationListener:
     async def _check_deadlines(self, due: list[SendRecord]) -> None:
         """Read back the sends past their deadline: one listing when several are due."""
         listed = await self._list_workspace() if len(due) > 1 else {}
-        await asyncio.gather(
-            *(
-                self._tracker.read_back(s, listed[s.email_id], final=True)
-                if s.email_id in listed
-                else self._read_back(s, final=True)
-                for s in due
-            )
-        )
+        await self._read_back_all(due, listed, final=True)
         for send in due:
             if send.email_id in listed:
                 self._failed_checks.pop(send.send_id, None)

@@ -28,8 +28,8 @@ from daemon import exitcodes
 from daemon.backoff import BackoffPolicy
 from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Message, Subscribed
 from daemon.config import Settings
-from daemon.errors import GwsError, GwsRequestError
-from daemon.gws.answers import is_refusal
+from daemon.errors import GwsError
+from daemon.gws.login import failure_reason
 from daemon.gws.messages import EmailStateChange, Malformed, parse_message
 from daemon.gws.session import GwsSession
 from daemon.metrics import Metrics
@@ -91,7 +91,7 @@ async def _login(session: GwsSession, report: dict[str, Any]) -> int:
         answer = await session.login()
     except GwsError as exc:
         report["login"] = {"ok": False, "error": str(exc)}
-        refused = isinstance(exc, GwsRequestError) and is_refusal(exc)
+        refused = failure_reason(exc) == "refused"
         report["login"]["refused"] = refused
         return exitcodes.NOPERM if refused else exitcodes.UNAVAILABLE
     finally:

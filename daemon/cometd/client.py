@@ -146,11 +146,6 @@ class BayeuxClient:
         """The last successful handshake reply, as the server sent it ({} before one)."""
         return dict(self._handshake_reply)
 
-    @property
-    def websocket_abandoned(self) -> bool:
-        """True once WebSocket failed often enough to keep to long-polling for good."""
-        return self._websocket.abandoned
-
     def _set_state(self, state: ConnectionState) -> None:
         if state is not self._state:
             self._state = state
@@ -398,8 +393,7 @@ class BayeuxClient:
             )
         )
         try:
-            if batch:  # `_hand_over`, inlined: this runs once per connect
-                await self._on_batch(batch)
+            await self._hand_over(batch)
         except BaseException:
             request.cancel()
             raise

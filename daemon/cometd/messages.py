@@ -39,11 +39,14 @@ BatchHandler = Callable[[list[Message]], Awaitable[None]]
 Answer = tuple[list[dict[str, Any]], list[Message]]
 
 
-def split_replies(replies: list[dict[str, Any]]) -> Answer:
-    """Meta replies apart from data messages; anything without a channel is dropped."""
+def split_replies(replies: list[Any]) -> Answer:
+    """Meta replies apart from data messages; anything not an object, or without a
+    channel, is dropped (one pass over the answer: this is the per-message path)."""
     meta: list[dict[str, Any]] = []
     data: list[Message] = []
     for reply in replies:
+        if not isinstance(reply, dict):
+            continue
         channel = reply.get("channel")
         if not isinstance(channel, str):
             continue
@@ -54,8 +57,9 @@ def split_replies(replies: list[dict[str, Any]]) -> Answer:
     return meta, data
 
 
-def parse_body(body: bytes) -> list[dict[str, Any]]:
-    """The JSON messages of a body; a single object counts as a batch of one."""
+def parse_body(body: bytes) -> list[Any]:
+    """The JSON messages of a body; a single object counts as a batch of one (what is
+    not an object is left for `split_replies` to drop)."""
     # Parsing a large answer allocates millions of objects and no cycles; the
     # cyclic collector, triggered again and again meanwhile, tripled the time.
     pause_gc = len(body) > _GC_PAUSE_BYTES and gc.isenabled()
@@ -72,4 +76,4 @@ def parse_body(body: bytes) -> list[dict[str, Any]]:
         parsed = [parsed]
     if not isinstance(parsed, list):
         raise TransportError("response is not a JSON array of messages")
-    return [m for m in parsed if isinstance(m, dict)]
+    return parsed

@@ -2,7 +2,7 @@
 
 Owns when the next login is tried, and what a failed one is called:
 
-- `refused` (HTTP 401/403, statusCode 8 or 20; see `session.is_refusal`): a
+- `refused` (HTTP 401/403, statusCode 8 or 20; see `answers.is_refusal`): a
   burst of failed logins can lock the agent's account in Configuration
   Server, so the next try waits `auth_retry_seconds`, doubling up to 15
   minutes, plus up to a fifth more (jitter). The password is read afresh at
@@ -44,7 +44,8 @@ _RNG = random.Random()
 
 def auth_retry_delay(refusals: int, base: float, *, rng: random.Random | None = None) -> float:
     """Seconds to wait after the `refusals`-th refusal in a row (1 for the first)."""
-    step = min(AUTH_RETRY_MAX_SECONDS, base * 2.0 ** min(max(refusals, 1) - 1, 32))
+    # Jittered upwards only, never below the doubling: a refusal is never retried sooner.
+    step = BackoffPolicy(initial=base, maximum=AUTH_RETRY_MAX_SECONDS).ceiling(max(refusals, 1))
     return max(base, step) * (rng or _RNG).uniform(1.0, AUTH_JITTER)
 
 

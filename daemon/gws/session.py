@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -41,7 +41,7 @@ from daemon.errors import (
 from daemon.gws.answers import Answer, failure_of, field, is_refusal, raise_unless_ok
 from daemon.metrics import Metrics
 
-__all__ = ["Answer", "GwsSession", "basic_authorization", "is_refusal"]
+__all__ = ["Answer", "GwsSession"]
 
 log = structlog.get_logger(logger_name="daemon.gws.session")
 
@@ -172,11 +172,13 @@ class GwsSession:
             self._on_refused()
 
     def _headers(self, method: str, *, with_body: bool) -> dict[str, str]:
-        headers = {"Accept": _JSON, "Authorization": self._authorization}
+        # The CSRF token goes with every POST, as on CometD.
+        headers = (
+            self.bayeux_headers() if method != "GET" else {"Authorization": self._authorization}
+        )
+        headers["Accept"] = _JSON
         if with_body:
             headers["Content-Type"] = _JSON
-        if method != "GET" and self._csrf is not None:
-            headers[self._csrf[0]] = self._csrf[1]
         return headers
 
     async def _answer(self, response: aiohttp.ClientResponse) -> Answer:
@@ -266,8 +268,7 @@ class GwsSession:
 
         Raises GwsRequestError (see `is_refusal`), GwsUnreachableError, GwsAnswerLostError.
         """
-        self._take_password()
-        await self._checked(self._request("GET", "/api/v2/me", operation="GetMe"))
+        await self._get_me()
         return await self._start_contact_center()
 
     async def ensure(self) -> bool:
@@ -278,17 +279,18 @@ class GwsSession:
         contact-center session is started again (a login), and False. Raises as
         `login()` does.
         """
-        self._take_password()
         before = None if self.credentials_refused else self._session_cookie
-        await self._checked(self._request("GET", "/api/v2/me", operation="GetMe"))
+        await self._get_me()
         if before is not None and self._session_id() == before:
             return True
         await self._start_contact_center()
         return False
 
-    async def _checked(self, request: Awaitable[Answer]) -> None:
-        """The login GET: refused credentials (or not) are remembered."""
-        answer = await request
+    async def _get_me(self) -> None:
+        """The login GET, with the password as it is now: refused credentials (or not)
+        are remembered."""
+        self._take_password()
+        answer = await self._request("GET", "/api/v2/me", operation="GetMe")
         failure = failure_of(answer, "GetMe")
         if failure is not None:
             # Only a refusal changes what is known of the credentials: GWS

@@ -266,7 +266,7 @@ class Simulator:
         self.sends_accepted = 0
         self.notifications_published = 0
         # monotonic times of logins (GET /api/v2/me) and of requests refused (401)
-        self.login_times: list[float] = []
+        self.login_attempts = 0
         self.refused_times: list[float] = []
         self.bayeux_posts = 0
         self.bayeux_posts_without_csrf = 0
@@ -423,7 +423,7 @@ class Simulator:
     def _refusal(self, request: web.Request) -> web.Response | None:
         """401 for wrong credentials (counted, as logins are: a real GWS may lock the agent)."""
         if request.method == hdrs.METH_GET and request.path == "/api/v2/me":
-            self.login_times.append(time.monotonic())
+            self.login_attempts += 1
         if self._authenticated(request):
             return None
         self.refused_times.append(time.monotonic())
@@ -762,7 +762,7 @@ class Simulator:
                 "sendsReceived": self.sends_received,
                 "sendsAccepted": self.sends_accepted,
                 "notificationsPublished": self.notifications_published,
-                "loginAttempts": len(self.login_times),
+                "loginAttempts": self.login_attempts,
                 "refusedRequests": len(self.refused_times),
                 "bayeuxPosts": self.bayeux_posts,
                 "bayeuxPostsWithoutCsrf": self.bayeux_posts_without_csrf,
@@ -841,10 +841,17 @@ def _validate_send(body: dict[str, Any], queues: Iterable[str]) -> dict[str, Any
 _BOOL_TEXT: Final = ("true", "false")
 
 
+def _addresses(value: object) -> object:
+    """An address list as GWS takes it: a list, or one comma-delimited string (the docs
+    say "comma delimited" and show lists)."""
+    if isinstance(value, str):
+        return [a.strip() for a in value.split(",") if a.strip()]
+    return value
+
+
 def _recipients(to: object) -> list[str]:
-    """`to` as GWS takes it: a list, or one comma-delimited string (like cc and bcc)."""
-    if isinstance(to, str):
-        to = [a.strip() for a in to.split(",") if a.strip()]
+    """`to` as GWS takes it (see `_addresses`)."""
+    to = _addresses(to)
     if to is None or to == []:
         raise _GwsFailure(400, 1, "Required parameter 'to' is missing")
     if not isinstance(to, list) or not all(isinstance(a, str) and a for a in to):
@@ -865,9 +872,7 @@ def _optional_email_fields(email: dict[str, Any]) -> dict[str, Any]:
         value = email.get(key)
         if value is None:
             continue
-        # The docs say "comma delimited" and show lists; take both.
-        if isinstance(value, str):
-            value = [a.strip() for a in value.split(",") if a.strip()]
+        value = _addresses(value)
         if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
             raise _GwsFailure(400, 10, f"Parameter '{key}' must be a list of strings")
         stored[key] = list(value)

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 
 from daemon.simulator.gws import SimulatorSettings
 
-DEFAULT_PASSWORD = "agent1-password"  # noqa: S105 - the simulator's well-known demo credential
+DEFAULT_PASSWORD = SimulatorSettings.password  # the simulator's well-known demo credential
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The switches of `simulate` (besides --listen)."""
-    parser.add_argument("--username", default="agent1")
+    parser.add_argument("--username", default=SimulatorSettings.username)
     parser.add_argument(
         "--password-env",
         default="GWS_PASSWORD",
@@ -29,7 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help='answer Sends with {"statusCode":0,"referenceId":N} (the docs show none)',
     )
-    parser.add_argument("--notify-delay", type=float, default=0.02, metavar="SECONDS")
+    parser.add_argument(
+        "--notify-delay",
+        type=float,
+        default=SimulatorSettings.notify_delay_seconds,
+        metavar="SECONDS",
+    )
     parser.add_argument("--notify-before-answer", action="store_true")
     parser.add_argument("--no-csrf", action="store_true", help="no CSRF token on any POST")
     parser.add_argument(

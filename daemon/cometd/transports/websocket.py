@@ -73,11 +73,9 @@ class WebSocketTransport(Transport):
         *,
         ws: aiohttp.ClientWebSocketResponse,
         on_batch: BatchHandler,
-        max_frame_bytes: int,
     ) -> None:
         self._ws = ws
         self._on_batch = on_batch
-        self._max = max_frame_bytes
         self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._reader = asyncio.create_task(self._read_frames(), name="bayeux-ws-reader")
         self._failure: BaseException | None = None
@@ -105,7 +103,7 @@ class WebSocketTransport(Transport):
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"WebSocket to {ws_url} failed: {exc}") from None
-        return cls(ws=ws, on_batch=on_batch, max_frame_bytes=max_frame_bytes)
+        return cls(ws=ws, on_batch=on_batch)
 
     async def _read_frames(self) -> None:
         try:
