@@ -56,7 +56,7 @@ class Correlator:
       one per send awaiting its outcome, so at most the Send rate x
       (send_timeout_seconds + read-back retries); ~0.75 KB each;
     - recently resolved sends (rule 4): `recent_capacity` (10,000), oldest
-      dropped first; ~0.45 KB each, 4.5 MB at the bound;
+      dropped first; ~0.7 KB each (its summary kept for a repeat), 7 MB at the bound;
     - the deadline heap: at most 2 x pending + HEAP_SLACK entries, ~80 B each;
     - sends being checked: a subset of the pending ones.
     """
@@ -221,10 +221,6 @@ class Correlator:
         recent = self._recent
         if send.email_id in recent:
             recent.move_to_end(send.email_id)
-        # Kept without the summary its events cached (built again for a rare
-        # repeat): orjson leaves a 4 KiB buffer under every string it makes,
-        # which made each of these 10,000 sends cost 4.7 KB instead of ~0.8.
-        send._summary = None
         recent[send.email_id] = send
         if len(recent) > self._recent_capacity:
             recent.popitem(last=False)

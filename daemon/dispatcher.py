@@ -212,9 +212,8 @@ class Dispatcher:
         first_seq = head - len(events) + 1
         if head > self._head:
             self._head = head
-        # Bodies copied at their own size: orjson's keep the buffer it grew (4 KiB+).
         rows = [
-            OutboxRow(first_seq + i, e.id, e.type, e.email_id, e.time, memoryview(e.body).tobytes())
+            OutboxRow(first_seq + i, e.id, e.type, e.email_id, e.time, e.body)
             for i, e in enumerate(events)
         ]
         for worker in self._workers.values():

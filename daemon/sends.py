@@ -84,7 +84,8 @@ class SendRecord:
     def summary_json(self) -> orjson.Fragment:
         """`summary()` serialised, once: what it shows never changes."""
         if self._summary is None:
-            self._summary = orjson.Fragment(orjson.dumps(self.summary()))
+            # At its own size (see events.compact): recently resolved sends keep it.
+            self._summary = orjson.Fragment(memoryview(orjson.dumps(self.summary())).tobytes())
         return self._summary
 
     def as_json(self) -> dict[str, Any]:

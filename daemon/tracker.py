@@ -43,8 +43,7 @@ log = structlog.get_logger(logger_name="daemon.tracker")
 # Messages handled between two looks at the rest of the loop (API requests);
 # and how many events may wait for the next transaction before the listener
 # waits for it (the backpressure that keeps memory bounded: at the bound, with
-# 0.7 KB bodies that orjson leaves in 4 KiB buffers, ~4.5 KB an event, ~36 MB,
-# during a burst or while the store fails).
+# 0.7 KB bodies, ~1 KB an event, ~8 MB, during a burst or while the store fails).
 CHUNK = 2000
 MAX_QUEUED_EVENTS = 4 * CHUNK
 
