@@ -73,7 +73,6 @@ async def build_components(
         Store(
             settings.store.path,
             synchronous=settings.store.synchronous,
-            max_outbox_events=settings.store.max_outbox_events,
             busy_timeout_seconds=settings.store.busy_timeout_seconds,
             check_pages=True,
         ),

@@ -87,6 +87,7 @@ class Correlator:
             "checking": len(self._checking),
             "byEmail": len(self._by_email),
             "byReference": len(self._by_reference),
+            "sessionRefs": len(self._session_refs),
         }
 
     def pending(self) -> list[SendRecord]:
@@ -103,10 +104,6 @@ class Correlator:
             self._by_reference[send.reference_id] = send
         if send.status is not SendStatus.IN_FLIGHT:
             self._schedule(send)
-
-    @property
-    def send_timeout_seconds(self) -> float:
-        return self._send_timeout
 
     def set_send_timeout(self, seconds: float) -> None:
         """Change the timeout, for deadlines already set too (a SIGHUP).
@@ -165,6 +162,11 @@ class Correlator:
                 )
             else:
                 self._set_reference(send, reference_id)
+                # Only a send that stays pending can be claimed by an Error without
+                # an email; a referenceId learned from an outcome resolves its send.
+                holders = self._session_refs.setdefault(reference_id, [])
+                if all(h is not send for h in holders):
+                    holders.append(send)
         self._schedule(send)
         return send
 
@@ -184,9 +186,6 @@ class Correlator:
 
     def _set_reference(self, send: SendRecord, reference_id: int) -> None:
         send.reference_id = reference_id
-        holders = self._session_refs.setdefault(reference_id, [])
-        if all(h is not send for h in holders):
-            holders.append(send)
         previous = self._by_reference.get(reference_id)
         if previous is not None and previous is not send:
             # A per-session counter came round again; the newest send owns it.
@@ -205,14 +204,15 @@ class Correlator:
                 siblings[:] = [s for s in siblings if s is not send]
                 if not siblings:
                     del self._by_email[send.email_id]
-        if send.reference_id is not None and self._by_reference.get(send.reference_id) is send:
-            del self._by_reference[send.reference_id]
         reference_id = send.reference_id
-        holders = self._session_refs.get(reference_id) if reference_id is not None else None
-        if reference_id is not None and holders is not None:
-            holders[:] = [h for h in holders if h is not send]
-            if not holders:
-                del self._session_refs[reference_id]
+        if reference_id is not None:
+            if self._by_reference.get(reference_id) is send:
+                del self._by_reference[reference_id]
+            holders = self._session_refs.get(reference_id)
+            if holders is not None:
+                holders[:] = [h for h in holders if h is not send]
+                if not holders:
+                    del self._session_refs[reference_id]
 
     def _finish(self, send: SendRecord, status: SendStatus, now: float) -> SendRecord:
         self._remove(send)

@@ -188,9 +188,7 @@ class Dispatcher:
         cursors = {w.sink.name: w.status.cursor for w in workers}
         try:
             await self._store.set_cursors(cursors)
-        except StoreError as exc:  # kept in memory: a reload starts from them, a write saves them
-            for name in cursors:
-                self._saved_cursors.pop(name, None)
+        except StoreError as exc:  # kept in memory: a reload's successor starts from them
             log.warning("cursors_not_saved", error=str(exc), cursors=cursors)
         return cursors
 

@@ -26,9 +26,6 @@ STATE_CHANGED = "gws.email.state_changed"
 SEND_REJECTED = "gws.email.send_rejected"
 SEND_TIMED_OUT = "gws.email.send_timed_out"
 EVENT_TYPES = (STATE_CHANGED, SEND_REJECTED, SEND_TIMED_OUT)
-# `data.reason` of a send_timed_out: still Composing at the deadline; GWS no
-# longer knows the email (404); its read-backs kept failing until the give-up time.
-TIMED_OUT_REASONS = ("not_sent", "not_found", "read_back_failed")
 
 # Fixed namespace for this project's event ids (uuid5 of the project URL).
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/gws-notifyd/gws-notifyd/events")
@@ -202,7 +199,9 @@ class EventFactory:
     def timed_out(
         self, send: SendRecord, *, last_state: str | None, reason: str, at: float
     ) -> Event:
-        """No outcome by the deadline: `reason` is TIMED_OUT_REASONS' word for why."""
+        """No outcome by the deadline. `reason`: "not_sent" (still Composing), "not_found"
+        (GWS no longer knows the email: 404) or "read_back_failed" (its read-backs kept
+        failing until the give-up time)."""
         data = _outcome_data(
             send,
             email_id=send.email_id,

@@ -17,17 +17,15 @@ backoff; the first round that succeeds reports the recovery.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 
 import structlog
 
-from daemon.backoff import Backoff
 from daemon.dispatcher import Dispatcher
-from daemon.errors import StoreError
 from daemon.metrics import Metrics
 from daemon.store import MALFORMED_SINK, AsyncStore
-from daemon.store.bridge import RETRY_POLICY
 
 log = structlog.get_logger(logger_name="daemon.housekeeping")
 
@@ -62,18 +60,11 @@ class Housekeeping:
 
     async def run(self) -> None:
         """Until cancelled: the outbox every round, old sends and dead letters every hour."""
-        failures = Backoff(RETRY_POLICY)
         for round_ in itertools.count():
-            try:
-                await self._round(count_dead_letters=round_ % COUNT_EVERY_ROUNDS == 0)
-            except StoreError as exc:
-                delay = failures.next_delay()
-                self._store.report_failure(DUTY, exc, retry_in=delay)
-                await asyncio.sleep(delay)
-                continue
-            if failures.attempt:
-                failures.reset()
-                self._store.report_recovery(DUTY)
+            round_once = functools.partial(
+                self._round, count_dead_letters=round_ % COUNT_EVERY_ROUNDS == 0
+            )
+            await self._store.retrying(DUTY, round_once, until=lambda: False)
             await asyncio.sleep(ROUND_SECONDS)
 
     async def _round(self, *, count_dead_letters: bool) -> None:

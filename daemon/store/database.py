@@ -47,12 +47,10 @@ class Store:
         path: Path,
         *,
         synchronous: Literal["normal", "full"] = "normal",
-        max_outbox_events: int = 1_000_000,
         busy_timeout_seconds: float = 10.0,
         check_pages: bool = False,
     ) -> None:
         self.path = path
-        self.max_outbox_events = max_outbox_events
         self._checkpointer: sqlite3.Connection | None = None
         self._busy_timeout = busy_timeout_seconds
         prepare(path)
@@ -73,7 +71,6 @@ class Store:
 
     def _open(self, synchronous: str, *, check: bool) -> None:
         db = self._db
-        db.execute(f"PRAGMA busy_timeout={round(self._busy_timeout * 1000)}")
         # 16 KiB pages hold a dozen events each: fewer pages to write, split
         # and free per batch than with 4 KiB (only takes effect on a new file).
         db.execute("PRAGMA page_size=16384")
