@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -28,6 +27,7 @@ from urllib.parse import unquote
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from daemon import __version__
@@ -105,8 +105,6 @@ def _gws_error(
 
 _CONTEXT = web.AppKey("context", ApiContext)
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 def build_app(context: ApiContext) -> web.Application:
     limit = context.http.max_body_bytes
@@ -151,8 +149,10 @@ def _unauthorized(request: web.Request, http: HttpSettings) -> web.Response | No
 def _bad_email_id(request: web.Request) -> web.Response | None:
     """400 for a POST under /api/v2/me/emails/ whose rest is not one GWS email id.
 
-    Read from the raw path: routing sees it with dot segments removed, so that
-    `/api/v2/me/emails/..` would be taken for another path.
+    Read from the raw path, so that an id routing would not take (one with a `/`,
+    or empty) is a 400 naming `id` too, not a 404. The guard that counts is the
+    workflow's own check: a percent-encoded path (`/api/v2/me/%65mails/%2E%2E`)
+    passes this one and still routes with id `..`.
     """
     raw = request.raw_path.partition("?")[0]
     if request.method != "POST" or not raw.startswith(EMAILS_PATH):
@@ -161,7 +161,7 @@ def _bad_email_id(request: web.Request) -> web.Response | None:
     if invalid is None:
         return None
     log.info("send_invalid", field=invalid.field, path=raw[:120])
-    return _json(invalid.as_json(), status=400)
+    return _answer(invalid)
 
 
 # -- Send drop-in -----------------------------------------------------------------
@@ -171,10 +171,6 @@ _RETRY_LATER = {"Retry-After": RETRY_AFTER_SECONDS}
 
 async def _email_operation(request: web.Request) -> web.StreamResponse:
     context = request.app[_CONTEXT]
-    if context.state.draining:
-        return _gws_error(
-            503, INTERNAL_ERROR, "gws-notifyd is shutting down; retry later", headers=_RETRY_LATER
-        )
     timeout = context.http.read_timeout_seconds
     try:
         async with asyncio.timeout(timeout):
@@ -185,6 +181,13 @@ async def _email_operation(request: web.Request) -> web.StreamResponse:
         )
         answer.force_close()  # the rest of the body may still be on its way
         return answer
+    # After the body (which may take read_timeout_seconds), with nothing awaited
+    # between this and the workflow counting the send in flight: a drain that
+    # began meanwhile refuses it, one that begins later waits for it.
+    if context.state.draining:
+        return _gws_error(
+            503, INTERNAL_ERROR, "gws-notifyd is shutting down; retry later", headers=_RETRY_LATER
+        )
     outcome = await context.workflow.handle(
         request.match_info["email_id"], raw, client_gone=lambda: _client_gone(request)
     )
@@ -246,10 +249,12 @@ def _answered(outcome: Answered) -> web.Response:
             body["referenceId"] = outcome.reference_id
         return _json(body, status=answer.http_status)
     if not body:
-        body = {
-            "statusCode": INTERNAL_ERROR,
-            "statusMessage": f"GWS answered HTTP {answer.http_status}",
-        }
+        return _gws_error(
+            answer.http_status,
+            INTERNAL_ERROR,
+            f"GWS answered HTTP {answer.http_status}",
+            send_id=outcome.send_id,
+        )
     body["sendId"] = outcome.send_id
     return _json(body, status=answer.http_status)
 
@@ -347,12 +352,8 @@ async def readiness(context: ApiContext) -> dict[str, Any]:
     except StoreError as exc:
         checks["store"] = False
         checks["storeError"] = str(exc)
-    ready = all(v for k, v in checks.items() if k != "storeError")
-    return {
-        "ready": ready,
-        "checks": checks,
-        "failed": [k for k, v in checks.items() if v is False],
-    }
+    failed = [k for k, v in checks.items() if v is False]
+    return {"ready": not failed, "checks": checks, "failed": failed}
 
 
 async def _readyz(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from daemon import __version__, admin, exitcodes
-from daemon.config import load_settings
+from daemon.config import load_settings, read_secret_file
 from daemon.errors import ConfigError, GwsNotifydError
 from daemon.logging import configure_logging
 
@@ -231,7 +231,11 @@ def _send(args: argparse.Namespace) -> int:
 async def _post_send(args: argparse.Namespace) -> int:
     import aiohttp
 
-    token = args.token_file.read_text().strip() if args.token_file else None
+    token = (
+        read_secret_file("--token-file", str(args.token_file), Path.cwd()).reveal()
+        if args.token_file
+        else None
+    )
     api = args.api.rstrip("/")
     try:
         async with aiohttp.ClientSession(headers=admin.authorization(token)) as http:

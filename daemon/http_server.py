@@ -22,18 +22,16 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from daemon.config import HttpSettings
 
 log = structlog.get_logger(logger_name="daemon.http_server")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # Descriptors the rest of the daemon may need: GWS (REST and CometD), sinks,

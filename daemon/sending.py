@@ -142,13 +142,14 @@ class SendWorkflow:
         if self._outbox_full():
             log.warning("send_refused_outbox_full", email_id=email_id)
             return OutboxFull()
+        # Counted before anything awaits: a drain that starts now waits for it.
+        self._in_flight += 1
+        self._idle.clear()
         return await asyncio.shield(self._send(email_id, raw, operation, client_gone))
 
     async def _send(
         self, email_id: str, raw: bytes, request: SendRequest, client_gone: Callable[[], bool]
     ) -> Outcome:
-        self._in_flight += 1
-        self._idle.clear()
         try:
             return await self._record_and_forward(email_id, raw, request, client_gone)
         finally:

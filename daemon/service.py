@@ -342,8 +342,12 @@ class Service:
             return False
         await parts.dispatcher.replace_sinks(sinks)
         parts.tracker.set_send_timeout(new.correlation.send_timeout_seconds)
+        # What was applied, no more: the rest of [correlation] needs a restart.
+        correlation = replace(
+            self.settings.correlation, send_timeout_seconds=new.correlation.send_timeout_seconds
+        )
         self.settings = replace(
-            self.settings, sinks=new.sinks, correlation=new.correlation, service=new.service
+            self.settings, sinks=new.sinks, correlation=correlation, service=new.service
         )
         log.info(
             "reloaded",

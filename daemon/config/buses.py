@@ -35,9 +35,9 @@ def require_client(table: Table, kind: str) -> None:
         ) from None
 
 
-def template(table: Table, name: str, *, required: bool = True) -> str:
+def template(table: Table, name: str) -> str:
     """A stream or subject name, with `{account}` and `{type}` allowed in it."""
-    value = table.string(name, required=required)
+    value = table.string(name)
     try:
         fields = {field for _, field, _, _ in string.Formatter().parse(value) if field is not None}
     except ValueError as exc:
@@ -51,7 +51,7 @@ def template(table: Table, name: str, *, required: bool = True) -> str:
     return value
 
 
-def _bus_url(table: Table, key: str, value: str, schemes: tuple[str, ...]) -> str:
+def _bus_url(key: str, value: str, schemes: tuple[str, ...]) -> str:
     try:
         parts = urlsplit(value)
         _ = parts.port
@@ -68,7 +68,7 @@ def _bus_url(table: Table, key: str, value: str, schemes: tuple[str, ...]) -> st
 def redis_fields(table: Table, base: Path) -> dict[str, Any]:
     require_client(table, "redis")
     return {
-        "url": _bus_url(table, table.key("url"), table.string("url"), ("redis", "rediss")),
+        "url": _bus_url(table.key("url"), table.string("url"), ("redis", "rediss")),
         "password": secret(table, base, value_key="password", file_key="password_file"),
         "stream": template(table, "stream"),
         "maxlen": table.integer("maxlen", 1_000_000),
@@ -82,8 +82,7 @@ def _nats_servers(table: Table) -> tuple[str, ...]:
     if not urls:
         raise ConfigError(table.key("url"), "needs at least one server")
     return tuple(
-        _bus_url(table, f"{table.key('url')}[{i}]", url, ("nats", "tls"))
-        for i, url in enumerate(urls)
+        _bus_url(f"{table.key('url')}[{i}]", url, ("nats", "tls")) for i, url in enumerate(urls)
     )
 
 
@@ -118,7 +117,7 @@ def nats_fields(table: Table, base: Path) -> dict[str, Any]:
     return {
         "servers": _nats_servers(table),
         "subject": template(table, "subject"),
-        "stream": table.string("stream", required=True),
+        "stream": table.string("stream"),
         "create_stream": create,
         "subjects": subjects,
         "duplicate_window_seconds": table.number("duplicate_window_seconds", 120.0, above=True),

@@ -102,7 +102,7 @@ def _gws(
     table: Table, base: Path, environ: Mapping[str, str], *, need_password: bool
 ) -> GwsSettings:
     base_url = http_url(table, "base_url")
-    username = table.string("username", required=True)
+    username = table.string("username")
     password, password_file = _gws_password(table, base, environ, need_password=need_password)
     path = table.string("notifications_path", "/api/v2/notifications")
     if not path.startswith("/"):
@@ -205,7 +205,7 @@ def _http(table: Table, base: Path) -> HttpSettings:
 
 
 def _store(table: Table, base: Path) -> StoreSettings:
-    path = resolve(table.string("path", required=True), base)
+    path = resolve(table.string("path"), base)
     if path.exists() and path.is_dir():
         raise ConfigError(table.key("path"), f"{path} is a directory, expected a file path")
     settings = StoreSettings(
@@ -280,7 +280,7 @@ def _sink(table: Table, base: Path, names: set[str]) -> SinkSettings:
 
 def _sink_name(table: Table, names: set[str]) -> str:
     """The sink's name, unique among the sinks read so far (`names`, updated)."""
-    name = table.string("name", required=True)
+    name = table.string("name")
     if name in names:
         raise ConfigError(table.key("name"), f"duplicate sink name {name!r}")
     if not name.replace("-", "").replace("_", "").isalnum():
@@ -291,7 +291,7 @@ def _sink_name(table: Table, names: set[str]) -> str:
 
 def _jsonl_fields(table: Table, base: Path) -> dict[str, Any]:
     return {
-        "path": resolve(table.string("path", required=True), base),
+        "path": resolve(table.string("path"), base),
         "fsync": table.boolean("fsync", False),
     }
 

@@ -46,10 +46,11 @@ class Table:
             raise ConfigError(self.key(name), f"expected {kind_name}, got {_toml_type(value)}")
         return value  # type: ignore[return-value]
 
-    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+    def string(self, name: str, default: str | None = None) -> str:
+        """The string under `name`; required when there is no default."""
         value = self._get(name, str, "a string")
         if value is None:
-            if required or default is None:
+            if default is None:
                 raise ConfigError(self.key(name), "is required")
             return default
         if not value.strip():

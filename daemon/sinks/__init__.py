@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from daemon.config import SinkSettings
 from daemon.sinks.base import Sink
 from daemon.sinks.jsonl import JsonLinesSink
@@ -12,13 +14,19 @@ __all__ = ["Sink", "build_sink"]
 
 
 def build_sink(settings: SinkSettings) -> Sink:
-    if settings.type == "jsonl":
-        assert settings.path is not None
-        return JsonLinesSink(name=settings.name, path=settings.path, fsync=settings.fsync)
-    if settings.type == "log":
-        return LogSink(name=settings.name)
-    if settings.type in ("redis", "nats"):
-        return _bus_sink(settings)
+    return _BUILDERS[settings.type](settings)
+
+
+def _jsonl(settings: SinkSettings) -> Sink:
+    assert settings.path is not None
+    return JsonLinesSink(name=settings.name, path=settings.path, fsync=settings.fsync)
+
+
+def _log(settings: SinkSettings) -> Sink:
+    return LogSink(name=settings.name)
+
+
+def _webhook(settings: SinkSettings) -> Sink:
     assert settings.url is not None
     return WebhookSink(
         name=settings.name,
@@ -31,25 +39,30 @@ def build_sink(settings: SinkSettings) -> Sink:
     )
 
 
-def _bus_sink(settings: SinkSettings) -> Sink:
-    # Imported here: each bus client is an optional extra.
-    assert settings.stream is not None
-    if settings.type == "redis":
-        from daemon.sinks.redis_streams import RedisStreamSink
+# The bus sinks are imported when configured: each client is an optional extra.
 
-        assert settings.url is not None
-        return RedisStreamSink(
-            name=settings.name,
-            url=settings.url,
-            stream=settings.stream,
-            password=settings.password,
-            maxlen=settings.maxlen,
-            dedup_window_seconds=settings.dedup_window_seconds,
-            timeout_seconds=settings.timeout_seconds,
-        )
+
+def _redis(settings: SinkSettings) -> Sink:
+    from daemon.sinks.redis_streams import RedisStreamSink
+
+    assert settings.url is not None
+    assert settings.stream is not None
+    return RedisStreamSink(
+        name=settings.name,
+        url=settings.url,
+        stream=settings.stream,
+        password=settings.password,
+        maxlen=settings.maxlen,
+        dedup_window_seconds=settings.dedup_window_seconds,
+        timeout_seconds=settings.timeout_seconds,
+    )
+
+
+def _nats(settings: SinkSettings) -> Sink:
     from daemon.sinks.nats_jetstream import NatsJetStreamSink
 
     assert settings.subject is not None
+    assert settings.stream is not None
     return NatsJetStreamSink(
         name=settings.name,
         servers=settings.servers,
@@ -64,3 +77,12 @@ def _bus_sink(settings: SinkSettings) -> Sink:
         creds_file=settings.creds_file,
         timeout_seconds=settings.timeout_seconds,
     )
+
+
+_BUILDERS: dict[str, Callable[[SinkSettings], Sink]] = {
+    "jsonl": _jsonl,
+    "log": _log,
+    "webhook": _webhook,
+    "redis": _redis,
+    "nats": _nats,
+}

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+from yarl import URL
 
 
-def redacted_url(url: str) -> str:
+def redacted_url(url: str | URL) -> str:
     """`url` without userinfo, query or fragment (where credentials hide)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{parts.port}" if parts.port is not None else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    try:
+        parsed = url if isinstance(url, URL) else URL(url)
+        return str(parsed.with_user(None).with_query(None).with_fragment(None))
+    except (TypeError, ValueError):
+        return "(unparsable URL)"

@@ -38,6 +38,7 @@ from daemon import __version__
 from daemon.config import Secret
 from daemon.errors import PermanentSinkError, RetryableSinkError
 from daemon.sinks.base import Sink
+from daemon.sinks.urls import redacted_url
 from daemon.store.rows import OutboxRow
 
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -91,15 +92,6 @@ def verify(
     return hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
 
 
-def shown(url: str | URL) -> str:
-    """`url` as it may appear in a log, an error or a dead letter: no userinfo, query, fragment."""
-    try:
-        parsed = url if isinstance(url, URL) else URL(url)
-        return str(parsed.with_user(None).with_query(None).with_fragment(None))
-    except (TypeError, ValueError):
-        return "(unparsable URL)"
-
-
 def classify(status: int) -> bool | None:
     """True: taken. False: retry. None: permanent failure."""
     if 200 <= status < 300:
@@ -136,7 +128,7 @@ class WebhookSink(Sink):
     ) -> None:
         self.name = name
         self.url = url
-        self._shown_url = shown(url)
+        self._shown_url = redacted_url(url)
         self._secret = secret.reveal().encode() if secret is not None else None
         self._headers = {"User-Agent": f"gws-notifyd/{__version__}", **dict(headers)}
         self._batch_mode = batch_mode
@@ -199,7 +191,7 @@ class WebhookSink(Sink):
         if location is None:
             return "none"
         try:
-            return shown(URL(self.url).join(URL(location)))
+            return redacted_url(URL(self.url).join(URL(location)))
         except ValueError:
             return "(unparsable)"
 
