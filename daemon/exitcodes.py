@@ -7,7 +7,7 @@ systemd's unit restarts on failure but not on EX_CONFIG or EX_NOPERM
 from __future__ import annotations
 
 OK = 0
-FAILURE = 1  # the command failed (a missing dead letter, an unreachable daemon for `send`)
+FAILURE = 1  # the command failed (a missing dead letter; a Send answered with an error, for `send`)
 USAGE = 2  # argparse's own
 UNAVAILABLE = 69  # GWS unreachable at start with wait_at_start = false; the daemon, for status
 SOFTWARE = 70  # the store failed, or a task of the daemon ended on its own

@@ -17,7 +17,8 @@ already in flight finish; CometD disconnects; sinks drain for at most
 order of opening, by one exit stack. What was not delivered stays on disk.
 A second signal exits at once (still nothing lost: the store is the truth).
 
-SIGHUP: re-read the config file; sinks and timeouts take the new values. An
+SIGHUP: re-read the config file; the sinks and the send and shutdown timeouts
+take the new values (and a refused GWS login is tried again). An
 invalid file is logged and the running configuration kept.
 """
 
@@ -321,7 +322,8 @@ class Service:
             log.error("reload_failed", error=f"{type(error).__name__}: {error}")
 
     async def reload(self) -> bool:
-        """Re-read the config: sinks and timeouts change, the rest needs a restart.
+        """Re-read the config: the sinks and the send and shutdown timeouts change; the
+        rest needs a restart.
 
         One at a time: a SIGHUP during a reload waits for it.
         """

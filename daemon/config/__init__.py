@@ -9,6 +9,8 @@ read here and kept in `Secret` objects whose repr never shows the value.
     reader    `Table`: one TOML table read with types; unknown keys are errors
     values    URLs, listen addresses, paths and secret files
     loader    `load_settings`, `settings_from_dict` and one builder per section
+    buses     the keys of the redis and nats sinks
+    exposure  what exposes a secret: one in clear, a secret file others can read
 
 Import from `daemon.config`, not from the modules inside it.
 """
