@@ -43,6 +43,7 @@ from daemon.store.rows import OutboxRow
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 SIGNATURE_HEADER = "Gws-Notifyd-Signature"
+ARRAY_MAX_EVENTS = 200
 # How far a signature's timestamp may be from the receiver's clock.
 REPLAY_WINDOW_SECONDS = 300
 # What is read of an answer: enough to keep the connection for the next POST;
@@ -139,16 +140,19 @@ class WebhookSink(Sink):
 
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         if self._batch_mode == "array":
-            body = b"[" + b",".join(row.body for row in batch) + b"]"
-            await self._post(
-                body,
-                "application/cloudevents-batch+json",
-                {
-                    "Idempotency-Key": batch[0].event_id,
-                    "Idempotency-Keys": ",".join(row.event_id for row in batch),
-                },
-                delivered=0,
-            )
+            # One POST per ARRAY_MAX_EVENTS: their Idempotency-Keys header (37
+            # bytes an id) must stay under the 8 KiB most servers take in a header.
+            for start in range(0, len(batch), ARRAY_MAX_EVENTS):
+                part = batch[start : start + ARRAY_MAX_EVENTS]
+                await self._post(
+                    b"[" + b",".join(row.body for row in part) + b"]",
+                    "application/cloudevents-batch+json",
+                    {
+                        "Idempotency-Key": part[0].event_id,
+                        "Idempotency-Keys": ",".join(row.event_id for row in part),
+                    },
+                    delivered=start,
+                )
             return
         for index, row in enumerate(batch):
             await self._post(
