@@ -16,7 +16,7 @@ from daemon.api import ApiContext, RuntimeState
 from daemon.config import Settings, SinkSettings
 from daemon.correlator import Correlator
 from daemon.dispatcher import Dispatcher
-from daemon.events import EventFactory
+from daemon.events import EventFactory, account_source
 from daemon.gws.messages import MALFORMED_REASONS
 from daemon.gws.operations import notification_limit
 from daemon.gws.session import GwsSession
@@ -86,24 +86,26 @@ async def build_components(
         store, on_committed=dispatcher.notify, cursors=dispatcher.unsaved_cursors
     )
     stack.callback(writer.close)
+    account = settings.accounts[0]
+    account_metrics = metrics.account(account.name)
     tracker = Tracker(
         correlator=Correlator(send_timeout_seconds=settings.correlation.send_timeout_seconds),
         store=store,
         writer=writer,
-        events=EventFactory(source=settings.gws.base_url + "/api/v2/me/emails"),
-        metrics=metrics,
-        channels=settings.gws.channels,
+        events=EventFactory(account_source(settings.gws.base_url, account.name), account.name),
+        metrics=account_metrics,
+        channels=account.gws.channels,
         # A notification about the largest Send the API takes must fit.
         max_message_bytes=notification_limit(settings.http.max_body_bytes),
     )
-    session = GwsSession(settings.gws, metrics)
+    session = GwsSession(account.gws, account_metrics)
     await session.open()
     stack.push_async_callback(session.close)
     listener = NotificationListener(
         session=session,
         tracker=tracker,
-        metrics=metrics,
-        settings=settings.gws,
+        metrics=account_metrics,
+        settings=account.gws,
         give_up_seconds=settings.correlation.read_back_give_up_seconds,
     )
     return Components(

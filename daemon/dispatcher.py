@@ -211,7 +211,7 @@ class Dispatcher:
         if head > self._head:
             self._head = head
         rows = [
-            OutboxRow(first_seq + i, e.id, e.type, e.email_id, e.time, e.body)
+            OutboxRow(first_seq + i, e.id, e.type, e.email_id, e.time, e.body, e.account)
             for i, e in enumerate(events)
         ]
         for worker in self._workers.values():

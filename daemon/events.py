@@ -7,8 +7,14 @@ redelivered after a crash or a retry carries the same id:
 - an outcome of a send:       uuid5(send id, type, notificationType, state)
   (the same whether it came by notification or was read back by GET);
 - an unmatched notification:  uuid5(email id, referenceId, notificationType,
-  state, digest of the notification's bytes);
+  state, digest of the notification's bytes[, account]);
 - a rejected / timed-out send: uuid5(send id, type).
+
+Send ids are unique across accounts; what is not tied to a send adds the
+account to its id (except `default`'s, so that the ids a single-account
+daemon gave before stay the same), so ids never collide across accounts.
+Every event's `data.account` names the GWS account (agent session) it is
+about, and `source` is that account's: `{base_url}/api/v2/me?account={name}`.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ class Event(NamedTuple):
     email_id: str | None
     time: float
     body: bytes  # the whole CloudEvent, serialised once
+    account: str = "default"
 
 
 _NAMESPACE_BYTES = _NAMESPACE.bytes
@@ -61,11 +68,22 @@ def compact(serialised: bytes) -> bytes:
     return memoryview(serialised).tobytes()
 
 
-class EventFactory:
-    """Builds events for one GWS installation (`source`)."""
+DEFAULT_ACCOUNT = "default"
 
-    def __init__(self, source: str) -> None:
+
+def account_source(base_url: str, account: str) -> str:
+    """The CloudEvents `source` of one account's events."""
+    return f"{base_url}/api/v2/me?account={account}"
+
+
+class EventFactory:
+    """Builds the events of one GWS account (`source`, `account`)."""
+
+    def __init__(self, source: str, account: str = DEFAULT_ACCOUNT) -> None:
         self.source = source
+        self.account = account
+        # Parts added to the ids of events not tied to a send (see the module docstring).
+        self.id_salt: tuple[str, ...] = () if account == DEFAULT_ACCOUNT else (account,)
         self._last_time: tuple[float, str] = (0.0, "")
 
     def _time(self, at: float) -> str:
@@ -90,7 +108,8 @@ class EventFactory:
         }
         if email_id is None:
             del envelope["subject"]  # CloudEvents: a subject is a non-empty string, or absent
-        return Event(id_, type_, email_id, time, compact(orjson.dumps(envelope)))
+        data["account"] = self.account
+        return Event(id_, type_, email_id, time, compact(orjson.dumps(envelope)), self.account)
 
     def state_changed(
         self,
@@ -122,6 +141,7 @@ class EventFactory:
                 change.notification_type,
                 change.state,
                 hashlib.sha1(change.raw, usedforsecurity=False).hexdigest(),
+                *self.id_salt,
             )
             reference_id = change.reference_id
             send_summary = latency = None

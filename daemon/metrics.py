@@ -1,16 +1,22 @@
 """Every Prometheus metric of the daemon, in one registry created once.
 
-Labels come only from small fixed sets (sink names from the config, reasons,
-states, outcomes); never a referenceId, an email id or an address. The
-registry is passed in, never global, so each test builds its own.
+Labels come only from small fixed sets (sink and account names from the
+config, reasons, states, outcomes); never a referenceId, an email id or an
+address. The registry is passed in, never global, so each test builds its own.
+
+What one GWS account does carries an `account` label; an account's parts see
+its series through `AccountMetrics`, a view with the label already applied,
+and never name the account themselves.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 PREFIX = "gws_notifyd_"
 SEND_OUTCOMES = ("accepted", "rejected", "error")
@@ -44,22 +50,28 @@ class Metrics:
 
         # Series of the fixed label sets exist from the start, so that rate()
         # and absent() work before the first event of each kind.
-        for outcome in SEND_OUTCOMES:
-            self.sends.labels(outcome)
-        for result in CORRELATION_RESULTS:
-            self.correlations.labels(result)
         for reason in malformed_reasons:
             self.notifications_malformed.labels(reason)
-        for result in RECONCILIATION_RESULTS:
-            self.reconciliations.labels(result)
-        for reason in LOGIN_FAILURE_REASONS:
-            self.gws_login_failures.labels(reason)
+        self._accounts: dict[str, AccountMetrics] = {}
+
+    def account(self, name: str) -> AccountMetrics:
+        """The view of one account's series (made, with its fixed series, on first use)."""
+        view = self._accounts.get(name)
+        if view is None:
+            view = self._accounts[name] = AccountMetrics(self, name)
+        return view
+
+    def forget_account(self, name: str) -> None:
+        """An account left the config: its series go (a stale `subscribed 0` would alert)."""
+        view = self._accounts.pop(name, None)
+        if view is not None:
+            view.remove_series()
 
     def _define_send_metrics(self, r: CollectorRegistry) -> None:
         self.notifications_received = Counter(
             PREFIX + "notifications_received_total",
             "Notifications received from GWS, by channel and type.",
-            ["channel", "message_type", "notification_type"],
+            ["account", "channel", "message_type", "notification_type"],
             registry=r,
         )
         self.notifications_malformed = Counter(
@@ -70,17 +82,17 @@ class Metrics:
         )
         self.sends = Counter(
             PREFIX + "sends_total",
-            "Sends taken from the integration, by how GWS answered.",
-            ["outcome"],
+            "Sends taken from the integration, by account and how GWS answered.",
+            ["account", "outcome"],
             registry=r,
         )
         self.pending_sends = Gauge(
-            PREFIX + "pending_sends", "Sends waiting for their outcome.", registry=r
+            PREFIX + "pending_sends", "Sends waiting for their outcome.", ["account"], registry=r
         )
         self.correlations = Counter(
             PREFIX + "correlations_total",
             "Outcomes by how they were tied to a send.",
-            ["result"],
+            ["account", "result"],
             registry=r,
         )
         self.outcome_latency = Histogram(
@@ -134,44 +146,52 @@ class Metrics:
 
     def _define_gws_metrics(self, r: CollectorRegistry) -> None:
         self.cometd_connected = Gauge(
-            PREFIX + "cometd_connected", "1 while the CometD connection is up.", registry=r
+            PREFIX + "cometd_connected",
+            "1 while the account's CometD connection is up.",
+            ["account"],
+            registry=r,
         )
         self.cometd_subscribed = Gauge(
             PREFIX + "cometd_subscribed",
-            "1 once the channels are subscribed on the current CometD session.",
+            "1 once the channels are subscribed on the account's current CometD session.",
+            ["account"],
             registry=r,
         )
         self.cometd_handshakes = Counter(
             PREFIX + "cometd_handshakes",
             "Successful CometD handshakes (with subscription).",
+            ["account"],
             registry=r,
         )
         self.cometd_reconnects = Counter(
             PREFIX + "cometd_reconnects",
             "Times the CometD connection was lost and had to be re-established.",
+            ["account"],
             registry=r,
         )
         self.last_notification = Gauge(
             PREFIX + "last_notification_timestamp_seconds",
             "Unix time of the last notification received.",
+            ["account"],
             registry=r,
         )
         self.reconciliations = Counter(
             PREFIX + "reconciliations_total",
             "Pending sends read back from GWS by GET, by result.",
-            ["result"],
+            ["account", "result"],
             registry=r,
         )
         self.gws_login_failures = Counter(
             PREFIX + "gws_login_failures",
             "Failed GWS logins after start-up, by reason (refused: the credentials; "
             "unreachable: no answer; error: any other failure).",
-            ["reason"],
+            ["account", "reason"],
             registry=r,
         )
         self.gws_credentials_refused = Gauge(
             PREFIX + "gws_credentials_refused",
             "1 while GWS refuses the credentials (the daemon waits before each new try).",
+            ["account"],
             registry=r,
         )
         self.gws_requests = Histogram(
@@ -192,3 +212,84 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class _Labelled(Generic[M]):
+    """A labelled metric with the account label applied: `.labels(rest...)`.
+    Remembers the series it made, so that they can be removed with the account."""
+
+    __slots__ = ("_account", "_metric", "made")
+
+    def __init__(self, metric: M, account: str) -> None:
+        self._metric = metric
+        self._account = account
+        self.made: set[tuple[str, ...]] = set()
+
+    def labels(self, *values: str) -> M:
+        if values not in self.made:
+            self.made.add(values)
+        return self._metric.labels(self._account, *values)
+
+    def remove_series(self) -> None:
+        for values in self.made:
+            self._metric.remove(self._account, *values)
+        self.made.clear()
+
+
+class AccountMetrics:
+    """One account's series (the `account` label applied), and the shared ones
+    an account's parts also report to. Same attribute names as `Metrics`."""
+
+    def __init__(self, metrics: Metrics, account: str) -> None:
+        self.account = account
+        self._metrics = metrics
+        m = metrics
+        self.sends = _Labelled(m.sends, account)
+        self.correlations = _Labelled(m.correlations, account)
+        self.notifications_received = _Labelled(m.notifications_received, account)
+        self.reconciliations = _Labelled(m.reconciliations, account)
+        self.gws_login_failures = _Labelled(m.gws_login_failures, account)
+        self._single = [
+            m.pending_sends,
+            m.cometd_connected,
+            m.cometd_subscribed,
+            m.cometd_handshakes,
+            m.cometd_reconnects,
+            m.last_notification,
+            m.gws_credentials_refused,
+        ]
+        self.pending_sends = m.pending_sends.labels(account)
+        self.cometd_connected = m.cometd_connected.labels(account)
+        self.cometd_subscribed = m.cometd_subscribed.labels(account)
+        self.cometd_handshakes = m.cometd_handshakes.labels(account)
+        self.cometd_reconnects = m.cometd_reconnects.labels(account)
+        self.last_notification = m.last_notification.labels(account)
+        self.gws_credentials_refused = m.gws_credentials_refused.labels(account)
+        # Shared by every account: their label sets would multiply by the accounts.
+        self.notifications_malformed = m.notifications_malformed
+        self.outcome_latency = m.outcome_latency
+        self.gws_requests = m.gws_requests
+        # Series of the fixed label sets exist from the start (see Metrics).
+        for outcome in SEND_OUTCOMES:
+            self.sends.labels(outcome)
+        for result in CORRELATION_RESULTS:
+            self.correlations.labels(result)
+        for result in RECONCILIATION_RESULTS:
+            self.reconciliations.labels(result)
+        for reason in LOGIN_FAILURE_REASONS:
+            self.gws_login_failures.labels(reason)
+
+    def remove_series(self) -> None:
+        for labelled in (
+            self.sends,
+            self.correlations,
+            self.notifications_received,
+            self.reconciliations,
+            self.gws_login_failures,
+        ):
+            labelled.remove_series()
+        for metric in self._single:
+            metric.remove(self.account)

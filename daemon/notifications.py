@@ -32,7 +32,7 @@ from daemon.config import GwsSettings
 from daemon.errors import GwsError
 from daemon.gws.login import SessionKeeper, transport_retry_policy
 from daemon.gws.session import GwsSession
-from daemon.metrics import Metrics
+from daemon.metrics import AccountMetrics
 from daemon.sends import SendRecord, SendStatus
 from daemon.tracker import Tracker
 
@@ -48,7 +48,7 @@ class NotificationListener:
         *,
         session: GwsSession,
         tracker: Tracker,
-        metrics: Metrics,
+        metrics: AccountMetrics,
         settings: GwsSettings,
         give_up_seconds: float = 3600.0,
     ) -> None:

@@ -182,7 +182,7 @@ async def probe(settings: Settings, *, seconds: float) -> tuple[int, dict[str, A
         "username": settings.gws.username,
         "startSession": settings.gws.start_session,
     }
-    session = GwsSession(settings.gws, Metrics())
+    session = GwsSession(settings.gws, Metrics().account("probe"))
     await session.open()
     try:
         code = await _login(session, report)

@@ -64,6 +64,7 @@ class SendRecord:
     outcome_state: str | None = None
     status_code: int | None = None
     status_message: str | None = None
+    account: str = "default"  # the GWS account (agent) it was sent as
     _summary: orjson.Fragment | None = field(default=None, repr=False, compare=False)
     due_at: float | None = field(default=None, repr=False, compare=False)  # correlator's
 
@@ -92,6 +93,7 @@ class SendRecord:
         """What `GET /v1/sends/{sendId}` shows."""
         return {
             "sendId": self.send_id,
+            "account": self.account,
             "emailId": self.email_id,
             "status": self.status.value,
             "pending": self.pending,

@@ -1,4 +1,4 @@
-"""Turns sends, answers, notifications and read-backs into stored events.
+"""Turns one account's sends, answers, notifications and read-backs into stored events.
 
 Owns the order of things around the correlator: every decision the
 correlator makes is written to the store (send rows and their events in one
@@ -34,7 +34,7 @@ from daemon.gws.messages import (
     parse_batch,
 )
 from daemon.logging import log_batch
-from daemon.metrics import Metrics
+from daemon.metrics import AccountMetrics
 from daemon.sends import SendRecord, SendStatus
 from daemon.store import AsyncStore, OutcomeWriter, send_row, send_update
 
@@ -76,7 +76,7 @@ class Tracker:
         store: AsyncStore,
         writer: OutcomeWriter,
         events: EventFactory,
-        metrics: Metrics,
+        metrics: AccountMetrics,
         channels: Sequence[str],
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         clock: Callable[[], float] = time.time,
@@ -144,7 +144,7 @@ class Tracker:
 
     async def restore(self) -> int:
         """Load pending sends after a start; a send whose answer we never saw is unanswered."""
-        sends = await self._store.load_pending()
+        sends = await self._store.load_pending(self._events.account)
         now = self._clock()
         in_flight = [s for s in sends if s.status is SendStatus.IN_FLIGHT]
         for send in in_flight:

@@ -9,6 +9,7 @@ read here and kept in `Secret` objects whose repr never shows the value.
     reader    `Table`: one TOML table read with types; unknown keys are errors
     values    URLs, listen addresses, paths and secret files
     loader    `load_settings`, `settings_from_dict` and one builder per section
+    accounts  the GWS accounts: today's single one, or [[gws.accounts]]
     buses     the keys of the redis and nats sinks
     exposure  what exposes a secret: one in clear, a secret file others can read
 
@@ -17,9 +18,11 @@ Import from `daemon.config`, not from the modules inside it.
 
 from __future__ import annotations
 
+from daemon.config.accounts import DEFAULT_ACCOUNT
 from daemon.config.loader import load_settings, settings_from_dict
 from daemon.config.settings import (
     SINK_TYPES,
+    AccountSettings,
     CorrelationSettings,
     GwsSettings,
     HttpSettings,
@@ -33,7 +36,9 @@ from daemon.config.settings import (
 from daemon.config.values import read_secret_file
 
 __all__ = [
+    "DEFAULT_ACCOUNT",
     "SINK_TYPES",
+    "AccountSettings",
     "CorrelationSettings",
     "GwsSettings",
     "HttpSettings",

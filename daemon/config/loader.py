@@ -13,11 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from daemon.config.accounts import DEFAULT_ACCOUNT, channels, read_accounts
 from daemon.config.buses import nats_fields, redis_fields
 from daemon.config.exposure import exposure_warnings
 from daemon.config.reader import Table
 from daemon.config.settings import (
     SINK_TYPES,
+    AccountSettings,
     CorrelationSettings,
     GwsSettings,
     HttpSettings,
@@ -73,7 +75,7 @@ def settings_from_dict(
         raise ConfigError("gws", "table is required")
     if not root.has("store"):
         raise ConfigError("store", "table is required (store.path)")
-    gws = _gws(root.table("gws"), base, environ, need_password=need_password)
+    gws, accounts = _gws(root.table("gws"), base, environ, need_password=need_password)
     http = _http(root.table("http"), base)
     store = _store(root.table("store"), base)
     correlation = _correlation(root.table("correlation"))
@@ -84,6 +86,7 @@ def settings_from_dict(
     root.finish()
     return Settings(
         gws=gws,
+        accounts=accounts,
         http=http,
         store=store,
         correlation=correlation,
@@ -100,22 +103,19 @@ def settings_from_dict(
 
 def _gws(
     table: Table, base: Path, environ: Mapping[str, str], *, need_password: bool
-) -> GwsSettings:
+) -> tuple[GwsSettings, tuple[AccountSettings, ...]]:
+    """What `[gws]` shares, and its accounts (`daemon.config.accounts`)."""
     base_url = http_url(table, "base_url")
-    username = table.string("username")
-    password, password_file = _gws_password(table, base, environ, need_password=need_password)
     path = table.string("notifications_path", "/api/v2/notifications")
     if not path.startswith("/"):
         raise ConfigError(table.key("notifications_path"), "must start with /")
-    channels = _channels(table)
     ca_file = _ca_file(table, base)
-    settings = GwsSettings(
+    shared = GwsSettings(
         base_url=base_url,
-        username=username,
-        password=password,
-        password_file=password_file,
+        username="",
+        password=Secret(""),
         notifications_path=path.rstrip("/") or "/",
-        channels=channels,
+        channels=channels(table, ("/v2/me/emails",)),
         start_session=table.boolean("start_session", True),
         request_timeout_seconds=table.number("request_timeout_seconds", 10.0, above=True),
         verify_tls=table.boolean("verify_tls", True),
@@ -128,45 +128,11 @@ def _gws(
         max_batch_bytes=table.integer("max_batch_bytes", 256 * 1024 * 1024, minimum=64 * 1024),
         batch_window_seconds=table.number("batch_window_seconds", 0.005),
     )
+    accounts = read_accounts(table, shared, base, environ, need_password=need_password)
     table.finish()
-    return settings
-
-
-def _gws_password(
-    table: Table, base: Path, environ: Mapping[str, str], *, need_password: bool
-) -> tuple[Secret, Path | None]:
-    """The first of: password, password_file, $GWS_PASSWORD, the systemd credential;
-    and the file it came from, if it came from one."""
-    password = secret(table, base, value_key="password", file_key="password_file")
-    file_text = table.optional_string("password_file")
-    source = resolve(file_text, base) if password is not None and file_text else None
-    if password is None and environ.get("GWS_PASSWORD"):
-        password = Secret(environ["GWS_PASSWORD"])
-    if password is None and environ.get("CREDENTIALS_DIRECTORY"):
-        candidate = Path(environ["CREDENTIALS_DIRECTORY"]) / "gws-password"
-        if candidate.exists():
-            password = read_secret_file("$CREDENTIALS_DIRECTORY/gws-password", str(candidate), base)
-            source = candidate
-    if password is None and not need_password:
-        password = Secret("")
-    if password is None:
-        raise ConfigError(
-            table.key("password"),
-            "no password: set password or password_file, or $GWS_PASSWORD, "
-            "or provide the systemd credential gws-password",
-        )
-    return password, source
-
-
-def _channels(table: Table) -> tuple[str, ...]:
-    channels = table.string_list("channels", ("/v2/me/emails",))
-    for index, channel in enumerate(channels):
-        if not channel.startswith("/") or channel.startswith("/meta/"):
-            raise ConfigError(
-                f"{table.key('channels')}[{index}]",
-                f"{channel!r} is not a subscribable Bayeux channel",
-            )
-    return channels
+    if len(accounts) == 1 and accounts[0].name == DEFAULT_ACCOUNT:
+        return accounts[0].gws, accounts  # today's form: [gws] is the account
+    return shared, accounts
 
 
 def _ca_file(table: Table, base: Path) -> Path | None:

@@ -72,6 +72,15 @@ class GwsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountSettings:
+    """One GWS account (agent): its name and its whole GWS settings (the shared
+    `[gws]` values with its own credentials, channels and start_session)."""
+
+    name: str
+    gws: GwsSettings
+
+
+@dataclass(frozen=True, slots=True)
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 9410
@@ -157,8 +166,11 @@ class LoggingSettings:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
+    # What `[gws]` says for every account (its username and password are empty
+    # when it has [[gws.accounts]]; each account's own are in `accounts`).
     gws: GwsSettings
     store: StoreSettings
+    accounts: tuple[AccountSettings, ...] = ()
     http: HttpSettings = field(default_factory=HttpSettings)
     correlation: CorrelationSettings = field(default_factory=CorrelationSettings)
     sinks: tuple[SinkSettings, ...] = ()
@@ -167,3 +179,6 @@ class Settings:
     source: Path | None = None
     # What exposes a secret without making the config invalid (`config.exposure`).
     warnings: tuple[str, ...] = ()
+
+    def account(self, name: str) -> AccountSettings | None:
+        return next((a for a in self.accounts if a.name == name), None)

@@ -32,7 +32,7 @@ from daemon.config import GwsSettings
 from daemon.errors import GwsError, GwsRequestError
 from daemon.gws.answers import is_refusal
 from daemon.gws.session import GwsSession
-from daemon.metrics import Metrics
+from daemon.metrics import AccountMetrics
 
 log = structlog.get_logger(logger_name="daemon.gws.login")
 
@@ -72,7 +72,7 @@ class SessionKeeper:
         *,
         session: GwsSession,
         settings: GwsSettings,
-        metrics: Metrics,
+        metrics: AccountMetrics,
         rng: random.Random | None = None,
     ) -> None:
         self._session = session

@@ -39,7 +39,7 @@ from daemon.errors import (
     GwsUnreachableError,
 )
 from daemon.gws.answers import Answer, failure_of, field, is_refusal, raise_unless_ok
-from daemon.metrics import Metrics
+from daemon.metrics import AccountMetrics
 
 __all__ = ["Answer", "GwsSession"]
 
@@ -67,7 +67,7 @@ def _ssl_context(settings: GwsSettings) -> ssl.SSLContext | bool:
 class GwsSession:
     """Call `open()` once, then `login()` (again after every session loss)."""
 
-    def __init__(self, settings: GwsSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: GwsSettings, metrics: AccountMetrics) -> None:
         self.settings = settings
         self._metrics = metrics
         self._http: aiohttp.ClientSession | None = None

@@ -163,8 +163,8 @@ class AsyncStore:
 
     # -- reads ---------------------------------------------------------------------
 
-    async def load_pending(self) -> list[SendRecord]:
-        return await self._submit(self._store.load_pending)
+    async def load_pending(self, account: str | None = None) -> list[SendRecord]:
+        return await self._submit(self._store.load_pending, account)
 
     async def get_send(self, send_id: str) -> SendRecord | None:
         return await self._submit(self._store.get_send, send_id)

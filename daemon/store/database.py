@@ -158,22 +158,36 @@ class Store:
         position = 1  # substr() counts from 1
         for event in events:
             index.append(
-                (event.id, event.type, event.email_id, event.time, position, len(event.body))
+                (
+                    event.id,
+                    event.type,
+                    event.email_id,
+                    event.time,
+                    position,
+                    len(event.body),
+                    event.account,
+                )
             )
             position += len(event.body)
         self._db.execute(
-            "INSERT INTO outbox (event_id, type, email_id, created_at, body) "
+            "INSERT INTO outbox (event_id, type, email_id, created_at, body, account) "
             "SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, "
-            "substr(?2, e.value ->> 4, e.value ->> 5) FROM json_each(?1) AS e ORDER BY e.key",
+            "substr(?2, e.value ->> 4, e.value ->> 5), e.value ->> 6 "
+            "FROM json_each(?1) AS e ORDER BY e.key",
             (orjson.dumps(index), b"".join(event.body for event in events)),
         )
 
     @sql_errors
-    def load_pending(self) -> list[SendRecord]:
+    def load_pending(self, account: str | None = None) -> list[SendRecord]:
+        """Pending sends, oldest first: every account's, or `account`'s."""
         marks = ",".join("?" * len(PENDING_STATUSES))
+        where = f"status IN ({marks})"
+        params: tuple[str, ...] = PENDING_STATUSES
+        if account is not None:
+            where += " AND account = ?"
+            params = (*params, account)
         rows = self._db.execute(
-            f"SELECT {SEND_COLUMNS} FROM sends WHERE status IN ({marks}) ORDER BY requested_at",
-            PENDING_STATUSES,
+            f"SELECT {SEND_COLUMNS} FROM sends WHERE {where} ORDER BY requested_at", params
         ).fetchall()
         return [send_from_row(row) for row in rows]
 
@@ -238,7 +252,7 @@ class Store:
         with self._transaction():
             if inserts:
                 self._db.executemany(
-                    f"INSERT INTO sends ({SEND_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO sends ({SEND_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     inserts,
                 )
             if updates:
@@ -302,7 +316,7 @@ class Store:
         """
         with self._transaction(write=False):
             rows = self._db.execute(
-                "SELECT seq, event_id, type, email_id, created_at, body FROM outbox "
+                "SELECT seq, event_id, type, email_id, created_at, body, account FROM outbox "
                 "WHERE seq > ? AND (only_sink IS NULL OR only_sink = ?) ORDER BY seq LIMIT ?",
                 (after, sink, limit),
             ).fetchall()
@@ -344,7 +358,7 @@ class Store:
         with self._transaction():
             self._db.execute(
                 "INSERT INTO dead_letters (sink, event_id, type, email_id, reason, detail, "
-                "attempts, failed_at, body) VALUES (?,?,?,?,?,?,?,?,?)",
+                "attempts, failed_at, body, account) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     sink,
                     row.event_id,
@@ -355,6 +369,7 @@ class Store:
                     attempts,
                     time.time(),
                     row.body,
+                    row.account,
                 ),
             )
             self._db.execute(
@@ -395,17 +410,17 @@ class Store:
         with self._transaction():
             for letter_id in ids:
                 row = self._db.execute(
-                    "SELECT sink, event_id, type, email_id, body FROM dead_letters "
+                    "SELECT sink, event_id, type, email_id, body, account FROM dead_letters "
                     "WHERE id=? AND sink != ?",
                     (letter_id, MALFORMED_SINK),
                 ).fetchone()
                 if row is None:
                     continue
-                sink, event_id, type_, email_id, body = row
+                sink, event_id, type_, email_id, body, account = row
                 self._db.execute(
-                    "INSERT INTO outbox (event_id, type, email_id, created_at, only_sink, body) "
-                    "VALUES (?,?,?,?,?,?)",
-                    (event_id, type_, email_id, time.time(), sink, body),
+                    "INSERT INTO outbox (event_id, type, email_id, created_at, only_sink, body, "
+                    "account) VALUES (?,?,?,?,?,?,?)",
+                    (event_id, type_, email_id, time.time(), sink, body, account or "default"),
                 )
                 self._db.execute("DELETE FROM dead_letters WHERE id=?", (letter_id,))
                 replayed += 1

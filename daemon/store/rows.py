@@ -33,6 +33,8 @@ class StoredEvent(Protocol):
     def time(self) -> float: ...
     @property
     def body(self) -> bytes: ...
+    @property
+    def account(self) -> str: ...
 
 
 class KeptInput(Protocol):
@@ -57,6 +59,7 @@ class OutboxRow(NamedTuple):
     email_id: str | None
     created_at: float
     body: bytes
+    account: str = "default"  # the GWS account the event is about
 
 
 @dataclass(frozen=True, slots=True)

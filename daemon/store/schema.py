@@ -73,13 +73,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Housekeeping prunes dead letters by age.
         "CREATE INDEX dead_letters_by_time ON dead_letters(failed_at)",
     ),
+    (
+        # Several GWS accounts in one daemon: every send and event names its own
+        # (a store written before has one account, `default`).
+        "ALTER TABLE sends ADD COLUMN account TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE outbox ADD COLUMN account TEXT NOT NULL DEFAULT 'default'",
+        "ALTER TABLE dead_letters ADD COLUMN account TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 SEND_COLUMNS = (
     "send_id, email_id, queue_name, subject, recipients, requested_at, status, "
-    "reference_id, answered_at, resolved_at, outcome_state, status_code, status_message"
+    "reference_id, answered_at, resolved_at, outcome_state, status_code, status_message, account"
 )
 
 
@@ -99,6 +106,7 @@ def send_row(send: SendRecord) -> SendRow:
         send.outcome_state,
         send.status_code,
         send.status_message,
+        send.account,
     )
 
 
@@ -133,6 +141,7 @@ def send_from_row(row: Sequence[Any]) -> SendRecord:
         outcome_state=row[10],
         status_code=row[11],
         status_message=row[12],
+        account=sys.intern(row[13]),
     )
 
 

@@ -26,7 +26,7 @@ from daemon.config import GwsSettings, Secret, settings_from_dict
 from daemon.correlator import Correlator
 from daemon.events import EventFactory
 from daemon.gws.session import GwsSession
-from daemon.metrics import Metrics
+from daemon.metrics import AccountMetrics, Metrics
 from daemon.simulator import Simulator
 from daemon.store import AsyncStore, OutcomeWriter, Store
 from daemon.store.rows import StoredEvent
@@ -93,11 +93,20 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
+def account_metrics(metrics: Metrics) -> AccountMetrics:
+    """The `default` account's view of the test's registry."""
+    return metrics.account("default")
+
+
+@pytest.fixture
 def metric_value(metrics: Metrics) -> Callable[..., float]:
-    """`metric_value(name, **labels)`: a sample of the test's registry (0.0 when absent)."""
+    """`metric_value(name, **labels)`: a sample of the test's registry (0.0 when absent);
+    a series with an `account` label is the `default` account's unless one is named."""
 
     def read(name: str, **labels: str) -> float:
         value = metrics.registry.get_sample_value(name, labels)
+        if value is None and "account" not in labels:
+            value = metrics.registry.get_sample_value(name, {"account": "default", **labels})
         return 0.0 if value is None else value
 
     return read
@@ -126,7 +135,7 @@ def clock() -> Callable[[], float]:
 @pytest.fixture
 async def tracker(
     store: AsyncStore,
-    metrics: Metrics,
+    account_metrics: AccountMetrics,
     committed: list[dict[str, Any]],
     clock: Callable[[], float],
 ) -> AsyncIterator[Tracker]:
@@ -141,8 +150,8 @@ async def tracker(
         correlator=Correlator(send_timeout_seconds=SEND_TIMEOUT_SECONDS),
         store=store,
         writer=writer,
-        events=EventFactory(source="https://gws.example.com/api/v2/me/emails"),
-        metrics=metrics,
+        events=EventFactory(source="https://gws.example.com/api/v2/me?account=default"),
+        metrics=account_metrics,
         channels=[EMAILS_CHANNEL],
         clock=clock,
     )
@@ -151,9 +160,11 @@ async def tracker(
 
 
 @pytest.fixture
-async def gws_session(gws_settings: GwsSettings, metrics: Metrics) -> AsyncIterator[GwsSession]:
+async def gws_session(
+    gws_settings: GwsSettings, account_metrics: AccountMetrics
+) -> AsyncIterator[GwsSession]:
     """An opened (not logged-in) GWS session with the simulator."""
-    opened = GwsSession(gws_settings, metrics)
+    opened = GwsSession(gws_settings, account_metrics)
     await opened.open()
     yield opened
     await opened.close()

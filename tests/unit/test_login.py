@@ -27,7 +27,7 @@ from daemon.gws.login import (
     transport_retry_policy,
 )
 from daemon.gws.session import GwsSession
-from daemon.metrics import Metrics
+from daemon.metrics import AccountMetrics, Metrics
 from daemon.simulator import Simulator
 from tests.harness.waiting import wait_until
 
@@ -84,18 +84,18 @@ def test_a_failed_login_is_refused_unreachable_or_an_error(error: Exception, rea
 
 @pytest.fixture
 async def keeper_with(
-    gws_settings: GwsSettings, metrics: Metrics
+    gws_settings: GwsSettings, account_metrics: AccountMetrics, metrics: Metrics
 ) -> AsyncIterator[Callable[..., asyncio.Future[tuple[GwsSession, SessionKeeper]]]]:
     sessions: list[GwsSession] = []
 
     async def make(**changes: object) -> tuple[GwsSession, SessionKeeper]:
         settings = dataclasses.replace(gws_settings, **changes)  # type: ignore[arg-type]
-        session = GwsSession(settings, metrics)
+        session = GwsSession(settings, account_metrics)
         await session.open()
         sessions.append(session)
         await session.login()
         return session, SessionKeeper(
-            session=session, settings=settings, metrics=metrics, rng=random.Random(3)
+            session=session, settings=settings, metrics=account_metrics, rng=random.Random(3)
         )
 
     yield make  # type: ignore[misc]

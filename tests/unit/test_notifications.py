@@ -23,7 +23,7 @@ from daemon.config import GwsSettings
 from daemon.errors import GwsUnreachableError
 from daemon.events import SEND_TIMED_OUT, STATE_CHANGED
 from daemon.gws.session import GwsSession
-from daemon.metrics import Metrics
+from daemon.metrics import AccountMetrics, Metrics
 from daemon.notifications import NotificationListener
 from daemon.sends import SendRecord, new_send_id
 from daemon.simulator import Simulator
@@ -38,12 +38,16 @@ REQUESTS = "gws_notifyd_gws_request_duration_seconds_count"
 
 @pytest.fixture
 async def listener(
-    gws_session: GwsSession, tracker: Tracker, metrics: Metrics, gws_settings: GwsSettings
+    gws_session: GwsSession,
+    tracker: Tracker,
+    account_metrics: AccountMetrics,
+    metrics: Metrics,
+    gws_settings: GwsSettings,
 ) -> AsyncIterator[NotificationListener]:
     """A listener whose `run()` is running, after a login (as the service starts it)."""
     await gws_session.login()
     made = NotificationListener(
-        session=gws_session, tracker=tracker, metrics=metrics, settings=gws_settings
+        session=gws_session, tracker=tracker, metrics=account_metrics, settings=gws_settings
     )
     running = asyncio.create_task(made.run(), name="listener")
     try:
@@ -204,13 +208,14 @@ async def test_a_send_still_composing_at_its_deadline_is_timed_out(
 async def test_close_ends_run_and_leaves_the_subscription(
     gws_session: GwsSession,
     tracker: Tracker,
+    account_metrics: AccountMetrics,
     metrics: Metrics,
     gws_settings: GwsSettings,
     simulator: Simulator,
     metric_value: Callable[..., float],
 ) -> None:
     listener = NotificationListener(
-        session=gws_session, tracker=tracker, metrics=metrics, settings=gws_settings
+        session=gws_session, tracker=tracker, metrics=account_metrics, settings=gws_settings
     )
     running = asyncio.create_task(listener.run())
     await wait_until(listener.first_subscription.is_set, timeout=DEADLINE, what="subscribed")
@@ -230,7 +235,11 @@ async def test_close_ends_run_and_leaves_the_subscription(
 
 @pytest.fixture
 async def listener_with(
-    gws_session: GwsSession, tracker: Tracker, metrics: Metrics, gws_settings: GwsSettings
+    gws_session: GwsSession,
+    tracker: Tracker,
+    account_metrics: AccountMetrics,
+    metrics: Metrics,
+    gws_settings: GwsSettings,
 ) -> AsyncIterator[Callable[..., Awaitable[NotificationListener]]]:
     """`await listener_with(give_up_seconds=..., **gws_changes)`: a subscribed listener."""
     running: list[tuple[NotificationListener, asyncio.Task[None]]] = []
@@ -240,7 +249,7 @@ async def listener_with(
         made = NotificationListener(
             session=gws_session,
             tracker=tracker,
-            metrics=metrics,
+            metrics=account_metrics,
             settings=dataclasses.replace(gws_settings, **changes),
             give_up_seconds=give_up_seconds,
         )

@@ -23,7 +23,7 @@ from daemon.config import GwsSettings, Secret
 from daemon.errors import GwsAnswerLostError, GwsRequestError, GwsUnreachableError
 from daemon.gws.answers import is_refusal
 from daemon.gws.session import GwsSession
-from daemon.metrics import Metrics
+from daemon.metrics import AccountMetrics, Metrics
 from daemon.simulator import Simulator
 
 REQUEST_TIMEOUT = 0.5
@@ -57,12 +57,15 @@ async def open_sessions() -> AsyncIterator[list[GwsSession]]:
 
 @pytest.fixture
 def session_with(
-    gws_settings: GwsSettings, metrics: Metrics, open_sessions: list[GwsSession]
+    gws_settings: GwsSettings,
+    account_metrics: AccountMetrics,
+    metrics: Metrics,
+    open_sessions: list[GwsSession],
 ) -> Callable[..., Awaitable[GwsSession]]:
     """`await session_with(**changes)`: an opened session with those settings changed."""
 
     async def make(**changes: Any) -> GwsSession:
-        session = GwsSession(dataclasses.replace(gws_settings, **changes), metrics)
+        session = GwsSession(dataclasses.replace(gws_settings, **changes), account_metrics)
         await session.open()
         open_sessions.append(session)
         return session
