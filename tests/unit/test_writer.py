@@ -159,7 +159,7 @@ async def test_a_send_that_cannot_be_recorded_on_a_full_disk_is_a_store_error(
                 store=store,
                 writer=OutcomeWriter(store, on_committed=Committed()),
                 events=EventFactory(source="https://gws.example.com/api/v2/me/emails"),
-                metrics=Metrics(),
+                metrics=Metrics().account("default"),
                 channels=["/v2/me/emails"],
             )
             fill_disk(disk)
