@@ -6,32 +6,70 @@ redelivered after a crash or a retry carries the same id:
 
 - an outcome of a send:       uuid5(send id, type, notificationType, state)
   (the same whether it came by notification or was read back by GET);
-- an unmatched notification:  uuid5(email id, referenceId, notificationType,
-  state, digest of the notification's bytes[, account]);
-- a rejected / timed-out send: uuid5(send id, type).
+- an unmatched email notification: uuid5(email id, referenceId,
+  notificationType, state, digest of the notification's bytes[, account]);
+- a rejected / timed-out send: uuid5(send id, type);
+- any other notification:     uuid5(type, channel, messageType,
+  notificationType, subject, digest of the notification's bytes[, account]).
+
+The digest is SHA-1 of the GWS `data` object's bytes as received: the same
+message built again (after a restart) has the same id, and two messages that
+differ in any byte have different ones. Two messages alike to the byte on one
+channel (a device going Ready, NotReady, Ready again) share an id.
 
 Send ids are unique across accounts; what is not tied to a send adds the
 account to its id (except `default`'s, so that the ids a single-account
 daemon gave before stay the same), so ids never collide across accounts.
 Every event's `data.account` names the GWS account (agent session) it is
 about, and `source` is that account's: `{base_url}/api/v2/me?account={name}`.
+
+Types: the email ones (`gws.email.*`, correlated to sends); every other
+`{X}StateChangeMessage` becomes `gws.{x}.state_changed` (X lower-cased), and
+any other message type `gws.notification` (`notification_type_of`). x is
+ASCII letters and digits only, lower-cased: sinks route on types by their
+dot-separated segments, so x never adds a dot, a wildcard or upper case.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from typing import Any, NamedTuple
 
 import orjson
 
-from daemon.gws.messages import EmailStateChange
+from daemon.gws.messages import EmailStateChange, Notification
 from daemon.sends import SendRecord, iso_time
 
 STATE_CHANGED = "gws.email.state_changed"
 SEND_REJECTED = "gws.email.send_rejected"
 SEND_TIMED_OUT = "gws.email.send_timed_out"
-EVENT_TYPES = (STATE_CHANGED, SEND_REJECTED, SEND_TIMED_OUT)
+EMAIL_EVENT_TYPES = (STATE_CHANGED, SEND_REJECTED, SEND_TIMED_OUT)
+# The other message types the GWS docs name, as `notification_type_of` maps them.
+CALL_STATE_CHANGED = "gws.call.state_changed"
+DEVICE_STATE_CHANGED = "gws.device.state_changed"
+CHAT_STATE_CHANGED = "gws.chat.state_changed"
+WORKITEM_STATE_CHANGED = "gws.workitem.state_changed"
+OPENMEDIA_STATE_CHANGED = "gws.openmedia.state_changed"
+WORKBIN_STATE_CHANGED = "gws.workbin.state_changed"
+WORKBIN_SUBSCRIPTION_STATE_CHANGED = "gws.workbinsubscription.state_changed"
+NOTIFICATION = "gws.notification"  # any message type but a `{X}StateChangeMessage`
+NOTIFICATION_EVENT_TYPES = (
+    CALL_STATE_CHANGED,
+    DEVICE_STATE_CHANGED,
+    CHAT_STATE_CHANGED,
+    WORKITEM_STATE_CHANGED,
+    OPENMEDIA_STATE_CHANGED,
+    WORKBIN_STATE_CHANGED,
+    WORKBIN_SUBSCRIPTION_STATE_CHANGED,
+    NOTIFICATION,
+)
+# The types of the documented messages; a `{X}StateChangeMessage` no page names
+# makes a `gws.{x}.state_changed` not listed here.
+EVENT_TYPES = EMAIL_EVENT_TYPES + NOTIFICATION_EVENT_TYPES
+
+_STATE_CHANGE_MESSAGE = "StateChangeMessage"
 
 # Fixed namespace for this project's event ids (uuid5 of the project URL).
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/gws-notifyd/gws-notifyd/events")
@@ -68,6 +106,17 @@ def compact(serialised: bytes) -> bytes:
     return memoryview(serialised).tobytes()
 
 
+@functools.lru_cache(maxsize=256)  # a few types in practice; bounded against invented ones
+def notification_type_of(message_type: str) -> str:
+    """The event type of a GWS message type: `{X}StateChangeMessage`, X of ASCII
+    letters and digits only, is `gws.{x}.state_changed` (x: X lower-cased);
+    anything else `gws.notification`."""
+    kind = message_type.removesuffix(_STATE_CHANGE_MESSAGE)
+    if kind != message_type and kind.isascii() and kind.isalnum():
+        return f"gws.{kind.lower()}.state_changed"
+    return NOTIFICATION
+
+
 DEFAULT_ACCOUNT = "default"
 
 
@@ -93,20 +142,30 @@ class EventFactory:
         return self._last_time[1]
 
     def _event(
-        self, *, id_: str, type_: str, email_id: str | None, time: float, data: dict[str, Any]
+        self,
+        *,
+        id_: str,
+        type_: str,
+        email_id: str | None,
+        time: float,
+        data: dict[str, Any],
+        subject: str | None = None,
     ) -> Event:
+        """An event; its `subject` is `email_id` unless another is given."""
+        if subject is None:
+            subject = email_id
         envelope = {
             "specversion": "1.0",
             "id": id_,
             "source": self.source,
             "type": type_,
-            "subject": email_id,
+            "subject": subject,
             # Microseconds: receipt -> sink latency is measured from this.
             "time": self._time(time),
             "datacontenttype": "application/json",
             "data": data,
         }
-        if email_id is None:
+        if subject is None:
             del envelope["subject"]  # CloudEvents: a subject is a non-empty string, or absent
         data["account"] = self.account
         return Event(id_, type_, email_id, time, compact(orjson.dumps(envelope)), self.account)
@@ -161,6 +220,33 @@ class EventFactory:
                 "latencySeconds": latency,
                 "notification": orjson.Fragment(change.raw),
                 "channel": change.channel,
+            },
+        )
+
+    def notification(self, notification: Notification, *, received_at: float) -> Event:
+        """Any GWS message but an email state change: forwarded as it came, tied to nothing."""
+        type_ = notification_type_of(notification.message_type)
+        id_ = event_id(
+            type_,
+            notification.channel,
+            notification.message_type,
+            notification.notification_type,
+            notification.subject,
+            hashlib.sha1(notification.raw, usedforsecurity=False).hexdigest(),
+            *self.id_salt,
+        )
+        return self._event(
+            id_=id_,
+            type_=type_,
+            email_id=None,
+            subject=notification.subject,
+            time=received_at,
+            data={
+                "account": self.account,
+                "channel": notification.channel,
+                "messageType": notification.message_type,
+                "notificationType": notification.notification_type,
+                "notification": orjson.Fragment(notification.raw),
             },
         )
 

@@ -3,6 +3,8 @@
 Owns the order of things around the correlator: every decision the
 correlator makes is written to the store (send rows and their events in one
 transaction) before anyone is told about it, then the dispatcher is woken.
+The events of a batch of notifications, email and other, are stored in the
+order the messages came: consumers rely on the order per account.
 It never talks to GWS or to a sink itself: callers pass in what GWS said.
 """
 
@@ -31,6 +33,7 @@ from daemon.gws.messages import (
     NOT_SENT_STATES,
     EmailStateChange,
     Malformed,
+    Notification,
     parse_batch,
 )
 from daemon.logging import log_batch
@@ -64,6 +67,7 @@ class _Tally:
     resolved: list[SendRecord] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     log_rows: list[dict[str, Any]] = field(default_factory=list)
+    forwarded: CounterType[str] = field(default_factory=CounterType)  # other events, by type
     unmatched: int = 0
     latency: dict[str, list[float]] = field(default_factory=dict)
 
@@ -249,10 +253,11 @@ class Tracker:
         if messages:
             self._metrics.last_notification.set(now)
         tally = _Tally()
-        for change in batch.changes:
-            self._correlate(change, now, tally, batch.malformed)
-        for ignored in batch.ignored:
-            tally.received[(ignored.channel, ignored.message_type, None)] += 1
+        for parsed in batch.usable:
+            if isinstance(parsed, EmailStateChange):
+                self._correlate(parsed, now, tally, batch.malformed)
+            else:
+                self._forward(parsed, now, tally, batch.malformed)
         self._report_malformed(batch.malformed)
         commit = self._writer.write(
             updates=[send_update(s) for s in tally.resolved],
@@ -261,6 +266,13 @@ class Tracker:
         )
         self._count(tally)
         log_batch("daemon.tracker", "email_state_changed", tally.log_rows)
+        if tally.forwarded:
+            # One line a chunk, not one a message: calls and devices can be many.
+            log.info(
+                "notifications_forwarded",
+                count=tally.forwarded.total(),
+                by_type=dict(tally.forwarded),
+            )
         if tally.resolved:
             self._gauge()
         return commit
@@ -302,6 +314,33 @@ class Tracker:
                 "event_id": event.id,
             }
         )
+
+    def _forward(
+        self, notification: Notification, now: float, tally: _Tally, malformed: list[Malformed]
+    ) -> None:
+        """Any other GWS message: its event, tied to no send."""
+        tally.received[
+            (notification.channel, notification.message_type, notification.notification_type)
+        ] += 1
+        try:
+            event = self._events.notification(notification, received_at=now)
+        except Exception as exc:  # one message never stops the listener
+            log.exception(
+                "notification_unprocessable",
+                channel=notification.channel,
+                message_type=notification.message_type,
+            )
+            malformed.append(
+                Malformed(
+                    notification.channel,
+                    "unprocessable",
+                    repr(exc)[:500],
+                    notification.raw[:4096],
+                )
+            )
+            return
+        tally.events.append(event)
+        tally.forwarded[event.type] += 1
 
     def _report_malformed(self, malformed: list[Malformed]) -> None:
         for bad in malformed:

@@ -1,11 +1,12 @@
 """GWS notifications, parsed once into typed objects. Never trusts its input.
 
-Owns: deciding what a notification is (an email state change, another GWS
-message we count and do not forward, or something malformed) and why. Every
-well-formed message is legitimate, whatever its `messageType`: GWS has more
-types than its docs list. Only a message that cannot be used is `Malformed`,
-with a reason from the fixed set `MALFORMED_REASONS` (the metric's label set).
-It never raises on bad input.
+Owns: deciding what a notification is (an email state change, any other GWS
+message, or something malformed) and why, and which object a message is about
+(its subject). Every well-formed message is legitimate, whatever its
+`messageType`: GWS has more types than its docs list. Only a message that
+cannot be used is `Malformed`, with a reason from the fixed set
+`MALFORMED_REASONS` (the metric's label set). It never raises on bad input,
+and knows nothing of the events made of what it parses.
 
 An email `Error` may come without an `email` object (its shape is not
 documented): it is kept as an `EmailStateChange` whose `email_id` is None,
@@ -48,7 +49,7 @@ OUTCOME_TYPES = frozenset({"StatusChange", ERROR})
 # with ErrorMessage for calls, ChatStateChangeMessage with MessageLogUpdated,
 # OpenmediaStateChangeMessage with a lower-case m, the workbin messages,
 # OutboundRecordMessage on /v2/me/outbound). They, and any type not named
-# here, are counted and not forwarded; metrics label an unnamed type "other".
+# here, are each a `Notification`; metrics label an unnamed type "other".
 KNOWN_OTHER_TYPES = frozenset(
     {
         "CallStateChangeMessage",
@@ -66,6 +67,21 @@ KNOWN_OTHER_TYPES = frozenset(
 
 # Every message type this module knows by name (metrics label the rest "other").
 KNOWN_MESSAGE_TYPES = KNOWN_OTHER_TYPES | {EMAIL_STATE_CHANGE}
+
+# Where a message carries the object it is about, in the order looked at (the
+# GWS API v2 message pages, and the simulator's samples: `media` for open media).
+# `devices` (DeviceStateChangeMessage) is a list: its first device is the subject.
+_OBJECT_KEYS = (
+    "call",
+    "chat",
+    "workitem",
+    "openmedia",
+    "interaction",
+    "media",
+    "workbin",
+    "record",
+)
+_DEVICES = "devices"
 
 MALFORMED_REASONS = (
     "not_an_object",
@@ -106,13 +122,20 @@ class EmailStateChange(NamedTuple):
         return self.notification_type in OUTCOME_TYPES
 
 
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    """A well-formed GWS message of a type the daemon does not forward (any type
-    but EmailStateChangeMessage, named in the docs or not)."""
+class Notification(NamedTuple):
+    """A well-formed GWS message of any type but EmailStateChangeMessage, named
+    in the docs or not. `raw` is the GWS `data` object as JSON bytes.
+
+    `notification_type` is None when the message has no non-empty string one;
+    `subject` is the id of the object the message is about (see `_OBJECT_KEYS`),
+    None when it has none usable.
+    """
 
     channel: str
     message_type: str
+    notification_type: str | None
+    subject: str | None
+    raw: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,30 +148,33 @@ class Malformed:
 
 @dataclass(slots=True)
 class ParsedBatch:
-    changes: list[EmailStateChange] = field(default_factory=list)
-    ignored: list[Ignored] = field(default_factory=list)
+    """One batch of messages: those that can be used in the order they came
+    (consumers rely on it), and those that cannot."""
+
+    usable: list[EmailStateChange | Notification] = field(default_factory=list)
     malformed: list[Malformed] = field(default_factory=list)
 
 
-def _dump(data: object) -> bytes:
+def _dump(data: object) -> tuple[bytes, bool]:
+    """`data` as JSON bytes, True; or, when it is not JSON, its repr and False."""
     try:
-        return orjson.dumps(data)
+        return orjson.dumps(data), True
     except TypeError:
-        return repr(data).encode("utf-8", "replace")
+        return repr(data).encode("utf-8", "replace"), False
 
 
 def parse_message(
     channel: str, data: object, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-) -> EmailStateChange | Ignored | Malformed:
+) -> EmailStateChange | Notification | Malformed:
     """Classify one Bayeux data payload."""
-    raw = _dump(data)
-    problem = _problem(data, len(raw), max_bytes)
+    raw, is_json = _dump(data)
+    problem = _problem(data, len(raw), max_bytes, is_json)
     if problem is not None:
-        if isinstance(problem, Ignored):
-            return Ignored(channel, problem.message_type)
         reason, detail = problem
         return Malformed(channel, reason, detail, raw[:KEPT_BYTES])
     assert isinstance(data, dict)
+    if data["messageType"] != EMAIL_STATE_CHANGE:
+        return _notification(channel, data, raw)
     email = data.get("email")
     reference_id = data.get("referenceId")
     if isinstance(reference_id, str):
@@ -161,8 +187,8 @@ def parse_message(
     )
 
 
-def _problem(data: object, size: int, max_bytes: int) -> tuple[str, str] | Ignored | None:
-    """What is wrong with a payload (None: a well-formed email state change)."""
+def _problem(data: object, size: int, max_bytes: int, is_json: bool) -> tuple[str, str] | None:
+    """What is wrong with a payload (None: a well-formed message)."""
     if size > max_bytes:
         return "oversized", f"{size} bytes, limit {max_bytes}"
     if not isinstance(data, dict):
@@ -170,9 +196,43 @@ def _problem(data: object, size: int, max_bytes: int) -> tuple[str, str] | Ignor
     message_type = data.get("messageType")
     if not isinstance(message_type, str) or not message_type:
         return "no_message_type", "messageType is missing or not a string"
+    if not is_json:
+        # Only a caller in this process can hand over such a payload (JSON
+        # from the wire always encodes again); an event can hold none of it.
+        return "unprocessable", "data cannot be encoded as JSON"
     if message_type != EMAIL_STATE_CHANGE:
-        return Ignored("", message_type)
+        return None
     return _email_problem(data)
+
+
+def _notification(channel: str, data: dict[str, Any], raw: bytes) -> Notification:
+    notification_type = data.get("notificationType")
+    if not isinstance(notification_type, str) or not notification_type:
+        notification_type = None
+    return Notification(channel, data["messageType"], notification_type, _subject(data), raw)
+
+
+def _subject(data: dict[str, Any]) -> str | None:
+    """The id of the object a message is about: the first of `_OBJECT_KEYS` that
+    holds an object, else the first device's."""
+    for key in _OBJECT_KEYS:
+        about = data.get(key)
+        if isinstance(about, dict):
+            return _id_of(about)
+    devices = data.get(_DEVICES)
+    if isinstance(devices, list) and devices and isinstance(devices[0], dict):
+        return _id_of(devices[0])
+    return None
+
+
+def _id_of(about: dict[str, Any]) -> str | None:
+    """A non-empty string id, or an integer one as its decimal string (never a bool)."""
+    id_ = about.get("id")
+    if type(id_) is str:
+        return id_ or None
+    if type(id_) is int:
+        return str(id_)
+    return None
 
 
 def _email_problem(data: dict[str, Any]) -> tuple[str, str] | None:
@@ -220,12 +280,11 @@ def parse_batch(
     messages: Iterable[Message], *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> ParsedBatch:
     batch = ParsedBatch()
+    usable = batch.usable
     for message in messages:
         parsed = parse_message(message.channel, message.data, max_bytes=max_bytes)
-        if isinstance(parsed, EmailStateChange):
-            batch.changes.append(parsed)
-        elif isinstance(parsed, Malformed):
+        if isinstance(parsed, Malformed):
             batch.malformed.append(parsed)
         else:
-            batch.ignored.append(parsed)
+            usable.append(parsed)
     return batch

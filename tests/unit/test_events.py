@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.events import (
+    CALL_STATE_CHANGED,
+    EMAIL_EVENT_TYPES,
     EVENT_TYPES,
+    NOTIFICATION,
+    NOTIFICATION_EVENT_TYPES,
     SEND_REJECTED,
     SEND_TIMED_OUT,
     STATE_CHANGED,
     Event,
     EventFactory,
+    account_source,
+    notification_type_of,
 )
-from daemon.gws.messages import EmailStateChange, parse_message
+from daemon.gws.messages import KNOWN_OTHER_TYPES, EmailStateChange, Notification, parse_message
 from daemon.sends import SendRecord, SendStatus
 
 SOURCE = "https://gws.example.com"
@@ -269,12 +278,13 @@ def test_timed_out_event_shape(factory: EventFactory) -> None:
     assert data["reason"] == "not_sent"
 
 
-def test_event_types_are_the_three_of_the_contract() -> None:
-    assert set(EVENT_TYPES) == {
+def test_email_event_types_are_the_three_of_the_contract() -> None:
+    assert set(EMAIL_EVENT_TYPES) == {
         "gws.email.state_changed",
         "gws.email.send_rejected",
         "gws.email.send_timed_out",
     }
+    assert set(EVENT_TYPES) == set(EMAIL_EVENT_TYPES) | set(NOTIFICATION_EVENT_TYPES)
 
 
 # -- ids --------
@@ -383,3 +393,174 @@ def test_the_largest_reference_id_that_parses_can_become_an_event(
     change = make_change(referenceId=2**63 - 1)
     event = factory.state_changed(change, None, received_at=REQUESTED_AT)
     assert envelope(event)["data"]["emailId"] == change.email_id
+
+
+# -- other notifications --------
+
+CALL: dict[str, Any] = {
+    "messageType": "CallStateChangeMessage",
+    "notificationType": "StatusChange",
+    "call": {"id": "00cc0a59c0ab0001", "state": "Ringing", "callType": "Inbound"},
+}
+
+
+def make_notification(
+    data: dict[str, Any] | None = None, channel: str = "/v2/me/calls"
+) -> Notification:
+    parsed = parse_message(channel, CALL if data is None else data)
+    assert isinstance(parsed, Notification)
+    return parsed
+
+
+@pytest.mark.parametrize(
+    ("message_type", "event_type"),
+    [
+        ("CallStateChangeMessage", "gws.call.state_changed"),
+        ("DeviceStateChangeMessage", "gws.device.state_changed"),
+        ("ChatStateChangeMessage", "gws.chat.state_changed"),
+        ("WorkitemStateChangeMessage", "gws.workitem.state_changed"),
+        ("OpenmediaStateChangeMessage", "gws.openmedia.state_changed"),
+        ("WorkbinStateChangeMessage", "gws.workbin.state_changed"),
+        ("WorkbinSubscriptionStateChangeMessage", "gws.workbinsubscription.state_changed"),
+        ("Fax2StateChangeMessage", "gws.fax2.state_changed"),
+        ("ErrorMessage", "gws.notification"),
+        ("MessageLogUpdated", "gws.notification"),
+        ("OutboundRecordMessage", "gws.notification"),
+        ("PasswordChangeSuccessful", "gws.notification"),
+        ("Foo-StateChangeMessage", "gws.notification"),
+        ("Foo.BarStateChangeMessage", "gws.notification"),
+        ("Foo_StateChangeMessage", "gws.notification"),
+        ("Foo StateChangeMessage", "gws.notification"),
+        ("ÄrgerStateChangeMessage", "gws.notification"),
+        ("StateChangeMessage", "gws.notification"),
+        ("CallStateChangeMessages", "gws.notification"),
+        ("CallStatechangeMessage", "gws.notification"),
+        ("x", "gws.notification"),
+    ],
+)
+def test_a_message_type_maps_to_its_event_type(message_type: str, event_type: str) -> None:
+    assert notification_type_of(message_type) == event_type
+
+
+def test_the_documented_message_types_give_the_listed_event_types() -> None:
+    assert {notification_type_of(t) for t in KNOWN_OTHER_TYPES} == set(NOTIFICATION_EVENT_TYPES)
+
+
+# A routing pattern (`gws.*.state_changed`, `gws.call.>`) must match each type as
+# three or two dot-separated segments: x adds no dot, no wildcard, no upper case.
+EVENT_TYPE = re.compile(r"gws\.(?:[a-z0-9]+\.state_changed|notification)")
+
+
+@given(st.text(max_size=40).map(lambda s: s + "StateChangeMessage") | st.text(max_size=40))
+def test_every_event_type_is_gws_x_state_changed_with_x_of_letters_and_digits(
+    message_type: str,
+) -> None:
+    assert EVENT_TYPE.fullmatch(notification_type_of(message_type))
+
+
+def test_a_notification_event_has_the_cloudevents_fields_and_its_data(
+    factory: EventFactory,
+) -> None:
+    event = factory.notification(make_notification(), received_at=REQUESTED_AT + 1.5)
+
+    body = envelope(event)
+
+    assert set(body) == ENVELOPE_KEYS
+    assert body["id"] == event.id
+    assert uuid.UUID(body["id"]).version == 5
+    assert body["source"] == SOURCE
+    assert body["type"] == CALL_STATE_CHANGED == event.type
+    assert body["subject"] == "00cc0a59c0ab0001"
+    assert body["time"] == "2024-01-02T03:04:06.750000Z"
+    assert body["datacontenttype"] == "application/json"
+    assert body["data"] == {
+        "account": "default",
+        "channel": "/v2/me/calls",
+        "messageType": "CallStateChangeMessage",
+        "notificationType": "StatusChange",
+        "notification": CALL,
+    }
+    assert event.email_id is None
+    assert event.account == "default"
+
+
+def test_a_notification_without_an_object_id_has_no_subject(factory: EventFactory) -> None:
+    error = {"messageType": "ErrorMessage", "errorCode": 54, "errorMessage": "Call was not found"}
+
+    event = factory.notification(make_notification(error), received_at=REQUESTED_AT)
+
+    body = envelope(event)
+    assert "subject" not in body
+    assert body["type"] == NOTIFICATION
+    assert body["data"]["notificationType"] is None
+    assert body["data"]["notification"] == error
+
+
+def test_the_notification_in_data_is_the_gws_data_object_byte_for_byte(
+    factory: EventFactory,
+) -> None:
+    data = {
+        "messageType": "ChatStateChangeMessage",
+        "chat": {"id": "H1", "transcript": 'Zoë ☃ \\"quoted\\"', "duration": 1.0},
+        "userData": {"b": 2, "a": [None, True, 1e-7]},
+    }
+    notification = make_notification(data, channel="/v2/me/chats")
+
+    event = factory.notification(notification, received_at=REQUESTED_AT)
+
+    assert b'"notification":' + orjson.dumps(data) + b"}" in event.body
+    assert envelope(event)["data"]["notification"] == data
+
+
+def test_account_names_the_account_in_data_and_source() -> None:
+    source = account_source("https://gws.example.com", "sales")
+    event = EventFactory(source, account="sales").notification(
+        make_notification(), received_at=REQUESTED_AT
+    )
+    body = envelope(event)
+    assert body["source"] == "https://gws.example.com/api/v2/me?account=sales"
+    assert body["data"]["account"] == "sales"
+    assert event.account == "sales"
+
+
+def test_the_same_notification_gets_the_same_id_whenever_it_is_built(
+    factory: EventFactory,
+) -> None:
+    first = factory.notification(make_notification(), received_at=REQUESTED_AT)
+    again = EventFactory("https://elsewhere.example.com").notification(
+        make_notification(), received_at=REQUESTED_AT + 3600
+    )
+    assert first.id == again.id
+
+
+def test_the_same_notification_of_two_accounts_gets_two_ids() -> None:
+    ids = {
+        EventFactory(SOURCE, account=account)
+        .notification(make_notification(), received_at=REQUESTED_AT)
+        .id
+        for account in ("default", "sales", "support")
+    }
+    assert len(ids) == 3
+
+
+def test_different_notifications_get_different_ids(factory: EventFactory) -> None:
+    established = {**CALL, "call": {**CALL["call"], "state": "Established"}}
+    other_call = {**CALL, "call": {**CALL["call"], "id": "00cc0a59c0ab0002"}}
+    properties = {**CALL, "notificationType": "PropertiesUpdated"}
+    notifications = [
+        make_notification(),
+        make_notification(established),
+        make_notification(other_call),
+        make_notification(properties),
+        make_notification(CALL, channel="/v2/me/calls/other"),
+    ]
+    ids = {factory.notification(n, received_at=REQUESTED_AT).id for n in notifications}
+    assert len(ids) == len(notifications)
+
+
+def test_a_notification_id_differs_from_an_email_event_id_of_the_same_account(
+    factory: EventFactory,
+) -> None:
+    email = factory.state_changed(make_change(), None, received_at=REQUESTED_AT)
+    call = factory.notification(make_notification(), received_at=REQUESTED_AT)
+    assert email.id != call.id

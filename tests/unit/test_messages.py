@@ -15,11 +15,12 @@ from daemon.gws.messages import (
     KNOWN_OTHER_TYPES,
     MALFORMED_REASONS,
     EmailStateChange,
-    Ignored,
     Malformed,
+    Notification,
     parse_batch,
     parse_message,
 )
+from daemon.simulator.samples import SAMPLES
 from tests.harness.edits import edited
 
 CHANNEL = "/v2/me/emails"
@@ -96,9 +97,12 @@ def test_an_unknown_state_is_data_not_an_error() -> None:
 
 
 @pytest.mark.parametrize("message_type", sorted(KNOWN_OTHER_TYPES))
-def test_known_other_message_types_are_ignored(message_type: str) -> None:
-    parsed = parse_message("/v2/me/calls", {"messageType": message_type, "call": {}})
-    assert parsed == Ignored("/v2/me/calls", message_type)
+def test_known_other_message_types_are_notifications(message_type: str) -> None:
+    data = {"messageType": message_type, "notificationType": "StatusChange", "call": {"id": "C1"}}
+    parsed = parse_message("/v2/me/calls", data)
+    assert parsed == Notification(
+        "/v2/me/calls", message_type, "StatusChange", "C1", orjson.dumps(data)
+    )
 
 
 def test_the_documented_spellings_are_known_and_the_invented_ones_are_not() -> None:
@@ -117,8 +121,167 @@ def test_the_documented_spellings_are_known_and_the_invented_ones_are_not() -> N
 def test_a_well_formed_message_of_an_unknown_type_is_data_not_malformed(
     message_type: str,
 ) -> None:
-    parsed = parse_message("/v2/me", {"messageType": message_type, "anything": [1]})
-    assert parsed == Ignored("/v2/me", message_type)
+    data = {"messageType": message_type, "anything": [1]}
+    parsed = parse_message("/v2/me", data)
+    assert parsed == Notification("/v2/me", message_type, None, None, orjson.dumps(data))
+
+
+# -- other notifications: what they are about, kept as they came --------
+
+
+# The subject of each sample the simulator publishes (every shape the docs give).
+SAMPLE_SUBJECTS: dict[str, str | None] = {
+    "CallStateChangeMessage": "00cc0a59c0ab0001",
+    "ErrorMessage": None,
+    "DeviceStateChangeMessage": "3f0e5d1a",
+    "ChatStateChangeMessage": "0001XaCJ7EHD0011",
+    "MessageLogUpdated": "0001XaCJ7EHD0011",
+    "WorkitemStateChangeMessage": "0001XaCJ7EHD0020",
+    "OpenmediaStateChangeMessage": "0001XaCJ7EHD0030",
+    "WorkbinStateChangeMessage": "Email Draft",
+    "WorkbinSubscriptionStateChangeMessage": None,
+    "OutboundRecordMessage": "1001",
+    "UnknownMessageType": None,
+}
+
+
+@pytest.mark.parametrize(("name", "subject"), SAMPLE_SUBJECTS.items())
+def test_every_sample_of_another_type_is_a_notification_about_its_object(
+    name: str, subject: str | None
+) -> None:
+    channel, data = SAMPLES[name]
+    parsed = parse_message(channel, data)
+    assert isinstance(parsed, Notification)
+    assert parsed.channel == channel
+    assert parsed.message_type == data["messageType"]
+    assert parsed.notification_type == data.get("notificationType")
+    assert parsed.subject == subject
+
+
+def test_every_sample_not_an_email_has_its_expected_subject_listed() -> None:
+    others = {name for name, (_, data) in SAMPLES.items() if "email" not in data}
+    assert others == set(SAMPLE_SUBJECTS)
+
+
+@pytest.mark.parametrize(
+    ("key", "message_type"),
+    [
+        ("call", "CallStateChangeMessage"),
+        ("chat", "ChatStateChangeMessage"),
+        ("workitem", "WorkitemStateChangeMessage"),
+        ("openmedia", "OpenmediaStateChangeMessage"),
+        ("interaction", "OpenmediaStateChangeMessage"),
+        ("media", "OpenmediaStateChangeMessage"),
+        ("workbin", "WorkbinStateChangeMessage"),
+        ("record", "OutboundRecordMessage"),
+    ],
+)
+def test_the_subject_is_the_id_of_the_object_the_message_carries(
+    key: str, message_type: str
+) -> None:
+    parsed = parse_message("/v2/me/x", {"messageType": message_type, key: {"id": "ID-7"}})
+    assert isinstance(parsed, Notification)
+    assert parsed.subject == "ID-7"
+
+
+def test_the_subject_of_a_device_message_is_its_first_devices_id() -> None:
+    data = {"messageType": "DeviceStateChangeMessage", "devices": [{"id": "D1"}, {"id": "D2"}]}
+    parsed = parse_message("/v2/me/devices", data)
+    assert isinstance(parsed, Notification)
+    assert parsed.subject == "D1"
+
+
+def test_the_openmedia_page_example_has_its_interaction_id_as_subject() -> None:
+    # GWS API v2, OpenMediaAPIMessageType: the object is under `openmedia`.
+    data = {
+        "openmedia": {
+            "state": "Processing",
+            "capabilities": ["Transfer", "Complete"],
+            "id": "03W0GH2KD56YV000",
+            "mediaType": "promotion",
+            "openmediaType": "Outbound",
+        },
+        "referenceId": 1,
+        "notificationType": "StatusChange",
+        "messageType": "OpenmediaStateChangeMessage",
+    }
+    parsed = parse_message("/v2/me/openmedia", data)
+    assert isinstance(parsed, Notification)
+    assert (parsed.subject, parsed.notification_type) == ("03W0GH2KD56YV000", "StatusChange")
+
+
+@pytest.mark.parametrize(
+    ("fields", "subject"),
+    [
+        ({"call": {"id": 4711}}, "4711"),
+        ({"call": {"id": 0}}, "0"),
+        ({"call": {"id": ""}}, None),
+        ({"call": {"id": None}}, None),
+        ({"call": {"id": True}}, None),
+        ({"call": {"id": 1.5}}, None),
+        ({"call": {"id": ["C1"]}}, None),
+        ({"call": {"id": {"value": "C1"}}}, None),
+        ({"call": {"state": "Ringing"}}, None),
+        ({"call": "C1"}, None),
+        ({"call": None, "chat": {"id": "H1"}}, "H1"),
+        ({"devices": []}, None),
+        ({"devices": ["D1"]}, None),
+        ({"devices": [{"state": "Active"}, {"id": "D2"}]}, None),
+        ({"devices": {"id": "D1"}}, None),
+        ({"id": "top-level"}, None),
+        ({}, None),
+    ],
+    ids=repr,
+)
+def test_only_a_non_empty_string_or_an_integer_id_is_a_subject(
+    fields: dict[str, Any], subject: str | None
+) -> None:
+    parsed = parse_message("/v2/me/calls", {"messageType": "CallStateChangeMessage", **fields})
+    assert isinstance(parsed, Notification)
+    assert parsed.subject == subject
+
+
+@pytest.mark.parametrize("notification_type", [None, "", 3, ["StatusChange"]])
+def test_a_notification_without_a_string_notification_type_has_none(
+    notification_type: object,
+) -> None:
+    data: dict[str, Any] = {"messageType": "CallStateChangeMessage", "call": {"id": "C1"}}
+    if notification_type is not None:
+        data["notificationType"] = notification_type
+    parsed = parse_message("/v2/me/calls", data)
+    assert isinstance(parsed, Notification)
+    assert parsed.notification_type is None
+    assert orjson.loads(parsed.raw) == data
+
+
+def test_a_notification_keeps_the_data_object_as_it_came() -> None:
+    data = {
+        "messageType": "CallStateChangeMessage",
+        "notificationType": "StatusChange",
+        "call": {"id": "C1", "state": "Ringing", "duration": 1.0, "caller": "Zoë \u2603"},
+        "participants": [{"e164Number": "+4930123"}, None],
+        "userData": {},
+    }
+    parsed = parse_message("/v2/me/calls", data)
+    assert isinstance(parsed, Notification)
+    assert parsed.raw == orjson.dumps(data)
+    assert orjson.loads(parsed.raw) == data
+
+
+def test_an_oversized_call_message_is_malformed() -> None:
+    _, call = SAMPLES["CallStateChangeMessage"]
+    data = edited(call, {"call": {"id": "C1", "userData": {"note": "x" * 2048}}})
+    parsed = parse_message("/v2/me/calls", data, max_bytes=1024)
+    assert isinstance(parsed, Malformed)
+    assert parsed.reason == "oversized"
+    assert orjson.dumps(data).startswith(parsed.raw)
+
+
+def test_a_notification_json_cannot_encode_is_unprocessable_not_forwarded() -> None:
+    # Only a caller in this process can build one; its repr must never become an event.
+    parsed = parse_message("/v2/me/calls", {"messageType": "CallStateChangeMessage", 1: "x"})
+    assert isinstance(parsed, Malformed)
+    assert parsed.reason == "unprocessable"
 
 
 @pytest.mark.parametrize(
@@ -264,16 +427,27 @@ def test_reference_id_beyond_64_bits_is_malformed() -> None:
     assert parsed.reason == "bad_reference_id"
 
 
-def test_parse_batch_sorts_messages_by_kind_in_order() -> None:
+def test_parse_batch_keeps_usable_messages_in_arrival_order_and_sets_malformed_apart() -> None:
+    call = {"messageType": "CallStateChangeMessage", "call": {"id": "C1"}}
     messages = [
         Message(CHANNEL, notification(referenceId=1)),
-        Message("/v2/me/calls", {"messageType": "CallStateChangeMessage"}),
+        Message("/v2/me/calls", call),
         Message(CHANNEL, "junk"),
         Message(CHANNEL, notification(referenceId=2)),
     ]
     batch = parse_batch(messages)
-    assert [c.reference_id for c in batch.changes] == [1, 2]
-    assert batch.ignored == [Ignored("/v2/me/calls", "CallStateChangeMessage")]
+    assert [type(parsed) for parsed in batch.usable] == [
+        EmailStateChange,
+        Notification,
+        EmailStateChange,
+    ]
+    first, second, third = batch.usable
+    assert isinstance(first, EmailStateChange)
+    assert isinstance(third, EmailStateChange)
+    assert (first.reference_id, third.reference_id) == (1, 2)
+    assert second == Notification(
+        "/v2/me/calls", "CallStateChangeMessage", None, "C1", orjson.dumps(call)
+    )
     assert [m.reason for m in batch.malformed] == ["not_an_object"]
 
 
@@ -302,11 +476,14 @@ def test_parse_message_never_raises_and_returns_one_of_three_kinds(
     channel: str, data: object
 ) -> None:
     parsed = parse_message(channel, data)
-    assert isinstance(parsed, EmailStateChange | Ignored | Malformed)
+    assert isinstance(parsed, EmailStateChange | Notification | Malformed)
     assert parsed.channel == channel
     if isinstance(parsed, Malformed):
         assert parsed.reason in MALFORMED_REASONS
         assert len(parsed.raw) <= KEPT_BYTES
+    if isinstance(parsed, Notification):
+        assert parsed.subject is None or (isinstance(parsed.subject, str) and parsed.subject)
+        assert parsed.raw == orjson.dumps(data)
 
 
 def _not_a_known_crash(value: object) -> bool:
@@ -338,7 +515,7 @@ def test_near_valid_notifications_never_raise(
         "email": {"id": email_id, "state": state},
     }
     parsed = parse_message(CHANNEL, data)
-    assert isinstance(parsed, EmailStateChange | Ignored | Malformed)
+    assert isinstance(parsed, EmailStateChange | Notification | Malformed)
     if isinstance(parsed, EmailStateChange):
         assert parsed.email_id == (email_id if email_id else None)
         assert parsed.reference_id is None or isinstance(parsed.reference_id, int)
