@@ -3,7 +3,10 @@
 The alerts and the dashboard name metrics by string; these tests tie every name
 and every label they use to the exposition of a running daemon (after one Send,
 so that histograms and outcome labels are populated), so a renamed metric fails
-here rather than in somebody's on-call night.
+here rather than in somebody's on-call night. What one GWS account does carries
+an `account` label (which metrics do is read from `daemon.metrics`): the
+dashboard selects them by its `account` variable and the alerts over them fire
+per account.
 
 promtool comes with Prometheus (Debian: apt-get install --no-install-recommends
 prometheus); the tests that need it are skipped without it.
@@ -21,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.metrics import Metrics
 from daemon.simulator import Simulator
 from tests.harness.daemon_process import DaemonProcess, write_config
 
@@ -45,6 +50,19 @@ METRIC = re.compile(r"\bgws_notifyd_[a-z0-9_]+")
 SELECTOR = re.compile(r"\b(gws_notifyd_[a-z0-9_]+)\{([^}]*)\}")
 EXACT_MATCHER = re.compile(r'([a-z_]+)\s*=\s*"([^"]*)"')
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+# A metric name and the selector braces after it, if any.
+SELECTED = re.compile(r"\b(gws_notifyd_[a-z0-9_]+)(\{[^}]*\})?")
+ACCOUNT_VARIABLE = 'account=~"$account"'
+# What leaves labels out of its result: an aggregation (unless `by` keeps them or
+# `without` spares them), vector matching (`on` keeps only what it names), and the
+# functions whose result has no labels at all.
+AGGREGATION = re.compile(
+    r"\b(?:sum|min|max|avg|group|count|count_values|stddev|stdvar|topk|bottomk|quantile"
+    r"|limitk|limit_ratio)\s*(?=[(]|by\b|without\b)"
+)
+CLAUSE = re.compile(r"\s*(by|without)\s*\(([^)]*)\)")
+MATCHING = re.compile(r"\b(on|ignoring)\s*\(([^)]*)\)")
+LABEL_DROPPING_FUNCTIONS = re.compile(r"\b(?:absent|absent_over_time|scalar)\s*\(")
 
 
 def promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -87,16 +105,18 @@ async def exposition(simulator: Simulator, tmp_path: Path) -> AsyncIterator[Expo
         yield Exposition.parse(await daemon.metrics())
 
 
-def alert_expressions() -> list[str]:
-    """The `expr:` of every rule, one line each (plain or `>-` folded YAML scalars)."""
-    # PyYAML is not a dependency; this file's two scalar styles are easy to read.
-    expressions: list[str] = []
+def alert_rules() -> dict[str, dict[str, str]]:
+    """Every alert by name: its `expr` and annotations, one line each (plain, quoted
+    or `>-` folded YAML scalars)."""
+    # PyYAML is not a dependency; this file's three scalar styles are easy to read.
+    rules: dict[str, dict[str, str]] = {}
+    rule: dict[str, str] = {}
     lines = ALERTS.read_text().splitlines()
     for index, line in enumerate(lines):
-        match = re.fullmatch(r"(\s*)expr: (.*)", line)
+        match = re.fullmatch(r"(\s*)(?:- )?(alert|expr|summary|description|runbook): (.*)", line)
         if match is None:
             continue
-        indent, value = match.groups()
+        indent, key, value = match.groups()
         if value == ">-":
             block = []
             for following in lines[index + 1 :]:
@@ -104,8 +124,63 @@ def alert_expressions() -> list[str]:
                     break
                 block.append(following.strip())
             value = " ".join(block)
-        expressions.append(value)
-    return expressions
+        elif value.startswith('"'):
+            value = value.removeprefix('"').removesuffix('"')
+        if key == "alert":
+            rule = rules[value] = {}
+        else:
+            rule[key] = value
+    return rules
+
+
+def alert_expressions() -> list[str]:
+    """The `expr:` of every rule, one line each."""
+    return [rule["expr"] for rule in alert_rules().values()]
+
+
+def account_metrics() -> set[str]:
+    """The names a query can use of every metric that carries the `account` label."""
+    metrics = Metrics()
+    metrics.account("a")
+    names: set[str] = set()
+    for metric in vars(metrics).values():
+        # Read from the metric, not from samples: a labelled metric has no sample
+        # before its first event (notifications_received_total, say).
+        if isinstance(metric, MetricWrapperBase) and "account" in metric._labelnames:
+            for family in metric.describe():
+                names |= {family.name + suffix for suffix in SUFFIXES.get(family.type, ("",))}
+    return names
+
+
+def labels_left_out(expr: str) -> list[str]:
+    """Where `expr` leaves the `account` label out of its result."""
+    found: list[str] = []
+    for aggregation in AGGREGATION.finditer(expr):
+        rest = expr[aggregation.end() :]
+        clause = CLAUSE.match(rest)
+        if clause is None and rest.startswith("("):
+            clause = CLAUSE.match(rest, closing_parenthesis(rest) + 1)
+        kind, labels = clause.groups() if clause else ("by", "")
+        named = {label.strip() for label in labels.split(",")}
+        if ("account" in named) != (kind == "by"):
+            found.append(f"{aggregation.group().strip()} {kind} ({labels})")
+    for matching in MATCHING.finditer(expr):
+        kind, labels = matching.groups()
+        named = {label.strip() for label in labels.split(",")}
+        if ("account" in named) != (kind == "on"):
+            found.append(matching.group())
+    found += [function.group() for function in LABEL_DROPPING_FUNCTIONS.finditer(expr)]
+    return found
+
+
+def closing_parenthesis(text: str) -> int:
+    """The index of the parenthesis that closes the one `text` starts with."""
+    depth = 0
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0:
+            return index
+    raise AssertionError(f"unbalanced parentheses: {text}")
 
 
 def dashboard() -> dict[str, Any]:
@@ -136,6 +211,39 @@ def test_promtool_unit_tests_of_the_alerts_pass() -> None:
     result = promtool("test", "rules", str(ALERT_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_every_alert_over_an_account_metric_fires_per_account() -> None:
+    per_account = account_metrics()
+    assert {"gws_notifyd_cometd_subscribed", "gws_notifyd_sends_total"} <= per_account
+    alerted = set()
+    for name, rule in alert_rules().items():
+        if not set(METRIC.findall(rule["expr"])) & per_account:
+            continue
+        alerted.add(name)
+        assert not labels_left_out(rule["expr"]), f"{name} loses the account label"
+        text = rule["summary"] + rule["description"]
+        assert "{{ $labels.account }}" in text, f"{name}: the annotations do not name it"
+    assert {"GwsNotifydNotSubscribed", "GwsNotifydCredentialsRefused"} <= alerted
+
+
+def test_the_account_label_check_sees_what_drops_it() -> None:
+    kept = [
+        "gws_notifyd_cometd_subscribed == 0",
+        "sum by (job, instance, account) (increase(gws_notifyd_sends_total[5m])) > 0",
+        "sum(increase(gws_notifyd_sends_total[5m])) without (outcome) > 0",
+        "gws_notifyd_pending_sends > on (job, instance, account) gws_notifyd_ready",
+    ]
+    dropped = [
+        "min(gws_notifyd_cometd_subscribed) == 0",
+        "sum by (job, instance) (increase(gws_notifyd_sends_total[5m])) > 0",
+        "max(gws_notifyd_pending_sends) by (instance) > 10",
+        "sum without (account) (gws_notifyd_pending_sends) > 10",
+        "gws_notifyd_pending_sends > on (job, instance) gws_notifyd_ready",
+        "absent(gws_notifyd_cometd_subscribed)",
+    ]
+    assert [expr for expr in kept if labels_left_out(expr)] == []
+    assert [expr for expr in dropped if not labels_left_out(expr)] == []
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
@@ -230,7 +338,34 @@ def test_the_dashboard_is_an_importable_grafana_dashboard() -> None:
         "Pending sends",
         "Failed GWS logins by reason",
         "Credentials refused",
+        "Accounts not subscribed",
     } <= titles
+
+
+def test_the_dashboard_selects_accounts_by_an_account_variable() -> None:
+    variables = {variable["name"]: variable for variable in dashboard()["templating"]["list"]}
+    account = variables["account"]
+    query = (
+        'label_values(gws_notifyd_cometd_subscribed{job=~"$job", instance=~"$instance"}, account)'
+    )
+    assert (account["query"]["query"], account["definition"]) == (query, query)
+    assert (account["multi"], account["includeAll"]) == (True, True)
+    assert account["datasource"] == {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
+
+
+def test_every_dashboard_query_of_an_account_metric_filters_on_the_account_variable() -> None:
+    per_account = account_metrics()
+    for expr in dashboard_expressions():
+        for name, selector in SELECTED.findall(expr):
+            if name in per_account:
+                assert ACCOUNT_VARIABLE in selector, f"{expr}: {name} ignores $account"
+
+
+def test_the_dashboard_lists_the_accounts_not_subscribed() -> None:
+    [panel] = [panel for panel in dashboard_panels() if panel["title"] == "Accounts not subscribed"]
+    [target] = panel["targets"]
+    assert re.fullmatch(r"gws_notifyd_cometd_subscribed\{[^}]*\} == 0", target["expr"])
+    assert (target["instant"], target["format"]) == (True, "table")
 
 
 @needs_promtool
