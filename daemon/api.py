@@ -1,14 +1,20 @@
 """The local HTTP API: the Send drop-in, what the daemon knows, health and metrics.
 
-    POST /api/v2/me/emails/{id}   GWS's path and body. Send is validated, recorded
-                                  (before it leaves), forwarded and answered with
-                                  GWS's answer + sendId (+ referenceId). Other
-                                  operationNames pass through unchanged.
-    GET  /v1/sends/{sendId}       one send, pending or not
-    GET  /v1/sends?state=pending  sends by state (pending = every pending state)
-    GET  /v1/status               connection, pending, backlog and dead letters
+    POST /accounts/{name}/api/v2/me/emails/{id}
+                                  GWS's path and body, as account `name`. Send is
+                                  validated, recorded (before it leaves), forwarded
+                                  and answered with GWS's answer + sendId
+                                  (+ referenceId). Other operationNames pass
+                                  through unchanged.
+    POST /api/v2/me/emails/{id}   the same, when exactly one account is configured
+                                  (otherwise 404 naming the prefixed form)
+    GET  /v1/sends/{sendId}       one send, pending or not (with its account)
+    GET  /v1/sends?state=pending&account=NAME
+                                  sends by state (pending = every pending state)
+    GET  /v1/status               every account, pending, backlog and dead letters
     GET  /healthz                 the process and its event loop answer
-    GET  /readyz                  subscribed, store writable, not draining (JSON says which)
+    GET  /readyz                  every account subscribed, store writable, not
+                                  draining (JSON says which, and which accounts)
     GET  /metrics                 Prometheus text format
 
 Owns HTTP concerns only (status codes, bodies, the bearer token): what a
@@ -31,6 +37,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from daemon import __version__
+from daemon.accounts import Account, Accounts
 from daemon.config import HttpSettings
 from daemon.dispatcher import Dispatcher
 from daemon.errors import StoreError
@@ -43,7 +50,6 @@ from daemon.gws.operations import (
     check_email_id,
 )
 from daemon.metrics import Metrics
-from daemon.notifications import NotificationListener
 from daemon.sending import (
     Answered,
     ClientGone,
@@ -51,16 +57,15 @@ from daemon.sending import (
     NotRecorded,
     OutboxFull,
     Outcome,
-    SendWorkflow,
 )
 from daemon.sends import PENDING_STATUSES, SendStatus
 from daemon.store import MALFORMED_SINK, AsyncStore
-from daemon.tracker import Tracker
 
 log = structlog.get_logger(logger_name="daemon.api")
 
 RETRY_AFTER_SECONDS = "5"
 EMAILS_PATH = "/api/v2/me/emails/"
+ACCOUNT_PREFIX = "/accounts/"
 
 
 @dataclass(slots=True)
@@ -75,11 +80,9 @@ class RuntimeState:
 class ApiContext:
     http: HttpSettings
     metrics: Metrics
-    tracker: Tracker
+    accounts: Accounts
     store: AsyncStore
     dispatcher: Dispatcher
-    listener: NotificationListener
-    workflow: SendWorkflow
     state: RuntimeState
 
 
@@ -123,6 +126,7 @@ def build_app(context: ApiContext) -> web.Application:
     app = web.Application(client_max_size=limit, middlewares=[guard])
     app[_CONTEXT] = context
     app.router.add_post(EMAILS_PATH + "{email_id}", _email_operation)
+    app.router.add_post(ACCOUNT_PREFIX + "{account}" + EMAILS_PATH + "{email_id}", _email_operation)
     app.router.add_get("/v1/sends/{send_id}", _get_send)
     app.router.add_get("/v1/sends", _list_sends)
     app.router.add_get("/v1/status", _status)
@@ -155,6 +159,8 @@ def _bad_email_id(request: web.Request) -> web.Response | None:
     passes this one and still routes with id `..`.
     """
     raw = request.raw_path.partition("?")[0]
+    if raw.startswith(ACCOUNT_PREFIX):  # /accounts/{name}/api/v2/me/emails/...
+        raw = "/" + raw.removeprefix(ACCOUNT_PREFIX).partition("/")[2]
     if request.method != "POST" or not raw.startswith(EMAILS_PATH):
         return None
     invalid = check_email_id(unquote(raw.removeprefix(EMAILS_PATH)))
@@ -169,8 +175,29 @@ def _bad_email_id(request: web.Request) -> web.Response | None:
 _RETRY_LATER = {"Retry-After": RETRY_AFTER_SECONDS}
 
 
+def _account_of(request: web.Request, accounts: Accounts) -> Account | web.Response:
+    """The account a Send is for: named in the path, or the only one configured."""
+    name = request.match_info.get("account")
+    if name is None:
+        if len(accounts) == 1:
+            return accounts.first
+        return _gws_error(
+            404,
+            INVALID,
+            f"Several GWS accounts are configured: use {ACCOUNT_PREFIX}{{name}}"
+            f"{EMAILS_PATH}{{id}} (accounts: {', '.join(accounts.names)})",
+        )
+    account = accounts.get(name)
+    if account is None:
+        return _gws_error(404, INVALID, f"No GWS account {name[:64]!r} is configured")
+    return account
+
+
 async def _email_operation(request: web.Request) -> web.StreamResponse:
     context = request.app[_CONTEXT]
+    account = _account_of(request, context.accounts)
+    if isinstance(account, web.Response):
+        return account
     timeout = context.http.read_timeout_seconds
     try:
         async with asyncio.timeout(timeout):
@@ -188,9 +215,10 @@ async def _email_operation(request: web.Request) -> web.StreamResponse:
         return _gws_error(
             503, INTERNAL_ERROR, "gws-notifyd is shutting down; retry later", headers=_RETRY_LATER
         )
-    outcome = await context.workflow.handle(
-        request.match_info["email_id"], raw, client_gone=lambda: _client_gone(request)
-    )
+    with structlog.contextvars.bound_contextvars(account=account.name):
+        outcome = await account.workflow.handle(
+            request.match_info["email_id"], raw, client_gone=lambda: _client_gone(request)
+        )
     return _answer(outcome)
 
 
@@ -265,7 +293,7 @@ def _answered(outcome: Answered) -> web.Response:
 async def _get_send(request: web.Request) -> web.Response:
     context = request.app[_CONTEXT]
     send_id = request.match_info["send_id"]
-    send = context.tracker.get(send_id)
+    send = next((s for a in context.accounts if (s := a.tracker.get(send_id))), None)
     if send is None:
         send = await context.store.get_send(send_id)
     if send is None:
@@ -280,39 +308,54 @@ async def _list_sends(request: web.Request) -> web.Response:
         limit = min(10_000, max(1, int(request.query.get("limit", "1000"))))
     except ValueError:
         return _json({"error": "limit must be an integer"}, status=400)
+    account = request.query.get("account")
+    running = list(context.accounts)
+    if account is not None:
+        running = [a for a in running if a.name == account]
+        if not running and account not in await context.store.pending_by_account():
+            return _json({"error": f"no account {account[:64]!r}"}, status=404)
     if state == "pending":
-        sends = sorted(context.tracker.pending(), key=lambda s: s.requested_at)[:limit]
+        pending = (s for a in running for s in a.tracker.pending())
+        sends = sorted(pending, key=lambda s: s.requested_at)[:limit]
     else:
         known = {s.value for s in SendStatus}
         if state is not None and state not in known:
             choices = ", ".join(["pending", *sorted(known)])
             return _json({"error": f"state must be one of {choices}"}, status=400)
         statuses = [state] if state else None
-        sends = await context.store.list_sends(statuses, limit)
+        sends = await context.store.list_sends(statuses, limit, account)
     return _json({"sends": [s.as_json() for s in sends], "count": len(sends)})
 
 
 async def _status(request: web.Request) -> web.Response:
     context = request.app[_CONTEXT]
-    return _json(status_document(context))
+    document = status_document(context)
+    # Pending sends of accounts no longer configured stay in the store until they
+    # come back: shown, so that they are not forgotten.
+    try:
+        stored = await context.store.pending_by_account()
+    except StoreError:
+        stored = {}
+    document["accounts"].extend(
+        {"name": name, "configured": False, "pendingSends": count}
+        for name, count in sorted(stored.items())
+        if context.accounts.get(name) is None
+    )
+    return _json(document)
 
 
 def status_document(context: ApiContext) -> dict[str, Any]:
     dispatcher = context.dispatcher
     backlog = dispatcher.backlog()
     dead = dispatcher.dead_letter_counts
-    listener = context.listener
+    accounts = [a.status() for a in context.accounts]
     return {
         "version": __version__,
         "uptimeSeconds": round(time.time() - context.state.started_at, 3),
         "draining": context.state.draining,
-        "cometd": {
-            "state": listener.state.value,
-            "subscribed": listener.subscribed,
-            "transport": listener.transport,
-            "lastReconcileSeconds": listener.reconcile_seconds,
-        },
-        "pendingSends": len(context.tracker),
+        "accounts": accounts,
+        "subscribed": all(a["subscribed"] for a in accounts),
+        "pendingSends": context.accounts.pending_sends(),
         "pendingStates": list(PENDING_STATUSES),
         "outboxEvents": context.store.outbox_rows,
         "sinks": [
@@ -339,12 +382,19 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def readiness(context: ApiContext) -> dict[str, Any]:
+    accounts = list(context.accounts)
+    not_subscribed = [a.name for a in accounts if not a.listener.subscribed]
+    refused = [a.name for a in accounts if a.listener.credentials_refused]
     checks: dict[str, Any] = {
-        "subscribed": context.listener.subscribed,
+        "subscribed": not not_subscribed,
         "notDraining": not context.state.draining,
-        # False while GWS refuses the credentials (the daemon waits to log in again).
-        "gws_auth": not context.listener.credentials_refused,
+        # False while GWS refuses an account's credentials (it waits to log in again).
+        "gws_auth": not refused,
     }
+    if not_subscribed:
+        checks["accountsNotSubscribed"] = not_subscribed
+    if refused:
+        checks["accountsRefused"] = refused
     try:
         # A real write (the heartbeat row), and no background duty failing on the store.
         await context.store.check_writable()

@@ -1,10 +1,11 @@
 """The daemon's parts, built from settings in one place.
 
-Owns what is made of what: which store, writer, dispatcher, tracker, GWS
-session, notification listener, send workflow and housekeeping a `Settings`
-gives, and how they are wired (who tells whom). It starts nothing: `Service`
-decides when each part starts and stops. Every resource it opens is handed
-to the caller's exit stack at once, so a failure half-way leaks nothing.
+Owns what is made of what: which store, writer, dispatcher, housekeeping and
+accounts (each with its GWS session, tracker, listener and Send workflow:
+`daemon.accounts`) a `Settings` gives, and how they are wired (who tells
+whom). It starts nothing: `Service` decides when each part starts and stops.
+Every resource it opens is handed to the caller's exit stack at once, so a
+failure half-way leaks nothing.
 """
 
 from __future__ import annotations
@@ -12,21 +13,19 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
+import aiohttp
+
+from daemon.accounts import Account, Accounts
 from daemon.api import ApiContext, RuntimeState
-from daemon.config import Settings, SinkSettings
-from daemon.correlator import Correlator
+from daemon.config import AccountSettings, Settings, SinkSettings
 from daemon.dispatcher import Dispatcher
-from daemon.events import EventFactory, account_source
 from daemon.gws.messages import MALFORMED_REASONS
-from daemon.gws.operations import notification_limit
-from daemon.gws.session import GwsSession
+from daemon.gws.session import new_connector
 from daemon.housekeeping import Housekeeping
 from daemon.metrics import Metrics
-from daemon.notifications import NotificationListener
-from daemon.sending import SendWorkflow
+from daemon.pacing import Pacer
 from daemon.sinks import Sink, build_sink
 from daemon.store import AsyncStore, OutcomeWriter, Store
-from daemon.tracker import Tracker
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +33,11 @@ class Components:
     settings: Settings
     metrics: Metrics
     store: AsyncStore
+    writer: OutcomeWriter
     dispatcher: Dispatcher
-    tracker: Tracker
-    session: GwsSession
-    listener: NotificationListener
-    workflow: SendWorkflow
+    accounts: Accounts
+    connector: aiohttp.BaseConnector
+    pacer: Pacer
     housekeeping: Housekeeping
     state: RuntimeState
 
@@ -46,12 +45,24 @@ class Components:
         return ApiContext(
             http=self.settings.http,
             metrics=self.metrics,
-            tracker=self.tracker,
+            accounts=self.accounts,
             store=self.store,
             dispatcher=self.dispatcher,
-            listener=self.listener,
-            workflow=self.workflow,
             state=self.state,
+        )
+
+    def new_account(self, settings: AccountSettings) -> Account:
+        """An account's parts, wired to the shared ones, its HTTP session open
+        (its pending sends not restored yet: `Account.restore`)."""
+        return Account(
+            settings,
+            shared=self.settings,
+            store=self.store,
+            writer=self.writer,
+            metrics=self.metrics,
+            pacer=self.pacer,
+            outbox_full=self.dispatcher.outbox_full,
+            connector=self.connector,
         )
 
 
@@ -68,7 +79,7 @@ def build_sinks(settings: Settings) -> list[tuple[Sink, SinkSettings]]:
 async def build_components(
     settings: Settings, stack: contextlib.AsyncExitStack, *, metrics: Metrics
 ) -> Components:
-    """Open the store and the GWS session, and wire every part to them."""
+    """Open the store and every account's GWS session, and wire every part to them."""
     store = AsyncStore(
         Store(
             settings.store.path,
@@ -86,37 +97,18 @@ async def build_components(
         store, on_committed=dispatcher.notify, cursors=dispatcher.unsaved_cursors
     )
     stack.callback(writer.close)
-    account = settings.accounts[0]
-    account_metrics = metrics.account(account.name)
-    tracker = Tracker(
-        correlator=Correlator(send_timeout_seconds=settings.correlation.send_timeout_seconds),
-        store=store,
-        writer=writer,
-        events=EventFactory(account_source(settings.gws.base_url, account.name), account.name),
-        metrics=account_metrics,
-        channels=account.gws.channels,
-        # A notification about the largest Send the API takes must fit.
-        max_message_bytes=notification_limit(settings.http.max_body_bytes),
-    )
-    session = GwsSession(account.gws, account_metrics)
-    await session.open()
-    stack.push_async_callback(session.close)
-    listener = NotificationListener(
-        session=session,
-        tracker=tracker,
-        metrics=account_metrics,
-        settings=account.gws,
-        give_up_seconds=settings.correlation.read_back_give_up_seconds,
-    )
-    return Components(
+    # One pool for every account, without a limit: N accounts park N long-polls.
+    connector = new_connector(settings.gws, limit=0)
+    stack.push_async_callback(connector.close)
+    parts = Components(
         settings=settings,
         metrics=metrics,
         store=store,
+        writer=writer,
         dispatcher=dispatcher,
-        tracker=tracker,
-        session=session,
-        listener=listener,
-        workflow=SendWorkflow(tracker=tracker, session=session, outbox_full=dispatcher.outbox_full),
+        accounts=Accounts(),
+        connector=connector,
+        pacer=Pacer(settings.gws.handshakes_per_second),
         housekeeping=Housekeeping(
             store=store,
             dispatcher=dispatcher,
@@ -127,3 +119,12 @@ async def build_components(
         ),
         state=RuntimeState(),
     )
+    stack.push_async_callback(_close_accounts, parts.accounts)
+    for account_settings in settings.accounts:
+        parts.accounts.add(parts.new_account(account_settings))
+    return parts
+
+
+async def _close_accounts(accounts: Accounts) -> None:
+    for account in accounts:
+        await account.session.close()

@@ -1,8 +1,10 @@
 """structlog set-up: one JSON object per line on stdout, a console view on a TTY.
 
-Keys: timestamp, level, event, logger, plus context (reference_id, email_id,
-send_id, sink, state ...). A last processor blanks any key that looks like a
-secret, as a net under the rule that secrets are never logged.
+Keys: timestamp, level, event, logger, plus context (account, reference_id,
+email_id, send_id, sink, state ...); `account` is bound once per task that
+works for one GWS account (its listener, a Send for it). A last processor
+blanks any key that looks like a secret, as a net under the rule that
+secrets are never logged.
 
 The libraries' loggers (stdlib `logging`: aiohttp.*, asyncio, ...) go through
 the same processors, so they too make one JSON line each, a traceback inside
@@ -100,6 +102,7 @@ def log_batch(logger_name: str, event: str, rows: Sequence[dict[str, Any]]) -> N
             logger.info(event, **row)
         return
     head = {
+        **structlog.contextvars.get_contextvars(),
         "event": event,
         "level": "info",
         "timestamp": iso_time(time.time(), digits=6),
@@ -233,6 +236,8 @@ def configure_logging(
     stream = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     processors: list[Any] = [
+        # The account a task works for (bound once where its work starts).
+        structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _name_logger,

@@ -27,12 +27,13 @@ from typing import Any
 import structlog
 
 from daemon.backoff import BackoffPolicy
-from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Subscribed
+from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Message, Subscribed
 from daemon.config import GwsSettings
 from daemon.errors import GwsError
 from daemon.gws.login import SessionKeeper, transport_retry_policy
 from daemon.gws.session import GwsSession
 from daemon.metrics import AccountMetrics
+from daemon.pacing import Pacer
 from daemon.sends import SendRecord, SendStatus
 from daemon.tracker import Tracker
 
@@ -51,8 +52,13 @@ class NotificationListener:
         metrics: AccountMetrics,
         settings: GwsSettings,
         give_up_seconds: float = 3600.0,
+        pacer: Pacer | None = None,
     ) -> None:
+        """`pacer`: the pace every account's logins and handshakes share (none: no pace)."""
         self._session = session
+        self._pacer = pacer
+        self._turn_taken = False
+        self.last_notification_at: float | None = None
         self._tracker = tracker
         self._metrics = metrics
         self._keeper = SessionKeeper(session=session, settings=settings, metrics=metrics)
@@ -66,7 +72,7 @@ class NotificationListener:
                 batch_window=settings.batch_window_seconds,
                 backoff=transport_retry_policy(settings.retry_max_seconds),
             ),
-            on_batch=tracker.on_batch,
+            on_batch=self._on_batch,
             on_subscribed=self._on_subscribed,
             on_state=self._on_state,
             headers=session.bayeux_headers,
@@ -99,6 +105,10 @@ class NotificationListener:
     @property
     def transport(self) -> str | None:
         return self._client.transport_name
+
+    async def wait_after_failed_login(self, exc: GwsError) -> None:
+        """The first login failed (GWS refused it, say): wait as the keeper would."""
+        await self._keeper.wait_after(exc)
 
     def retry_login_now(self) -> None:
         """Try the next login at once (SIGHUP: the password file may have been rotated)."""
@@ -134,7 +144,19 @@ class NotificationListener:
             self._metrics.cometd_subscribed.set(0)
         log.info("cometd_state", state=state.value)
 
+    def logged_in_in_turn(self) -> None:
+        """A login just took this account's turn: the handshake after it needs none."""
+        self._turn_taken = True
+
+    async def _on_batch(self, messages: list[Message]) -> None:
+        self.last_notification_at = time.time()
+        await self._tracker.on_batch(messages)
+
     async def _before_handshake(self) -> None:
+        if self._turn_taken:
+            self._turn_taken = False
+        elif self._pacer is not None:
+            await self._pacer.turn()
         # A handshake on a dead HTTP session never succeeds when GWS authorises
         # CometD by the session cookie: the session first.
         if await self._keeper.ensure():

@@ -97,8 +97,11 @@ class SendWorkflow:
         tracker: Tracker,
         session: GwsSession,
         outbox_full: Callable[[], bool],
+        account: str = "default",
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """One account's Sends (`account`: its name, recorded with each send)."""
+        self.account = account
         self._tracker = tracker
         self._session = session
         self._outbox_full = outbox_full
@@ -168,6 +171,7 @@ class SendWorkflow:
             requested_at=self._clock(),
             subject=request.subject,
             to=request.to,
+            account=self.account,
         )
         try:
             await tracker.register(send)

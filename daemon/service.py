@@ -1,12 +1,13 @@
 """The daemon's life: start-up, serving, shutdown; signals and systemd notify.
 
-startup(): the parts (`daemon.app`) -> pending sends restored -> sinks and
-dispatcher -> local API (health answers from here on) -> housekeeping -> GWS
-login (retried, unless told not to wait) -> notification listener. READY=1
-once subscribed.
+startup(): the parts (`daemon.app`) -> each account's pending sends restored
+-> sinks and dispatcher -> local API (health answers from here on) ->
+housekeeping -> every account's first GWS login, at once in the shared pace
+-> each account's listener (its own task; its keeper logs in again whenever
+needed). READY=1 once every account whose credentials GWS took is subscribed.
 
 serve(): until SIGTERM/SIGINT, or until something fatal happens: a background
-task (listener, housekeeping, a sink worker, the watchdog and status helpers)
+task (an account, housekeeping, a sink worker, the watchdog and status helpers)
 ends on its own, or a duty fails on the store for `store.failure_exit_seconds`.
 Either is one `error` line (`task_stopped`, `store_failed`) and exit 70, so
 that systemd starts the daemon afresh; never a quiet stop.
@@ -17,9 +18,10 @@ already in flight finish; CometD disconnects; sinks drain for at most
 order of opening, by one exit stack. What was not delivered stays on disk.
 A second signal exits at once (still nothing lost: the store is the truth).
 
-SIGHUP: re-read the config file; the sinks and the send and shutdown timeouts
-take the new values (and a refused GWS login is tried again). An
-invalid file is logged and the running configuration kept.
+SIGHUP: re-read the config file; the sinks, the accounts (added ones start,
+removed ones stop, changed ones restart; the others keep their sessions) and
+the send and shutdown timeouts take the new values (and a refused GWS login
+is tried again). An invalid file is logged and the running configuration kept.
 """
 
 from __future__ import annotations
@@ -38,12 +40,11 @@ from typing import Any
 import structlog
 
 from daemon import __version__, exitcodes
+from daemon.accounts import Account, FirstLogin, same_account
 from daemon.api import build_app
 from daemon.app import Components, build_components, build_sinks, new_metrics
-from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import Settings, load_settings
-from daemon.errors import ConfigError, GwsError, GwsRequestError, SinkError, StoreError
-from daemon.gws.answers import is_refusal
+from daemon.errors import ConfigError, SinkError, StoreError
 from daemon.http_server import start_api_server
 from daemon.metrics import Metrics
 from daemon.sdnotify import SystemdNotifier
@@ -87,7 +88,7 @@ class Service:
         self._signals = 0
         self._parts: Components | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._listening: asyncio.Task[None] | None = None
+        self._retiring: set[asyncio.Task[Any]] = set()
         self._exit_code: int | None = None
         self._stopping = False
         self._reload_lock = asyncio.Lock()
@@ -121,7 +122,9 @@ class Service:
         # A real write before anything else: a read-only file or a full disk
         # stops the start here, with one line, instead of passing for ready.
         await parts.store.check_writable()
-        restored = await parts.tracker.restore()
+        restored = 0
+        for account in parts.accounts:
+            restored += await account.restore()
         try:
             sinks = build_sinks(settings)
         except SinkError as exc:
@@ -133,6 +136,7 @@ class Service:
             "started",
             version=__version__,
             api=self.api_url,
+            accounts=parts.accounts.names,
             pending_sends=restored,
             sinks=[s.name for s in settings.sinks],
             store=str(settings.store.path),
@@ -143,11 +147,47 @@ class Service:
         stack.callback(self._remove_signals)
         stack.push_async_callback(self._stop_tasks)
         self._start_background(parts)
-        await self._login(parts)
+        firsts = await self._first_logins(list(parts.accounts))
         if not self._stop.is_set():
-            self._listening = self._supervised(parts.listener.run(), "listener")
-            stack.push_async_callback(parts.listener.close)
-            self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
+            for account in parts.accounts:
+                self._start_account(account, firsts[account.name])
+            self._tasks.append(asyncio.create_task(self._announce_ready(firsts), name="ready"))
+
+    async def _first_logins(self, accounts: list[Account]) -> dict[str, FirstLogin]:
+        """Every account's first login, at once (in the shared pace). Refused in the
+        single-account form: an operator's typo, exit 77 (never retried). Refused
+        among several: that account waits and tries again, the others go on. GWS
+        unreachable without `wait_at_start`: exit 69."""
+        results = await asyncio.gather(*(a.first_login() for a in accounts))
+        firsts = {a.name: r for a, r in zip(accounts, results, strict=True)}
+        several = self.settings.gws.username == ""  # [[gws.accounts]]
+        for account, first in zip(accounts, results, strict=True):
+            if first.ok:
+                continue
+            if first.refused and not several:
+                raise StartupError(
+                    f"GWS refused the credentials of gws.username "
+                    f"{account.settings.gws.username!r}: {first.error}",
+                    exitcodes.NOPERM,
+                )
+            if not first.refused and not self.settings.gws.wait_at_start:
+                raise StartupError(
+                    f"GWS unreachable at start: {first.error}", exitcodes.UNAVAILABLE
+                )
+            if first.refused:
+                log.error(
+                    "account_credentials_refused",
+                    account=account.name,
+                    username=account.settings.gws.username,
+                    error=str(first.error),
+                )
+            else:
+                log.warning("gws_login_retry", account=account.name, error=str(first.error))
+                self.notifier.status(f"waiting for GWS: {first.error}")
+        return firsts
+
+    def _start_account(self, account: Account, first: FirstLogin) -> None:
+        account.task = self._supervised(account.run(first), f"account-{account.name}")
 
     def _start_background(self, parts: Components) -> None:
         """The duties that run until shutdown; any of them ending is fatal."""
@@ -170,8 +210,10 @@ class Service:
         return task
 
     def _ended(self, task: asyncio.Task[Any]) -> None:
-        """A supervised task ended: fine while stopping, fatal otherwise (exit 70)."""
-        if self._stopping:
+        """A supervised task ended: fine while stopping (the service, or that account),
+        fatal otherwise (exit 70)."""
+        if self._stopping or task in self._retiring:
+            self._retiring.discard(task)
             return
         name = task.get_name()
         if task.cancelled():
@@ -229,16 +271,13 @@ class Service:
         self.notifier.stopping("draining")
         log.info(
             "draining",
-            sends_in_flight=parts.workflow.in_flight,
+            sends_in_flight=parts.accounts.in_flight(),
             backlog=parts.dispatcher.backlog(),
             budget_seconds=budget,
         )
-        await parts.workflow.wait_idle(self.settings.gws.request_timeout_seconds + 1)
-        await parts.listener.close()
-        if self._listening is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._listening, LISTENER_CLOSE_SECONDS)
-        await parts.tracker.flush()
+        await parts.accounts.wait_idle(self.settings.gws.request_timeout_seconds + 1)
+        await asyncio.gather(*(self._close_account(a) for a in parts.accounts))
+        await parts.writer.flush()
         remaining = max(0.0, budget - (time.monotonic() - started))
         drained = await parts.dispatcher.drain(remaining)
         log.info(
@@ -248,37 +287,27 @@ class Service:
             seconds=round(time.monotonic() - started, 3),
         )
 
-    async def _login(self, parts: Components) -> None:
-        backoff = Backoff(BackoffPolicy(initial=1.0, maximum=self.settings.gws.retry_max_seconds))
-        while not self._stop.is_set():
-            try:
-                await parts.session.login()
-            except GwsRequestError as exc:
-                if is_refusal(exc):  # an operator's typo at start: exit, never retry it
-                    raise StartupError(
-                        f"GWS refused the credentials of gws.username "
-                        f"{self.settings.gws.username!r}: {exc}",
-                        exitcodes.NOPERM,
-                    ) from None
-                error = str(exc)
-            except GwsError as exc:
-                error = str(exc)
-            else:
-                return
-            if not self.settings.gws.wait_at_start:
-                raise StartupError(f"GWS unreachable at start: {error}", exitcodes.UNAVAILABLE)
-            delay = backoff.next_delay()
-            log.warning("gws_login_retry", error=error, delay_seconds=round(delay, 2))
-            self.notifier.status(f"waiting for GWS: {error}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
-
-    async def _announce_ready(self) -> None:
+    async def _announce_ready(self, firsts: dict[str, FirstLogin]) -> None:
+        """READY=1 once every account whose credentials GWS took is subscribed."""
         assert self._parts is not None
-        listener = self._parts.listener
-        await listener.first_subscription.wait()
+        accounts = [a for a in self._parts.accounts if not firsts[a.name].refused]
+        await asyncio.gather(*(a.listener.first_subscription.wait() for a in accounts))
         self.notifier.ready(self._status_line())
-        log.info("ready", transport=listener.transport)
+        log.info(
+            "ready",
+            accounts=len(accounts),
+            transport=accounts[0].listener.transport if accounts else None,
+        )
+
+    async def _close_account(self, account: Account) -> None:
+        """Unsubscribe and disconnect one account; its task ends on purpose."""
+        if account.task is not None:
+            self._retiring.add(account.task)
+        await account.listener.close()
+        if account.task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(account.task), LISTENER_CLOSE_SECONDS)
+            account.task.cancel()
 
     # -- signals ----------------------------------------------------------------------
 
@@ -335,7 +364,8 @@ class Service:
         parts = self._parts
         if source is None or parts is None:
             return False
-        parts.listener.retry_login_now()  # a rotated password file is tried at once
+        for account in parts.accounts:
+            account.listener.retry_login_now()  # a rotated password file is tried at once
         try:
             new = load_settings(Path(source))
             sinks = build_sinks(new)
@@ -343,20 +373,61 @@ class Service:
             log.error("reload_rejected", error=str(exc), config=str(source))
             return False
         await parts.dispatcher.replace_sinks(sinks)
-        parts.tracker.set_send_timeout(new.correlation.send_timeout_seconds)
+        await self._replace_accounts(parts, new)
+        for account in parts.accounts:
+            account.tracker.set_send_timeout(new.correlation.send_timeout_seconds)
         # What was applied, no more: the rest of [correlation] needs a restart.
         correlation = replace(
             self.settings.correlation, send_timeout_seconds=new.correlation.send_timeout_seconds
         )
         self.settings = replace(
-            self.settings, sinks=new.sinks, correlation=correlation, service=new.service
+            self.settings,
+            sinks=new.sinks,
+            accounts=new.accounts,
+            correlation=correlation,
+            service=new.service,
         )
         log.info(
             "reloaded",
+            accounts=parts.accounts.names,
             sinks=[s.name for s in new.sinks],
             send_timeout_seconds=new.correlation.send_timeout_seconds,
         )
         return True
+
+    async def _replace_accounts(self, parts: Components, new: Settings) -> None:
+        """Start added accounts, stop removed ones, restart changed ones; the others
+        keep their sessions. A removed account's pending sends stay in the store
+        (`/v1/status` shows them) and are read back if it comes back."""
+        wanted = {a.name: a for a in new.accounts}
+        for account in list(parts.accounts):
+            settings = wanted.get(account.name)
+            if settings is not None and same_account(settings, account.settings):
+                continue
+            parts.accounts.remove(account.name)
+            await self._close_account(account)
+            await account.close()
+            if settings is None:
+                self.metrics.forget_account(account.name)
+                log.info(
+                    "account_removed", account=account.name, pending_sends=len(account.tracker)
+                )
+        for settings in new.accounts:
+            if parts.accounts.get(settings.name) is not None:
+                continue
+            account = parts.new_account(settings)
+            restored = await account.restore()
+            parts.accounts.add(account)
+            log.info("account_started", account=account.name, pending_sends=restored)
+            first = await account.first_login()
+            if first.refused:
+                log.error(
+                    "account_credentials_refused",
+                    account=account.name,
+                    username=settings.gws.username,
+                    error=str(first.error),
+                )
+            self._start_account(account, first)
 
     # -- background duties --------------------------------------------------------------
 
@@ -364,14 +435,18 @@ class Service:
         parts = self._parts
         if parts is None:
             return "starting"
+        accounts = list(parts.accounts)
+        subscribed = sum(1 for a in accounts if a.listener.subscribed)
         if parts.state.draining:
             head = "draining"
-        elif parts.listener.subscribed:
+        elif subscribed == len(accounts):
             head = "connected"
         else:
             head = "reconnecting"
+        if len(accounts) > 1:
+            head += f" ({subscribed}/{len(accounts)} accounts subscribed)"
         backlog = sum(parts.dispatcher.backlog().values())
-        return f"{head}; {len(parts.tracker)} pending sends; backlog {backlog}"
+        return f"{head}; {parts.accounts.pending_sends()} pending sends; backlog {backlog}"
 
     async def _report_status(self) -> None:
         while True:

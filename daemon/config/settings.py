@@ -65,6 +65,8 @@ class GwsSettings:
     max_batch_bytes: int = 256 * 1024 * 1024
     # Under a steady stream of notifications, gather this long per long-poll.
     batch_window_seconds: float = 0.005
+    # Logins and handshakes of all accounts together, at most (no herd after GWS restarts).
+    handshakes_per_second: float = 100.0
 
     @property
     def notifications_url(self) -> str:

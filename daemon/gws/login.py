@@ -109,6 +109,12 @@ class SessionKeeper:
             self._metrics.gws_credentials_refused.set(0)
             return not same
 
+    async def wait_after(self, exc: GwsError) -> None:
+        """A login failed elsewhere (the first one, at start): count it, and wait as
+        after one of our own before `ensure()` tries again."""
+        self._attempts += 1
+        await self._wait_after(exc)
+
     async def _wait_after(self, exc: GwsError) -> None:
         reason = failure_reason(exc)
         if reason == "refused":

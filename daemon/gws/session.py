@@ -41,7 +41,7 @@ from daemon.errors import (
 from daemon.gws.answers import Answer, failure_of, field, is_refusal, raise_unless_ok
 from daemon.metrics import AccountMetrics
 
-__all__ = ["Answer", "GwsSession"]
+__all__ = ["Answer", "GwsSession", "new_connector"]
 
 log = structlog.get_logger(logger_name="daemon.gws.session")
 
@@ -62,6 +62,11 @@ def _ssl_context(settings: GwsSettings) -> ssl.SSLContext | bool:
     if settings.ca_file is not None:
         return ssl.create_default_context(cafile=str(settings.ca_file))
     return True
+
+
+def new_connector(settings: GwsSettings, *, limit: int = 64) -> aiohttp.TCPConnector:
+    """The connection pool to GWS (`limit` 0: no limit)."""
+    return aiohttp.TCPConnector(ssl=_ssl_context(settings), limit=limit)
 
 
 class GwsSession:
@@ -88,14 +93,21 @@ class GwsSession:
             raise RuntimeError("GwsSession.open() was not called")
         return self._http
 
-    async def open(self) -> None:
+    async def open(self, connector: aiohttp.BaseConnector | None = None) -> None:
+        self.open_now(connector)
+
+    def open_now(self, connector: aiohttp.BaseConnector | None = None) -> None:
+        """`open()`, for a caller that cannot await (in a running event loop).
+        `connector`: shared by every account (not closed with this session);
+        without one the session has its own."""
         # unsafe=True: aiohttp's default jar drops cookies of IP-address hosts,
         # and GWS (JSESSIONID) and CometD servers (BAYEUX_BROWSER) need them.
         self._http = aiohttp.ClientSession(
             # No default Authorization header: the password may change between
             # logins, so every request (CometD's too) gets it from `_authorization`.
             cookie_jar=aiohttp.CookieJar(unsafe=True),
-            connector=aiohttp.TCPConnector(ssl=_ssl_context(self.settings), limit=64),
+            connector=connector or new_connector(self.settings),
+            connector_owner=connector is None,
             # A connect of its own, shorter than the whole: when it runs out aiohttp
             # says so (ConnectionTimeoutError), and a request that never left is
             # told apart from one whose answer was lost.

@@ -170,9 +170,12 @@ class AsyncStore:
         return await self._submit(self._store.get_send, send_id)
 
     async def list_sends(
-        self, statuses: Sequence[str] | None = None, limit: int = 1000
+        self, statuses: Sequence[str] | None = None, limit: int = 1000, account: str | None = None
     ) -> list[SendRecord]:
-        return await self._submit(self._store.list_sends, statuses, limit)
+        return await self._submit(self._store.list_sends, statuses, limit, account)
+
+    async def pending_by_account(self) -> dict[str, int]:
+        return await self._submit(self._store.pending_by_account)
 
     async def head_seq(self) -> int:
         return await self._submit(self._store.head_seq)

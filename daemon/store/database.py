@@ -200,20 +200,34 @@ class Store:
 
     @sql_errors
     def list_sends(
-        self, statuses: Sequence[str] | None = None, limit: int = 1000
+        self, statuses: Sequence[str] | None = None, limit: int = 1000, account: str | None = None
     ) -> list[SendRecord]:
+        """Sends, newest first: of `statuses` (all if None), of `account` (all if None)."""
+        conditions: list[str] = []
+        params: list[Any] = []
         if statuses:
-            marks = ",".join("?" * len(statuses))
-            rows = self._db.execute(
-                f"SELECT {SEND_COLUMNS} FROM sends WHERE status IN ({marks}) "
-                "ORDER BY requested_at DESC LIMIT ?",
-                (*statuses, limit),
-            ).fetchall()
-        else:
-            rows = self._db.execute(
-                f"SELECT {SEND_COLUMNS} FROM sends ORDER BY requested_at DESC LIMIT ?", (limit,)
-            ).fetchall()
+            conditions.append(f"status IN ({','.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if account is not None:
+            conditions.append("account = ?")
+            params.append(account)
+        where = f"WHERE {' AND '.join(conditions)} " if conditions else ""
+        rows = self._db.execute(
+            f"SELECT {SEND_COLUMNS} FROM sends {where}ORDER BY requested_at DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
         return [send_from_row(row) for row in rows]
+
+    @sql_errors
+    def pending_by_account(self) -> dict[str, int]:
+        """How many sends are pending, by account (those of removed accounts too)."""
+        marks = ",".join("?" * len(PENDING_STATUSES))
+        return dict(
+            self._db.execute(
+                f"SELECT account, COUNT(*) FROM sends WHERE status IN ({marks}) GROUP BY account",
+                PENDING_STATUSES,
+            ).fetchall()
+        )
 
     def prune_sends(self, resolved_before: float) -> int:
         marks = ",".join("?" * len(PENDING_STATUSES))

@@ -207,7 +207,9 @@ async def serve_api(
             parts = await build_components(settings, stack, metrics=metrics)
             await parts.dispatcher.start(build_sinks(settings))
             stack.push_async_callback(parts.dispatcher.stop)
-            await parts.session.login()
+            for account in parts.accounts:
+                await account.restore()
+                await account.session.login()
             client: ApiClient = TestClient(
                 TestServer(build_app(parts.api_context()), host="127.0.0.1")
             )

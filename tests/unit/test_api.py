@@ -66,7 +66,7 @@ async def api(make_api: Callable[..., Awaitable[Api]]) -> Api:
 @pytest.fixture
 async def listening(api: Api) -> AsyncIterator[Api]:
     """The API with the notification listener running and subscribed."""
-    listener = api.parts.listener
+    listener = api.parts.accounts.first.listener
     running = asyncio.create_task(listener.run())
     try:
         await wait_until(listener.first_subscription.is_set, timeout=DEADLINE, what="subscribed")

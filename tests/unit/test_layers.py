@@ -44,6 +44,7 @@ _FOUNDATION_MODULES = {
     "daemon.logging",
     "daemon.config",
     "daemon.sdnotify",
+    "daemon.pacing",
 }
 _APPLICATION_MODULES = {
     "daemon.tracker",
@@ -53,6 +54,7 @@ _APPLICATION_MODULES = {
     "daemon.sending",
     "daemon.dispatcher",
     "daemon.housekeeping",
+    "daemon.accounts",
 }
 _EDGE_MODULES = {
     "daemon.cli",

@@ -80,7 +80,7 @@ async def test_a_store_failing_longer_than_failure_exit_seconds_exits_70(
     assert exit_code == exitcodes.SOFTWARE == 70
 
 
-@pytest.mark.parametrize("task_name", ["housekeeping", "listener", "sink-archive"])
+@pytest.mark.parametrize("task_name", ["housekeeping", "account-default", "sink-archive"])
 async def test_a_background_task_that_ends_on_its_own_exits_70(
     task_name: str,
     daemon_config: dict[str, Any],

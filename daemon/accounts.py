@@ -1,0 +1,216 @@
+"""One GWS account's parts, and the set of accounts the daemon runs.
+
+A GWS session is one agent. Each configured account (`daemon.config.accounts`)
+gets its own HTTP session (cookie jar, CSRF token, Basic auth), Bayeux client,
+correlator (referenceIds are per-session counters: they must never match
+across accounts), read-backs and retry state. What they share is passed in:
+the store's writer, the metrics registry (through the account's view), and one
+aiohttp connector without a connection limit, so that N accounts holding N
+long-polls open never starve each other's requests (the process's file limit
+is the bound: `LimitNOFILE` in the unit).
+
+One account's trouble stays its own: its login, refused password or lost
+session delays nothing of another's. What they do share on purpose is the
+`Pacer`: logins and handshakes of all accounts together go at most
+`gws.handshakes_per_second`, so that a thousand accounts coming back after GWS
+restarted arrive one by one, not as a herd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import aiohttp
+import structlog
+
+from daemon.config import AccountSettings, Secret, Settings
+from daemon.correlator import Correlator
+from daemon.errors import GwsError, GwsRequestError
+from daemon.events import EventFactory, account_source
+from daemon.gws.answers import is_refusal
+from daemon.gws.operations import notification_limit
+from daemon.gws.session import GwsSession
+from daemon.metrics import Metrics
+from daemon.notifications import NotificationListener
+from daemon.pacing import Pacer
+from daemon.sending import SendWorkflow
+from daemon.store import AsyncStore, OutcomeWriter
+from daemon.tracker import Tracker
+
+log = structlog.get_logger(logger_name="daemon.accounts")
+
+
+@dataclass(frozen=True, slots=True)
+class FirstLogin:
+    """How an account's first login went: ok, refused (credentials), or the error."""
+
+    ok: bool
+    refused: bool = False
+    error: GwsError | None = None
+
+
+class Account:
+    """One agent: its session, tracker, listener and Send workflow."""
+
+    def __init__(
+        self,
+        settings: AccountSettings,
+        *,
+        shared: Settings,
+        store: AsyncStore,
+        writer: OutcomeWriter,
+        metrics: Metrics,
+        pacer: Pacer,
+        outbox_full: Callable[[], bool],
+        connector: aiohttp.BaseConnector,
+    ) -> None:
+        """Its HTTP session is opened here, on the shared `connector`."""
+        self.name = settings.name
+        self.settings = settings
+        self.metrics = metrics.account(settings.name)
+        gws = settings.gws
+        self.session = GwsSession(gws, self.metrics)
+        self.session.open_now(connector)
+        self.tracker = Tracker(
+            correlator=Correlator(send_timeout_seconds=shared.correlation.send_timeout_seconds),
+            store=store,
+            writer=writer,
+            events=EventFactory(account_source(gws.base_url, self.name), self.name),
+            metrics=self.metrics,
+            channels=gws.channels,
+            # A notification about the largest Send the API takes must fit.
+            max_message_bytes=notification_limit(shared.http.max_body_bytes),
+        )
+        self.listener = NotificationListener(
+            session=self.session,
+            tracker=self.tracker,
+            metrics=self.metrics,
+            settings=gws,
+            give_up_seconds=shared.correlation.read_back_give_up_seconds,
+            pacer=pacer,
+        )
+        self.workflow = SendWorkflow(
+            account=self.name, tracker=self.tracker, session=self.session, outbox_full=outbox_full
+        )
+        self._pacer = pacer
+        self.task: asyncio.Task[None] | None = None
+
+    async def restore(self) -> int:
+        """Load this account's pending sends from the store (how many)."""
+        return await self.tracker.restore()
+
+    async def first_login(self) -> FirstLogin:
+        """One try (in its turn): whether the credentials work and GWS answers."""
+        await self._pacer.turn()
+        try:
+            await self.session.login()
+        except GwsRequestError as exc:
+            return FirstLogin(ok=False, refused=is_refusal(exc), error=exc)
+        except GwsError as exc:
+            return FirstLogin(ok=False, error=exc)
+        self.listener.logged_in_in_turn()
+        return FirstLogin(ok=True)
+
+    async def run(self, first: FirstLogin) -> None:
+        """Listen until closed (its login kept alive by the listener's keeper). After a
+        refused first login the next try waits as after any refusal: never at once."""
+        structlog.contextvars.bind_contextvars(account=self.name)
+        if first.refused and first.error is not None:
+            await self.listener.wait_after_failed_login(first.error)
+        await self.listener.run()
+
+    async def close(self) -> None:
+        """Stop listening (unsubscribe, disconnect) and close the HTTP session."""
+        with contextlib.suppress(Exception):
+            await self.listener.close()
+        if self.task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self.task), 5.0)
+            self.task.cancel()
+        await self.tracker.flush()
+        await self.session.close()
+
+    def status(self) -> dict[str, Any]:
+        """What `/v1/status` shows of this account."""
+        listener = self.listener
+        last = listener.last_notification_at
+        return {
+            "name": self.name,
+            "username": self.settings.gws.username,
+            "configured": True,
+            "state": listener.state.value,
+            "connected": listener.state.value == "connected",
+            "subscribed": listener.subscribed,
+            "transport": listener.transport,
+            "auth": "refused" if listener.credentials_refused else "ok",
+            "pendingSends": len(self.tracker),
+            "sendsInFlight": self.workflow.in_flight,
+            "lastNotificationAt": _iso(last),
+            "lastReconcileSeconds": listener.reconcile_seconds,
+        }
+
+
+def _iso(at: float | None) -> str | None:
+    if not at:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def same_account(a: AccountSettings, b: AccountSettings) -> bool:
+    """Whether a reload leaves the account as it runs. A password read from a file is
+    read again at every login: a rotated file is no change that needs a new session."""
+
+    def comparable(account: AccountSettings) -> AccountSettings:
+        if account.gws.password_file is None:
+            return account
+        return replace(account, gws=replace(account.gws, password=Secret("")))
+
+    return comparable(a) == comparable(b)
+
+
+class Accounts:
+    """The running accounts, by name, in config order."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Account] = {}
+        # Pending sends in the store of accounts no longer configured (by name).
+        self.unconfigured_pending: dict[str, int] = {}
+
+    def __iter__(self) -> Iterator[Account]:
+        return iter(list(self._by_name.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def get(self, name: str) -> Account | None:
+        return self._by_name.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._by_name)
+
+    @property
+    def first(self) -> Account:
+        """The first configured account (the only one in today's single-account form)."""
+        return next(iter(self._by_name.values()))
+
+    def add(self, account: Account) -> None:
+        self._by_name[account.name] = account
+
+    def remove(self, name: str) -> Account | None:
+        return self._by_name.pop(name, None)
+
+    def pending_sends(self) -> int:
+        return sum(len(a.tracker) for a in self._by_name.values())
+
+    def in_flight(self) -> int:
+        return sum(a.workflow.in_flight for a in self._by_name.values())
+
+    async def wait_idle(self, timeout: float) -> None:
+        """Until no account has a Send in flight, at most `timeout` seconds."""
+        await asyncio.gather(*(a.workflow.wait_idle(timeout) for a in self._by_name.values()))
