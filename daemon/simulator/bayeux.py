@@ -6,7 +6,9 @@ held `/meta/connect` requests. The embedding application decides how requests
 are authenticated; it passes an opaque *session key* with each request, and a
 client only answers to requests carrying the key it handshook with (a request
 from another session gets `402::Unknown client`, as a cookie-bound CometD server
-does).
+does). It may also give each client an opaque *tag* at its handshake (whose
+client it is); a publish with a tag reaches the subscribers with that tag only,
+and a tagged client's own publish reaches its own tag only.
 
 Behaviour worth knowing:
 
@@ -22,6 +24,10 @@ Behaviour worth knowing:
 * A client that has neither a held connect nor sent anything for
   `max_interval_ms` is swept (lazily, on the next request or publish).
 * Channels support the Bayeux wildcards `/a/*` and `/a/**` in subscriptions.
+* Clients are indexed by session key and by tag, so dropping a session's clients
+  or publishing to one tag costs what those clients number, not what all do
+  (1,000 tags with a parked long-poll each is the scale it is built for).
+* It counts successful handshakes, with the most within one wall-clock second.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from daemon.simulator.counters import PeakCounter
 
 __all__ = ["BayeuxServer", "IntSource", "match_patterns"]
 
@@ -69,6 +77,7 @@ class _Client:
     client_id: str
     session: str | None
     last_seen: float
+    tag: str | None = None
     subscriptions: set[str] = field(default_factory=set)
     queue: list[bytes] = field(default_factory=list)
     held: asyncio.Future[_Wake] | None = None
@@ -115,22 +124,31 @@ class BayeuxServer:
         long_poll_timeout_ms: IntSource = 25_000,
         max_interval_ms: IntSource = 10_000,
         session_of: Callable[[web.Request], str | None] | None = None,
+        tag_of: Callable[[web.Request], str | None] | None = None,
         connection_types: Callable[[], list[str]] = lambda: ["long-polling"],
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """`connection_types`: what a handshake reply offers (read at each handshake;
-        only long-polling is served, an embedding app may answer the WebSocket upgrade)."""
+        only long-polling is served, an embedding app may answer the WebSocket upgrade).
+        `tag_of`: the tag of a client handshaking with this request (None: untagged)."""
         self._clock = clock
         self._connection_types = connection_types
         self._timeout_ms = long_poll_timeout_ms
         self._max_interval_ms = max_interval_ms
         self._session_of = session_of or (lambda _request: None)
+        self._tag_of = tag_of or (lambda _request: None)
         self._clients: dict[str, _Client] = {}
         self._subscribers: dict[str, set[_Client]] = {}
+        self._by_session: dict[str, set[_Client]] = {}
+        self._by_tag: dict[str, set[_Client]] = {}
+        # tag -> how many of its clients are subscribed to at least one channel
+        self._subscribed_tags: dict[str, int] = {}
         self._next_message_id = 0
         self._last_sweep = 0.0
         self._closing = False
         self.messages_published = 0
+        self.handshakes = PeakCounter(clock=wall_clock)
 
     # -- embedding ---------------------------------------------------------
 
@@ -175,7 +193,7 @@ class BayeuxServer:
             return [_dumps(_error_reply({}, "/meta/unknown", "400::invalid message"))]
         channel = message.get("channel")
         if channel == "/meta/handshake":
-            return [self._handshake(message, session)]
+            return [self._handshake(message, session, self._tag_of(request))]
         if channel == "/meta/connect":
             queued, reply = await self._connect(message, session, request)
             data.extend(queued)
@@ -190,12 +208,15 @@ class BayeuxServer:
 
     # -- publishing and client management -----------------------------------
 
-    def publish(self, channel: str, data_items: Iterable[object]) -> int:
-        """Queue each payload for every subscriber of `channel`; returns how many payloads."""
+    def publish(self, channel: str, data_items: Iterable[object], *, tag: str | None = None) -> int:
+        """Queue each payload for every subscriber of `channel` (with `tag`: for those of
+        its subscribers that carry the tag); returns how many payloads."""
         dumps = orjson.dumps
-        return self.publish_json(channel, [dumps(item) for item in data_items])
+        return self.publish_json(channel, [dumps(item) for item in data_items], tag=tag)
 
-    def publish_json(self, channel: str, data_json: Iterable[bytes]) -> int:
+    def publish_json(
+        self, channel: str, data_json: Iterable[bytes], *, tag: str | None = None
+    ) -> int:
         """Like `publish`, with each payload already serialised as a JSON value.
 
         Each data message is built once, by formatting bytes rather than by
@@ -203,7 +224,7 @@ class BayeuxServer:
         the same bytes object is shared by all the queues.
         """
         self._maybe_sweep()
-        targets = self._targets(channel)
+        targets = self._targets(channel, tag)
         quoted = orjson.dumps(channel).replace(b"%", b"%%")
         envelope = b'{"channel":' + quoted + b',"data":%b,"id":"%d"}'
         first = self._next_message_id + 1
@@ -216,10 +237,18 @@ class BayeuxServer:
                 client.wake(_Wake.MESSAGES)
         return len(serialised)
 
-    def subscriber_count(self, channel: str) -> int:
-        """How many clients would receive a message published on `channel` now."""
+    def subscriber_count(self, channel: str, *, tag: str | None = None) -> int:
+        """How many clients would receive a message published on `channel` (with `tag`) now."""
         self._maybe_sweep()
-        return len(self._targets(channel))
+        return len(self._targets(channel, tag))
+
+    def subscribed_tags(self) -> list[str]:
+        """The tags with at least one client subscribed to at least one channel."""
+        return list(self._subscribed_tags)
+
+    def subscribed_tag_count(self) -> int:
+        """How many tags `subscribed_tags()` would list."""
+        return len(self._subscribed_tags)
 
     def client_ids(self) -> list[str]:
         return list(self._clients)
@@ -235,7 +264,7 @@ class BayeuxServer:
 
     def drop_session(self, session: str) -> int:
         """Forget every client of one session (its held connects get 402); returns how many."""
-        doomed = [c for c in self._clients.values() if c.session == session]
+        doomed = list(self._by_session.get(session, ()))
         for client in doomed:
             self._remove(client, _Wake.REMOVED)
         return len(doomed)
@@ -259,11 +288,16 @@ class BayeuxServer:
 
     # -- meta channels -------------------------------------------------------
 
-    def _handshake(self, message: dict[str, Any], session: str | None) -> bytes:
+    def _handshake(self, message: dict[str, Any], session: str | None, tag: str | None) -> bytes:
         client = _Client(
-            client_id=secrets.token_urlsafe(18), session=session, last_seen=self._clock()
+            client_id=secrets.token_urlsafe(18), session=session, last_seen=self._clock(), tag=tag
         )
         self._clients[client.client_id] = client
+        if session is not None:
+            self._by_session.setdefault(session, set()).add(client)
+        if tag is not None:
+            self._by_tag.setdefault(tag, set()).add(client)
+        self.handshakes.add()
         reply: dict[str, Any] = {
             "channel": "/meta/handshake",
             "successful": True,
@@ -342,12 +376,15 @@ class BayeuxServer:
             else:
                 assert isinstance(channel, str)
                 reply["successful"] = True
+                was_subscribed = bool(client.subscriptions)
                 if subscribe:
                     client.subscriptions.add(channel)
                     self._subscribers.setdefault(channel, set()).add(client)
                 else:
                     client.subscriptions.discard(channel)
                     self._unindex(client, channel)
+                if was_subscribed != bool(client.subscriptions):
+                    self._count_subscribed(client, 1 if subscribe else -1)
             replies.append(_dumps(_with_id(reply, message)))
         return replies
 
@@ -371,7 +408,7 @@ class BayeuxServer:
         client.last_seen = self._clock()
         # /service/ channels are for client-to-server messages: nobody else gets them.
         if not channel.startswith("/service/"):
-            self.publish(channel, [message.get("data")])
+            self.publish(channel, [message.get("data")], tag=client.tag)
         return _dumps(_with_id({"channel": channel, "successful": True}, message))
 
     # -- internals -----------------------------------------------------------
@@ -402,9 +439,13 @@ class BayeuxServer:
             return None
         return client
 
-    def _targets(self, channel: str) -> set[_Client]:
+    def _targets(self, channel: str, tag: str | None = None) -> set[_Client]:
+        patterns = match_patterns(channel)
+        if tag is not None:
+            tagged = self._by_tag.get(tag, ())
+            return {c for c in tagged if not c.subscriptions.isdisjoint(patterns)}
         targets: set[_Client] = set()
-        for pattern in match_patterns(channel):
+        for pattern in patterns:
             subscribers = self._subscribers.get(pattern)
             if subscribers:
                 targets |= subscribers
@@ -424,6 +465,10 @@ class BayeuxServer:
 
     def _remove(self, client: _Client, reason: _Wake) -> None:
         self._clients.pop(client.client_id, None)
+        _discard(self._by_session, client.session, client)
+        _discard(self._by_tag, client.tag, client)
+        if client.subscriptions:
+            self._count_subscribed(client, -1)
         for channel in client.subscriptions:
             self._unindex(client, channel)
         client.subscriptions.clear()
@@ -432,11 +477,28 @@ class BayeuxServer:
         client.wake(reason)
 
     def _unindex(self, client: _Client, channel: str) -> None:
-        subscribers = self._subscribers.get(channel)
-        if subscribers is not None:
-            subscribers.discard(client)
-            if not subscribers:
-                del self._subscribers[channel]
+        _discard(self._subscribers, channel, client)
+
+    def _count_subscribed(self, client: _Client, delta: int) -> None:
+        """A client of `client.tag` became subscribed (+1) or no longer is (-1)."""
+        if client.tag is None:
+            return
+        left = self._subscribed_tags.get(client.tag, 0) + delta
+        if left > 0:
+            self._subscribed_tags[client.tag] = left
+        else:
+            self._subscribed_tags.pop(client.tag, None)
+
+
+def _discard(index: dict[str, set[_Client]], key: str | None, client: _Client) -> None:
+    """Take `client` out of `index[key]`, and the key out when its set empties."""
+    if key is None:
+        return
+    clients = index.get(key)
+    if clients is not None:
+        clients.discard(client)
+        if not clients:
+            del index[key]
 
 
 def _peer_gone(request: web.Request) -> bool:

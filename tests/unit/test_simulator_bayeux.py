@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from daemon.simulator.bayeux import BayeuxServer, match_patterns
+from daemon.simulator.counters import PeakCounter
 from tests.harness.waiting import wait_until
 
 # Long on purpose: a connect that is wrongly held fails on a test deadline
@@ -42,19 +43,26 @@ class Harness:
     timings: dict[str, int] = field(default_factory=dict)
 
     async def post(
-        self, body: object, *, session: str = "s1", path: str = "", status: int = 200
+        self,
+        body: object,
+        *,
+        session: str = "s1",
+        path: str = "",
+        status: int = 200,
+        tag: str | None = None,
     ) -> list[dict[str, Any]]:
+        headers = {"X-Session": session, "Content-Type": "application/json"}
+        if tag is not None:
+            headers["X-Tag"] = tag
         async with self.http.post(
-            self.url + path,
-            data=orjson.dumps(body),
-            headers={"X-Session": session, "Content-Type": "application/json"},
+            self.url + path, data=orjson.dumps(body), headers=headers
         ) as response:
             assert response.status == status
             assert response.content_type == "application/json"
             answer: list[dict[str, Any]] = orjson.loads(await response.read())
             return answer
 
-    async def handshake(self, session: str = "s1") -> str:
+    async def handshake(self, session: str = "s1", *, tag: str | None = None) -> str:
         [reply] = await self.post(
             [
                 {
@@ -65,6 +73,7 @@ class Harness:
                 }
             ],
             session=session,
+            tag=tag,
         )
         assert reply["successful"] is True
         client_id: str = reply["clientId"]
@@ -90,9 +99,9 @@ class Harness:
             message["advice"] = {"timeout": timeout}
         return await self.post([message], session=session)
 
-    async def listen(self, *channels: str) -> str:
+    async def listen(self, *channels: str, tag: str | None = None) -> str:
         """Handshake, subscribe and make the first (immediate) connect, as a client does."""
-        client_id = await self.handshake()
+        client_id = await self.handshake(tag=tag)
         await self.subscribe(client_id, *channels)
         batch = await self.connect(client_id, timeout=0)
         assert batch[-1]["successful"] is True
@@ -107,6 +116,8 @@ async def bayeux() -> AsyncIterator[Harness]:
         long_poll_timeout_ms=lambda: timings["timeout"],
         max_interval_ms=lambda: timings["max_interval"],
         session_of=lambda request: request.headers.get("X-Session"),
+        # A handshake's X-Tag header, if any, tags its client.
+        tag_of=lambda request: request.headers.get("X-Tag"),
         clock=clock,
     )
     app = web.Application()
@@ -461,3 +472,111 @@ async def test_stopping_the_server_answers_a_held_connect_quickly() -> None:
 
     assert time.monotonic() - started < DEADLINE
     assert released[-1]["successful"] is True
+
+
+# -- tags: publishing to some clients only ------------------------------------------------
+
+
+async def test_a_tagged_publish_reaches_only_the_subscribers_with_that_tag(
+    bayeux: Harness,
+) -> None:
+    alice = await bayeux.listen(CHANNEL, tag="alice")
+    bob = await bayeux.listen(CHANNEL, tag="bob")
+    untagged = await bayeux.listen(CHANNEL)
+    bob_unsubscribed = await bayeux.handshake(tag="bob")
+
+    to_bob = bayeux.server.publish(CHANNEL, [{"for": "bob"}], tag="bob")
+    bayeux.server.publish(CHANNEL, [{"for": "everyone"}])
+    bayeux.server.publish(CHANNEL, [{"for": "nobody"}], tag="carol")
+
+    assert to_bob == 1
+    assert data_of(await bayeux.connect(bob)) == [{"for": "bob"}, {"for": "everyone"}]
+    # Each answer holds the whole queue: the tagged message would come before the other.
+    assert data_of(await bayeux.connect(alice)) == [{"for": "everyone"}]
+    assert data_of(await bayeux.connect(untagged)) == [{"for": "everyone"}]
+    assert bayeux.server.queued(bob_unsubscribed) == 0
+    assert bayeux.server.subscriber_count(CHANNEL, tag="bob") == 1
+    assert bayeux.server.subscriber_count(CHANNEL) == 3
+
+
+async def test_a_tagged_publish_honours_wildcard_subscriptions(bayeux: Harness) -> None:
+    everything = await bayeux.listen("/v2/me/**", tag="alice")
+    calls = await bayeux.listen("/v2/me/calls", tag="alice")
+
+    bayeux.server.publish("/v2/me/chats", [{"n": 1}], tag="alice")
+    bayeux.server.publish("/v2/me/calls", [{"n": 2}], tag="alice")
+
+    assert data_of(await bayeux.connect(everything)) == [{"n": 1}, {"n": 2}]
+    assert data_of(await bayeux.connect(calls)) == [{"n": 2}]
+
+
+async def test_a_tagged_clients_own_publish_reaches_its_tag_only(bayeux: Harness) -> None:
+    own = await bayeux.listen("/chat/room", tag="alice")
+    other = await bayeux.listen("/chat/room", tag="bob")
+    talker = await bayeux.handshake(tag="alice")
+
+    await bayeux.post([{"channel": "/chat/room", "clientId": talker, "data": {"text": "hi"}}])
+    bayeux.server.publish("/chat/room", [{"text": "all"}])
+
+    assert data_of(await bayeux.connect(own)) == [{"text": "hi"}, {"text": "all"}]
+    assert data_of(await bayeux.connect(other)) == [{"text": "all"}]
+
+
+async def test_subscribed_tags_are_those_with_a_client_subscribed_to_something(
+    bayeux: Harness,
+) -> None:
+    await bayeux.listen(CHANNEL, tag="swept")
+    bayeux.clock.now += 11.0  # past max_interval: the next request sweeps it
+    await bayeux.listen(CHANNEL, tag="subscribed")
+    await bayeux.listen(CHANNEL, "/other", tag="subscribed")
+    await bayeux.handshake(tag="handshook-only")
+    unsubscribed = await bayeux.listen(CHANNEL, "/other", tag="unsubscribed")
+    for channel in (CHANNEL, "/other"):
+        await bayeux.post(
+            [{"channel": "/meta/unsubscribe", "clientId": unsubscribed, "subscription": channel}]
+        )
+    gone = await bayeux.listen(CHANNEL, tag="gone")
+    await bayeux.post([{"channel": "/meta/disconnect", "clientId": gone}])
+
+    assert bayeux.server.subscribed_tags() == ["subscribed"]
+    assert bayeux.server.subscribed_tag_count() == 1
+
+
+async def test_dropping_a_session_drops_its_clients_only(bayeux: Harness) -> None:
+    mine = await bayeux.handshake(session="s1")
+    theirs = await bayeux.handshake(session="s2")
+
+    dropped = bayeux.server.drop_session("s1")
+
+    assert dropped == 1
+    assert bayeux.server.client_ids() == [theirs]
+    assert (await bayeux.connect(mine, timeout=0))[-1]["error"] == "402::Unknown client"
+
+
+async def test_successful_handshakes_are_counted(bayeux: Harness) -> None:
+    for _ in range(3):
+        await bayeux.handshake()
+    await bayeux.post([{"channel": "/meta/connect", "clientId": "nobody"}])
+
+    assert bayeux.server.handshakes.total == 3
+    assert 1 <= bayeux.server.handshakes.peak <= 3
+
+
+def test_the_peak_is_the_most_events_within_one_wall_clock_second() -> None:
+    clock = FakeClock()
+    clock.now = 100.9
+    counter = PeakCounter(clock=clock)
+    counter.add()  # second 100: 1
+    clock.now = 101.0
+    for _ in range(3):  # second 101: 3
+        counter.add()
+    clock.now = 101.99
+    counter.add()  # second 101: 4
+    clock.now = 102.5
+    counter.add()  # second 102: 1
+
+    assert (counter.total, counter.peak) == (6, 4)
+    counter.reset()
+    assert (counter.total, counter.peak) == (0, 0)
+    counter.add()  # the same second as before the reset: counted afresh
+    assert (counter.total, counter.peak) == (1, 1)
