@@ -59,16 +59,30 @@ async def _ask_status(args: argparse.Namespace) -> int:
 
 
 def _status_table(doc: dict[str, Any]) -> str:
-    cometd = doc["cometd"]
     ready = doc["ready"]
     lines = [
         f"gws-notifyd {doc['version']}  up {doc['uptimeSeconds']:.0f} s  "
         f"{'READY' if ready['ready'] else 'NOT READY (' + ', '.join(ready['failed']) + ')'}"
         f"{'  DRAINING' if doc['draining'] else ''}",
-        f"CometD: {cometd['state']}, {'subscribed' if cometd['subscribed'] else 'not subscribed'}"
-        f" ({cometd['transport'] or 'no transport'})",
         f"pending sends: {doc['pendingSends']}   outbox events: {doc['outboxEvents']}   "
         f"malformed notifications kept: {doc['malformedNotifications']}",
+        "",
+        f"{'account':<20} {'state':<13} {'subscribed':<10} {'auth':<8} {'pending':>8}  "
+        "last notification",
+    ]
+    for account in doc["accounts"]:
+        if not account["configured"]:  # removed from the config; its sends wait for it
+            lines.append(
+                f"{account['name']:<20} {'(removed)':<13} {'-':<10} {'-':<8} "
+                f"{account['pendingSends']:>8}  -"
+            )
+            continue
+        lines.append(
+            f"{account['name']:<20} {account['state']:<13} "
+            f"{'yes' if account['subscribed'] else 'NO':<10} {account['auth']:<8} "
+            f"{account['pendingSends']:>8}  {account['lastNotificationAt'] or '-'}"
+        )
+    lines += [
         "",
         f"{'sink':<16} {'type':<8} {'backlog':>8} {'delivered':>10} {'retries':>8} "
         f"{'dead':>6}  last error",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from daemon import __version__, admin, exitcodes
-from daemon.config import load_settings, read_secret_file
+from daemon.config import DEFAULT_ACCOUNT, load_settings, read_secret_file
 from daemon.errors import ConfigError, GwsNotifydError
 from daemon.logging import configure_logging
 
@@ -100,6 +100,9 @@ def _simulate_arguments(parser: argparse.ArgumentParser) -> None:
 def _send_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api", default="http://127.0.0.1:9410", help="the daemon's local API")
     parser.add_argument("--token-file", type=Path, help="bearer token for the local API")
+    parser.add_argument(
+        "--account", help="the GWS account to send as (needed when several are configured)"
+    )
     parser.add_argument("--email-id", required=True)
     parser.add_argument("--queue", required=True)
     parser.add_argument("--from", dest="sender", required=True)
@@ -133,6 +136,7 @@ def _probe_arguments(parser: argparse.ArgumentParser) -> None:
     _config_argument(parser)
     parser.add_argument("--seconds", type=float, default=30.0, help="how long to listen")
     parser.add_argument("--out", type=Path, help="write the JSON report here (else stdout)")
+    parser.add_argument("--account", help="the GWS account to probe as (default: the first)")
 
 
 # -- run, check, demo, simulate --------------------------------------------------------
@@ -171,8 +175,12 @@ def _check(args: argparse.Namespace) -> int:
         if problem is not None:
             raise ConfigError(f"sinks[{index}].path", problem)
     sinks = ", ".join(f"{s.name} ({s.type})" for s in settings.sinks) or "none"
+    agents = ", ".join(
+        a.gws.username if a.name == DEFAULT_ACCOUNT else f"{a.name} ({a.gws.username})"
+        for a in settings.accounts
+    )
     print(
-        f"{path}: OK — GWS {settings.gws.base_url} as {settings.gws.username}, "
+        f"{path}: OK — GWS {settings.gws.base_url} as {agents}, "
         f"API on {settings.http.host}:{settings.http.port}, store {settings.store.path}, "
         f"sinks: {sinks}"
     )
@@ -218,7 +226,11 @@ def _probe(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     # Warnings on stderr: stdout may be the JSON report.
     configure_logging(level="warning", fmt="console", stream=sys.stderr)
-    return run_probe(settings, seconds=args.seconds, out=args.out)
+    account = settings.account(args.account) if args.account else settings.accounts[0]
+    if account is None:
+        names = ", ".join(a.name for a in settings.accounts)
+        raise ConfigError("--account", f"no account {args.account!r} (accounts: {names})")
+    return run_probe(account.gws, seconds=args.seconds, out=args.out)
 
 
 # -- send ------------------------------------------------------------------------------
@@ -237,10 +249,11 @@ async def _post_send(args: argparse.Namespace) -> int:
         else None
     )
     api = args.api.rstrip("/")
+    prefix = f"/accounts/{args.account}" if args.account else ""
     try:
         async with aiohttp.ClientSession(headers=admin.authorization(token)) as http:
             async with http.post(
-                f"{api}/api/v2/me/emails/{args.email_id}", json=_send_body(args)
+                f"{api}{prefix}/api/v2/me/emails/{args.email_id}", json=_send_body(args)
             ) as response:
                 answer = await response.json(content_type=None)
             print(orjson.dumps({"httpStatus": response.status, **answer}).decode())

@@ -27,7 +27,7 @@ import orjson
 from daemon import exitcodes
 from daemon.backoff import BackoffPolicy
 from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Message, Subscribed
-from daemon.config import Settings
+from daemon.config import GwsSettings
 from daemon.errors import GwsError
 from daemon.gws.login import failure_reason
 from daemon.gws.messages import EmailStateChange, Malformed, parse_message
@@ -110,16 +110,16 @@ async def _login(session: GwsSession, report: dict[str, Any]) -> int:
     return exitcodes.OK
 
 
-async def _listen(session: GwsSession, settings: Settings, seconds: float) -> dict[str, Any]:
+async def _listen(session: GwsSession, gws: GwsSettings, seconds: float) -> dict[str, Any]:
     """Handshake, subscribe, and take notifications for `seconds`; what was seen."""
     listening = _Listening()
     client = BayeuxClient(
         session=session.http,
         settings=ClientSettings(
-            url=settings.gws.notifications_url,
-            channels=settings.gws.channels,
-            allow_websocket=settings.gws.allow_websocket,
-            max_response_bytes=settings.gws.max_batch_bytes,
+            url=gws.notifications_url,
+            channels=gws.channels,
+            allow_websocket=gws.allow_websocket,
+            max_response_bytes=gws.max_batch_bytes,
             backoff=_PROBE_BACKOFF,
         ),
         on_batch=listening.on_batch,
@@ -140,12 +140,12 @@ async def _listen(session: GwsSession, settings: Settings, seconds: float) -> di
         error = f"{type(exc).__name__}: {exc}"
     reply = client.handshake_reply
     return {
-        "url": settings.gws.notifications_url,
+        "url": gws.notifications_url,
         "handshake": {k: reply[k] for k in _HANDSHAKE_SHOWN if k in reply} if reply else None,
         "handshakeOtherKeys": sorted(k for k in reply if k not in _HANDSHAKE_SHOWN),
         "subscribed": listening.subscribed.is_set() and error is None,
         "error": error,
-        "channels": list(settings.gws.channels),
+        "channels": list(gws.channels),
         "transport": listening.transport,
         "states": listening.states,
         "listenedSeconds": seconds,
@@ -175,19 +175,19 @@ async def _workspace(session: GwsSession) -> dict[str, Any]:
     }
 
 
-async def probe(settings: Settings, *, seconds: float) -> tuple[int, dict[str, Any]]:
+async def probe(gws: GwsSettings, *, seconds: float) -> tuple[int, dict[str, Any]]:
     """Everything the probe learns; and its exit code."""
     report: dict[str, Any] = {
-        "gws": settings.gws.base_url,
-        "username": settings.gws.username,
-        "startSession": settings.gws.start_session,
+        "gws": gws.base_url,
+        "username": gws.username,
+        "startSession": gws.start_session,
     }
-    session = GwsSession(settings.gws, Metrics().account("probe"))
+    session = GwsSession(gws, Metrics().account("probe"))
     await session.open()
     try:
         code = await _login(session, report)
         if code == exitcodes.OK:
-            report["cometd"] = await _listen(session, settings, seconds)
+            report["cometd"] = await _listen(session, gws, seconds)
             report["workspace"] = await _workspace(session)
             if not (report["cometd"]["subscribed"] and report["workspace"]["ok"]):
                 code = exitcodes.FAILURE
@@ -249,15 +249,16 @@ def _cometd_lines(cometd: dict[str, Any]) -> list[str]:
 
 
 def run_probe(
-    settings: Settings,
+    gws: GwsSettings,
     *,
     seconds: float,
     out: Path | None,
     stdout: TextIO = sys.stdout,
     stderr: TextIO = sys.stderr,
 ) -> int:
-    """The command: the report as JSON (to `out`, or stdout), the summary beside it."""
-    code, report = asyncio.run(probe(settings, seconds=seconds))
+    """The command, as one account (`gws`: its settings): the report as JSON (to `out`,
+    or stdout), the summary beside it."""
+    code, report = asyncio.run(probe(gws, seconds=seconds))
     document = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
     if out is not None:
         out.write_text(document)

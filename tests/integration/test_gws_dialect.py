@@ -210,7 +210,7 @@ async def test_a_websocket_offer_that_fails_is_tried_twice_in_the_process_life_t
     assert event["data"]["send"]["sendId"] == answer["sendId"]
     assert simulator.websocket_upgrades == 2
     assert simulator.websocket_upgrades_without_csrf == 0
-    assert document["cometd"]["transport"] == "long-polling"
+    assert document["accounts"][0]["transport"] == "long-polling"
     abandoned = [e for e in daemon.logs if e.get("event") == "bayeux_websocket_abandoned"]
     assert len(abandoned) == 1
 
