@@ -326,11 +326,18 @@ class DaemonProcess:
         await wait_until(check, timeout=timeout, what=f"/readyz {status}")
 
     async def send(
-        self, email_id: str, body: dict[str, Any] | bytes | None = None, **headers: str
+        self,
+        email_id: str,
+        body: dict[str, Any] | bytes | None = None,
+        *,
+        account: str | None = None,
+        **headers: str,
     ) -> tuple[int, dict[str, Any]]:
+        """A Send through the daemon (as `account`: its /accounts/{name} route)."""
         payload = body if isinstance(body, bytes) else orjson.dumps(body or send_body())
+        prefix = f"/accounts/{account}" if account is not None else ""
         async with self.http.post(
-            f"{self.api}/api/v2/me/emails/{email_id}",
+            f"{self.api}{prefix}/api/v2/me/emails/{email_id}",
             # A stream: aiohttp warns about large raw bytes bodies.
             data=io.BytesIO(payload) if len(payload) > 65536 else payload,
             headers={"Content-Type": "application/json", **headers},
