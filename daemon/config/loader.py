@@ -17,6 +17,7 @@ from daemon.config.accounts import DEFAULT_ACCOUNT, channels, read_accounts
 from daemon.config.buses import nats_fields, redis_fields
 from daemon.config.exposure import exposure_warnings
 from daemon.config.reader import Table
+from daemon.config.routing import route_fields
 from daemon.config.settings import (
     SINK_TYPES,
     AccountSettings,
@@ -232,6 +233,7 @@ def _sink(table: Table, base: Path, names: set[str]) -> SinkSettings:
         "batch_size": table.integer("batch_size", 500, minimum=1),
         "backoff_max_seconds": table.number("backoff_max_seconds", 30.0, above=True),
         "give_up_after_seconds": table.number("give_up_after_seconds", 0.0),
+        **route_fields(table),
     }
     if kind == "jsonl":
         fields.update(_jsonl_fields(table, base))

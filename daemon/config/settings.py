@@ -129,6 +129,10 @@ class SinkSettings:
     batch_size: int = 500
     backoff_max_seconds: float = 30.0  # cap of the retry delay
     give_up_after_seconds: float = 0.0  # 0 = retry retryable failures forever
+    # Glob patterns of the event types and of the accounts it takes (empty: all);
+    # `daemon.config.routing`.
+    types: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ()
     # jsonl
     path: Path | None = None
     fsync: bool = False

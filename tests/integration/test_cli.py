@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +64,25 @@ async def test_a_bad_config_stops_check_and_run_with_78_and_one_line_naming_the_
         assert key in lines[0]
         assert reason in lines[0]
         assert "Traceback" not in err
+
+
+async def test_check_refuses_a_sink_pattern_that_can_never_match_an_event_type(
+    tmp_path: Path,
+) -> None:
+    sinks: list[dict[str, Any]] = [
+        {"name": "archive", "type": "jsonl", "path": str(tmp_path / "events.jsonl")},
+        {"name": "calls", "type": "log", "types": ["gws.call.*", "call.*"]},
+    ]
+    document = config_document(tmp_path, gws_url="http://127.0.0.1:1", sinks=sinks)
+    path = write(tmp_path, to_toml(document))
+
+    code, _out, err = await gws_notifyd("check", "--config", str(path), env={"GWS_PASSWORD": "pw"})
+
+    assert code == EX_CONFIG
+    assert err.strip() == (
+        'gws-notifyd: config error: sinks[1].types[1]: "call.*" can never match an event '
+        'type: every type begins with "gws."'
+    )
 
 
 async def test_a_missing_password_is_a_config_error_that_shows_no_secret(tmp_path: Path) -> None:
