@@ -14,12 +14,24 @@ from typing import Any
 import pytest
 
 from daemon.cometd import Message
-from daemon.events import SEND_REJECTED, SEND_TIMED_OUT, STATE_CHANGED
+from daemon.events import (
+    CALL_STATE_CHANGED,
+    DEVICE_STATE_CHANGED,
+    NOTIFICATION,
+    SEND_REJECTED,
+    SEND_TIMED_OUT,
+    STATE_CHANGED,
+    Event,
+    EventFactory,
+)
+from daemon.gws.messages import DEFAULT_MAX_MESSAGE_BYTES, Notification
 from daemon.sends import SendRecord, SendStatus
 from daemon.store import MALFORMED_SINK, AsyncStore, Store, send_row
 from daemon.tracker import Tracker
+from tests.harness.log_capture import captured_logs
 
 CHANNEL = "/v2/me/emails"
+CALLS = "/v2/me/calls"
 TIMEOUT = 60.0  # the tracker fixture's send timeout (conftest.SEND_TIMEOUT_SECONDS)
 START = 1_000_000.0
 _numbers = itertools.count(1)
@@ -67,6 +79,24 @@ def notification(
     if reference_id is not None:
         data["referenceId"] = reference_id
     return Message(CHANNEL, data)
+
+
+def call(call_id: str, state: str = "Ringing", **fields: Any) -> Message:
+    """A CallStateChangeMessage as GWS publishes it on the calls channel."""
+    data = {
+        "messageType": "CallStateChangeMessage",
+        "notificationType": "StatusChange",
+        "call": {"id": call_id, "state": state, **fields},
+    }
+    return Message(CALLS, data)
+
+
+def device(device_id: str, state: str = "Ready") -> Message:
+    data = {
+        "messageType": "DeviceStateChangeMessage",
+        "devices": [{"id": device_id, "deviceState": "Active", "userState": {"state": state}}],
+    }
+    return Message("/v2/me/devices", data)
 
 
 async def registered(tracker: Tracker, clock: FakeClock, email_id: str) -> SendRecord:
@@ -250,6 +280,183 @@ async def test_malformed_notifications_become_dead_letters_of_the_listener_and_a
     assert metric_value("gws_notifyd_notifications_malformed_total", reason="no_email") == 1
     # The good message beside them still became its event.
     assert [event["subject"] for event in committed] == ["E-7"]
+
+
+# -- other notifications ---------------------------------------------------------------
+
+
+async def test_a_chunk_of_email_and_call_messages_becomes_events_in_arrival_order_in_one_commit(
+    tracker: Tracker,
+    store: AsyncStore,
+    clock: FakeClock,
+    committed: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    send = await accepted(tracker, clock, "E-10", reference_id=10)
+    await tracker.flush()
+    transactions: list[dict[str, Any]] = []
+    submit = store.submit_outcomes
+
+    def recorded(**rows: Any) -> Any:
+        transactions.append(rows)
+        return submit(**rows)
+
+    monkeypatch.setattr(store, "submit_outcomes", recorded)
+
+    await tracker.on_batch(
+        [
+            call("C-1"),
+            notification("E-10", reference_id=10),
+            device("D-1", "NotReady"),
+            notification("OTHER"),
+            call("C-1", "Established"),
+        ]
+    )
+    await tracker.flush()
+
+    assert [(e["type"], e["subject"]) for e in committed] == [
+        (CALL_STATE_CHANGED, "C-1"),
+        (STATE_CHANGED, "E-10"),
+        (DEVICE_STATE_CHANGED, "D-1"),
+        (STATE_CHANGED, "OTHER"),
+        (CALL_STATE_CHANGED, "C-1"),
+    ]
+    assert committed[1]["data"]["correlated"] is True
+    assert committed[4]["data"]["notification"]["call"]["state"] == "Established"
+    [transaction] = transactions
+    assert [event.id for event in transaction["events"]] == [e["id"] for e in committed]
+    assert [update[-1] for update in transaction["updates"]] == [send.send_id]
+    assert (await stored(store, send)).status is SendStatus.RESOLVED
+
+
+async def test_a_call_event_holds_the_message_and_the_account(
+    tracker: Tracker, clock: FakeClock, committed: list[dict[str, Any]]
+) -> None:
+    message = call("C-2", callType="Inbound")
+
+    await tracker.on_batch([message])
+    await tracker.flush()
+
+    [event] = committed
+    assert event["source"] == "https://gws.example.com/api/v2/me?account=default"
+    assert event["time"] == "1970-01-12T13:46:40.000000Z"
+    assert event["data"] == {
+        "account": "default",
+        "channel": CALLS,
+        "messageType": "CallStateChangeMessage",
+        "notificationType": "StatusChange",
+        "notification": message.data,
+    }
+
+
+async def test_other_notifications_are_counted_with_labels_from_fixed_sets(
+    tracker: Tracker, metric_value: Callable[..., float]
+) -> None:
+    await tracker.on_batch(
+        [
+            call("C-3"),
+            call("C-3", "Released"),
+            device("D-2"),
+            Message(CHANNEL, {"messageType": "SupervisorStateChangeMessage"}),
+            Message(
+                "/v2/me/workbins",
+                {"messageType": "WorkbinStateChangeMessage", "notificationType": "ContentChanged"},
+            ),
+        ]
+    )
+    await tracker.flush()
+
+    received = "gws_notifyd_notifications_received_total"
+    # Only the emails channel is subscribed in the fixture: the others are "other".
+    calls = {"channel": "other", "message_type": "CallStateChangeMessage"}
+    assert metric_value(received, **calls, notification_type="StatusChange") == 2
+    devices = {"channel": "other", "message_type": "DeviceStateChangeMessage"}
+    assert metric_value(received, **devices, notification_type="none") == 1
+    unknown = {"channel": CHANNEL, "message_type": "other", "notification_type": "none"}
+    assert metric_value(received, **unknown) == 1
+    workbins = {"channel": "other", "message_type": "WorkbinStateChangeMessage"}
+    assert metric_value(received, **workbins, notification_type="other") == 1
+
+
+async def test_other_notifications_log_one_line_a_chunk_with_counts_by_type(
+    tracker: Tracker, committed: list[dict[str, Any]]
+) -> None:
+    with captured_logs() as logs:
+        await tracker.on_batch(
+            [
+                call("C-4"),
+                notification("E-11"),
+                call("C-5"),
+                device("D-3"),
+                Message(CALLS, {"messageType": "ErrorMessage", "errorCode": 54}),
+                call("C-4", "Established"),
+            ]
+        )
+        await tracker.flush()
+
+    info = [line for line in logs if line["level"] == "info"]
+    assert [line["event"] for line in info] == ["email_state_changed", "notifications_forwarded"]
+    forwarded = info[1]
+    assert forwarded["count"] == 5
+    assert forwarded["by_type"] == {
+        CALL_STATE_CHANGED: 3,
+        DEVICE_STATE_CHANGED: 1,
+        NOTIFICATION: 1,
+    }
+    assert len(committed) == 6
+
+
+async def test_a_chunk_of_email_notifications_only_logs_no_forwarded_line(
+    tracker: Tracker,
+) -> None:
+    with captured_logs() as logs:
+        await tracker.on_batch([notification("E-12"), notification("E-13")])
+        await tracker.flush()
+
+    assert [line["event"] for line in logs if line["level"] == "info"] == [
+        "email_state_changed",
+        "email_state_changed",
+    ]
+
+
+async def test_an_oversized_call_message_is_a_dead_letter_and_the_rest_go_on(
+    tracker: Tracker,
+    store: AsyncStore,
+    committed: list[dict[str, Any]],
+    metric_value: Callable[..., float],
+) -> None:
+    huge = call("C-6", userData={"note": "x" * DEFAULT_MAX_MESSAGE_BYTES})
+
+    await tracker.on_batch([huge, call("C-7")])
+    await tracker.flush()
+
+    assert await store.dead_letter_counts() == {MALFORMED_SINK: 1}
+    assert metric_value("gws_notifyd_notifications_malformed_total", reason="oversized") == 1
+    assert [event["subject"] for event in committed] == ["C-7"]
+
+
+async def test_a_notification_whose_event_cannot_be_built_is_kept_as_unprocessable(
+    tracker: Tracker,
+    store: AsyncStore,
+    committed: list[dict[str, Any]],
+    metric_value: Callable[..., float],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    build = EventFactory.notification
+
+    def failing(self: EventFactory, n: Notification, *, received_at: float) -> Event:
+        if n.subject == "C-8":
+            raise ValueError("cannot build")
+        return build(self, n, received_at=received_at)
+
+    monkeypatch.setattr(EventFactory, "notification", failing)
+
+    await tracker.on_batch([call("C-8"), notification("E-14"), call("C-9")])
+    await tracker.flush()
+
+    assert [event["subject"] for event in committed] == ["E-14", "C-9"]
+    assert await store.dead_letter_counts() == {MALFORMED_SINK: 1}
+    assert metric_value("gws_notifyd_notifications_malformed_total", reason="unprocessable") == 1
 
 
 # -- read-backs ------------------------------------------------------------------------
