@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from daemon.backoff import Backoff, BackoffPolicy
+from daemon.config.routing import Route
 from daemon.errors import StoreError
 from daemon.sends import SendRecord
 from daemon.store.database import Store
@@ -180,8 +181,15 @@ class AsyncStore:
     async def head_seq(self) -> int:
         return await self._submit(self._store.head_seq)
 
-    async def read_outbox(self, sink: str, after: int, limit: int) -> tuple[list[OutboxRow], int]:
-        return await self._submit(self._store.read_outbox, sink, after, limit)
+    async def read_outbox(
+        self, sink: str, after: int, limit: int, route: Route | None = None
+    ) -> tuple[list[OutboxRow], int]:
+        return await self._submit(self._store.read_outbox, sink, after, limit, route)
+
+    async def count_outbox(
+        self, sink: str, after: int, route: Route | None = None, upto: int | None = None
+    ) -> int:
+        return await self._submit(self._store.count_outbox, sink, after, route, upto)
 
     async def dead_letter_counts(self) -> dict[str, int]:
         return await self._submit(self._store.dead_letter_counts)

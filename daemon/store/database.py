@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
+from daemon.config.routing import Route
 from daemon.errors import StoreError
 from daemon.sends import PENDING_STATUSES, SendRecord
 from daemon.store.files import check_free_space, check_pages, connect, corrupt, prepare
@@ -322,23 +323,40 @@ class Store:
                 del known[name]
         return known
 
-    def read_outbox(self, sink: str, after: int, limit: int) -> tuple[list[OutboxRow], int]:
-        """Rows for `sink` after seq `after`, and the seq its cursor may move to.
+    def read_outbox(
+        self, sink: str, after: int, limit: int, route: Route | None = None
+    ) -> tuple[list[OutboxRow], int]:
+        """Rows for `sink` after seq `after` (only those `route` takes, if given),
+        and the seq its cursor may move to.
 
-        The second value passes rows meant only for other sinks (replays), so
-        that an idle sink never holds the outbox back.
+        The second value passes rows meant only for other sinks (replays) and
+        rows the route does not take, so that an idle sink never holds the
+        outbox back.
         """
+        wanted, params = _for_sink(sink, route)
         with self._transaction(write=False):
             rows = self._db.execute(
                 "SELECT seq, event_id, type, email_id, created_at, body, account FROM outbox "
-                "WHERE seq > ? AND (only_sink IS NULL OR only_sink = ?) ORDER BY seq LIMIT ?",
-                (after, sink, limit),
+                f"WHERE seq > ? AND {wanted} ORDER BY seq LIMIT ?",
+                (after, *params, limit),
             ).fetchall()
-            if len(rows) < limit:
-                horizon = max(self._scalar("SELECT MAX(seq) FROM outbox"), after)
-            else:
-                horizon = rows[-1][0]
+            # Fewer than `limit`: every row after `after` was looked at, and a
+            # later commit gets a seq above every one given out so far (`head_seq`).
+            horizon = rows[-1][0] if len(rows) == limit else max(self.head_seq(), after)
         return [OutboxRow._make(row) for row in rows], horizon
+
+    @sql_errors
+    def count_outbox(
+        self, sink: str, after: int, route: Route | None = None, upto: int | None = None
+    ) -> int:
+        """How many rows `read_outbox` would give `sink` after seq `after` (up to `upto`)."""
+        wanted, params = _for_sink(sink, route)
+        if upto is not None:
+            wanted += " AND seq <= ?"
+            params.append(upto)
+        return self._scalar(
+            f"SELECT COUNT(*) FROM outbox WHERE seq > ? AND {wanted}", (after, *params)
+        )
 
     def set_cursors(self, cursors: dict[str, int]) -> None:
         """Move several sinks' cursors forward in one transaction (never back)."""
@@ -467,3 +485,20 @@ class Store:
             removed += cursor.rowcount
             if cursor.rowcount < PRUNE_CHUNK:
                 return removed
+
+
+def _for_sink(sink: str, route: Route | None) -> tuple[str, list[Any]]:
+    """The outbox rows of `sink`: its replays, and the events its route takes.
+
+    A replayed dead letter goes back to its sink whatever the route says now:
+    someone asked for it by its id.
+    """
+    if route is None:
+        return "(only_sink IS NULL OR only_sink = ?)", [sink]
+    condition = "only_sink IS NULL"
+    params: list[Any] = [sink]
+    for column, patterns in (("type", route.types), ("account", route.accounts)):
+        if patterns:
+            condition += " AND (" + " OR ".join([f"{column} GLOB ?"] * len(patterns)) + ")"
+            params.extend(patterns)
+    return f"(only_sink = ? OR ({condition}))", params

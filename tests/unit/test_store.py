@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from daemon.config.routing import Route
 from daemon.errors import StoreError
 from daemon.events import Event
 from daemon.gws.messages import Malformed
@@ -315,6 +316,97 @@ def test_seq_keeps_growing_after_the_outbox_is_emptied(store: Store, path: Path)
     store.prune_outbox()
     with reopened(path) as again:
         assert write_events(again, 3) == 3
+
+
+# -- routes --------
+
+CALLS = Route(types=("gws.call.*",))
+SALES_CALLS = Route(types=("gws.call.*",), accounts=("sales-*",))
+
+
+def write_mixed(store: Store) -> int:
+    """Six events of two types and three accounts, seqs 1..6."""
+    kinds = [
+        ("gws.email.state_changed", "default"),
+        ("gws.call.state_changed", "sales-eu"),
+        ("gws.email.state_changed", "sales-eu"),
+        ("gws.call.state_changed", "support"),
+        ("gws.call.state_changed", "sales-us"),
+        ("gws.email.send_rejected", "default"),
+    ]
+    events = [
+        make_event(n)._replace(type=type_, account=account)
+        for n, (type_, account) in enumerate(kinds, start=1)
+    ]
+    return store.commit_outcomes(events=events)
+
+
+def test_read_outbox_with_a_route_gives_only_what_it_takes_in_order(store: Store) -> None:
+    write_mixed(store)
+
+    calls, _ = store.read_outbox("calls", 0, 10, CALLS)
+    sales_calls, _ = store.read_outbox("sales", 0, 10, SALES_CALLS)
+    sales, _ = store.read_outbox("sales", 0, 10, Route(accounts=("sales-*",)))
+
+    assert [r.seq for r in calls] == [2, 4, 5]
+    assert [(r.type, r.account) for r in sales_calls] == [
+        ("gws.call.state_changed", "sales-eu"),
+        ("gws.call.state_changed", "sales-us"),
+    ]
+    assert [r.seq for r in sales] == [2, 3, 5]
+
+
+def test_the_horizon_of_a_route_passes_the_events_it_does_not_take(store: Store) -> None:
+    write_mixed(store)
+
+    rows, horizon = store.read_outbox("calls", 0, 10, CALLS)
+    assert (len(rows), horizon) == (3, 6)
+    assert store.read_outbox("none", 0, 10, Route(types=("gws.chat.*",))) == ([], 6)
+
+
+def test_a_full_batch_of_a_route_puts_the_horizon_at_its_last_row(store: Store) -> None:
+    write_mixed(store)
+
+    rows, horizon = store.read_outbox("calls", 0, 2, CALLS)
+    assert ([r.seq for r in rows], horizon) == ([2, 4], 4)
+    rows, horizon = store.read_outbox("calls", horizon, 2, CALLS)
+    assert ([r.seq for r in rows], horizon) == ([5], 6)
+
+
+def test_the_horizon_passes_rows_already_pruned(store: Store) -> None:
+    write_mixed(store)
+    store.sync_sinks(["a"])
+    store.set_cursors({"a": 6})
+    store.prune_outbox()
+
+    assert store.read_outbox("calls", 3, 10, CALLS) == ([], 6)
+
+
+def test_a_replay_reaches_its_sink_whatever_its_route(store: Store) -> None:
+    write_mixed(store)
+    store.sync_sinks(["calls"])
+    rows, _ = store.read_outbox("calls", 0, 10, CALLS)
+    store.dead_letter("calls", rows[0], reason="permanent", detail="x", attempts=1)
+    store.set_cursors({"calls": 6})
+    store.replay_dead_letters([letter.id for letter in store.list_dead_letters()])
+
+    emails_only = Route(types=("gws.email.*",))
+    replayed, horizon = store.read_outbox("calls", 6, 10, emails_only)
+
+    assert ([r.event_id for r in replayed], horizon) == (["event-2"], 7)
+    assert store.read_outbox("other", 6, 10, CALLS) == ([], 7)
+    assert store.count_outbox("calls", 6, emails_only) == 1
+
+
+def test_count_outbox_counts_what_a_route_takes_after_a_cursor(store: Store) -> None:
+    write_mixed(store)
+
+    assert store.count_outbox("any", 0) == 6
+    assert store.count_outbox("calls", 0, CALLS) == 3
+    assert store.count_outbox("calls", 2, CALLS) == 2
+    assert store.count_outbox("calls", 2, CALLS, upto=4) == 1
+    assert store.count_outbox("sales", 0, SALES_CALLS) == 2
+    assert store.count_outbox("sales", 5, SALES_CALLS) == 0
 
 
 # -- dead letters --------
