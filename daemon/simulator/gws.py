@@ -2,9 +2,11 @@
 
 This module owns everything GWS-specific in the simulator; it publishes
 notifications through the generic Bayeux server in `bayeux.py`, mounted at
-`/api/v2/notifications`. It exists for tests, demos and benchmarks of
-gws-notifyd, so it follows the public GWS v2 documentation where that says
-something and picks a plausible behaviour where it is silent.
+`/api/v2/notifications`, keeps its users in `agents.py`, runs the demo traffic
+of `activity.py` and serves the control API of `control.py`. It exists for
+tests, demos and benchmarks of gws-notifyd, so it follows the public GWS v2
+documentation where that says something and picks a plausible behaviour where
+it is silent.
 
 By default it is GWS as its 8.5/8.6 docs describe it: the Send answer is
 `{"statusCode":0}` without a referenceId, CSRF is required on every POST (the
@@ -30,10 +32,25 @@ HTTP   statusCode  when
 401    20          missing or wrong Basic credentials
 =====  ==========  ====================================================================
 
+Users: the configured one (`settings.username`/`password`), `agent-0001` …
+`agent-NNNN` (`settings.agents`, all with the simulator's password) and those
+added with `POST /control/users` (see `agents.py`). A request's Basic auth
+username decides the user. Each user has a workspace of its own: the email
+list, `GET /api/v2/me?subresources=*` and an email id of another user (404 for
+GET, Send and every other operation); an email belongs to whoever created it.
+Email ids are global, as GWS's are.
+
 Sessions: a request without a known `JSESSIONID` cookie gets a new HTTP session
 (Set-Cookie, path=/), with its own CSRF token and its own referenceId counter
-starting at 1. `EndContactCenterSession` and `forget_sessions()` invalidate
-sessions and the Bayeux clients that handshook in them.
+starting at 1; so does a request whose Basic auth names another user than its
+session's (a different login). `EndContactCenterSession`, a password change and
+`forget_sessions()` invalidate sessions and the Bayeux clients that handshook in
+them.
+
+Notifications go to their user only: a Bayeux client is tagged at its handshake
+with the user of its HTTP session, and a user's email state changes (and what
+`/control/notify` and the demo traffic publish for it) reach that user's clients
+only.
 
 Fault switches (all in `SimulatorSettings`, changeable at runtime directly or
 with `POST /control/settings`): `error_emails` (accepted, then an Error
@@ -46,15 +63,64 @@ offers WebSocket; every upgrade fails), `sent_emails_leave` (a sent email leaves
 the workspace), `error_without_email` (an Error notification carries its
 referenceId and no email).
 
+Demo traffic: while `activity_per_second` > 0 (also `POST /control/settings`),
+call, device and chat notifications go to random subscribed users at about that
+rate in total (`activity.py`).
+
 It counts what a client should be careful with: login attempts (GET /api/v2/me)
 and requests refused for their credentials, with their times; CometD POSTs
-without the CSRF token; WebSocket upgrades.
+without the CSRF token; WebSocket upgrades; handshakes, with the most in one
+wall-clock second.
 
-Control endpoints (no auth): `GET|POST /control/settings`, `POST /control/forget`,
-`POST /control/publish`, `POST /control/samples` (one notification of each kind
-in `samples.py`, on its channel), `POST /control/password` (the agent's password
-changes: the old one is refused from then on, every session dropped),
-`GET /control/stats`.
+Control endpoints (no auth, JSON in and out, served by `control.py`; a bad order
+is 400 `{"error": ...}` and changes nothing, an unknown "username" 404
+`{"error": "no user 'X'"}`; "username" is optional wherever it appears):
+
+====  ======================  ===========================================================
+GET   /control/settings       the settings, as JSON (no password)
+POST  /control/settings       `{setting: value, ...}`: a partial update, all or nothing
+                              (`agents` and `activity_per_second` included); answers the
+                              settings
+POST  /control/users          `{"username", "password"}`: add a user, or change one's password
+                              (a change drops that user's sessions)
+                              → `{"username": U, "created": bool}`
+POST  /control/password       `{"password", "username"}`: that user's password changes
+                              (default: the configured user's): the old one is refused from
+                              then on, that user's sessions and Bayeux clients are dropped,
+                              nobody else's → `{"changed": true}`
+POST  /control/forget         `{"username"}` or no body: drop every HTTP session and Bayeux
+                              client (a GWS restart), or that user's only
+                              → `{"forgotten": true}`
+POST  /control/publish        `{"channel", "data": [payload, ...], "username"}` or
+                              `{"channel", "count", "start", "username"}`: the payloads, or
+                              `count` Sent email notifications numbered from `start`
+                              (default channel `/v2/me/emails`), to every subscriber of the
+                              channel, or to that user's clients only → `{"published": N}`
+POST  /control/samples        `{"samples": [name, ...], "username"}`: one notification of each
+                              kind in `samples.py` (or of the named ones) on its channel, to
+                              everyone or to that user → `{"published": [{"sample", "channel",
+                              "messageType", "notificationType"}, ...]}`
+POST  /control/notify         `{"username", "kind", "count"}`: `count` (default 1, at most
+                              100,000) notifications of `kind` to that user (default: the
+                              configured one), each about an object of its own id: `call`
+                              (CallStateChangeMessage on /v2/me/calls, `call.id`), `device`
+                              (DeviceStateChangeMessage on /v2/me/devices, `devices[0].id`),
+                              `chat` (ChatStateChangeMessage on /v2/me/chats, `chat.id`),
+                              `workitem` (WorkitemStateChangeMessage on /v2/me/workitems,
+                              `workitem.id`), `unknown` (a type no page names,
+                              SupervisorMonitoringStateChangeMessage on /v2/me/calls,
+                              `monitoring.id`) → `{"published": N, "channel": C, "ids": [...]}`
+GET   /control/stats          the counters: sendsReceived, sendsAccepted,
+                              notificationsPublished, loginAttempts, refusedRequests,
+                              bayeuxPosts, bayeuxPostsWithoutCsrf, websocketUpgrades,
+                              websocketUpgradesWithoutCsrf, messagesPublished, httpSessions,
+                              bayeuxClients, emails, users; `handshakes` (successful
+                              /meta/handshakes), `handshakes_max_per_second` (the most within
+                              one wall-clock second), `users_subscribed` (users with at least
+                              one client subscribed to a channel), `activity_published`
+POST  /control/stats/reset    zero `handshakes` and `handshakes_max_per_second`
+                              → `{"reset": true}`
+====  ======================  ===========================================================
 """
 
 from __future__ import annotations
@@ -66,17 +132,19 @@ import contextlib
 import hmac
 import secrets
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
 import orjson
 import structlog
 from aiohttp import hdrs, web
 
+from daemon.simulator import control
+from daemon.simulator.activity import Activity
+from daemon.simulator.agents import MAX_GENERATED, Agent, Agents, HttpSession
 from daemon.simulator.bayeux import BayeuxServer
-from daemon.simulator.samples import samples
+from daemon.simulator.samples import kind_channel, object_ids, of_kind
 
 __all__ = ["EMAILS_CHANNEL", "NOTIFICATIONS_PATH", "Simulator", "SimulatorSettings", "serve"]
 
@@ -112,14 +180,6 @@ _CREATING_OPERATIONS: Final = frozenset({"Reply", "ReplyAll", "Forward"})
 _ME_OPERATIONS: Final = frozenset(
     {"StartContactCenterSession", "EndContactCenterSession", "Ready", "NotReady"}
 )
-# Long enough to look like a real HTML email in size benchmarks (~400 bytes).
-_SEQ_BODY: Final = (
-    "<html><body><p>Dear customer,</p><p>Thank you for contacting us about your order. "
-    "We have reviewed the details you sent and the replacement part has been dispatched "
-    "today; you will receive a tracking number by separate email within one working day."
-    "</p><p>If anything is still unclear, simply reply to this message and quote your "
-    "case number.</p><p>Kind regards,<br/>Customer Care</p></body></html>"
-)
 _log = structlog.get_logger(__name__)
 
 
@@ -130,6 +190,10 @@ class SimulatorSettings:
     username: str = "agent1"
     # The simulator's well-known demo credential, not a secret.
     password: str = "agent1-password"  # noqa: S105
+    # Users agent-0001 … agent-NNNN besides the configured one, with the password above.
+    agents: int = 0
+    # Demo traffic: call/device/chat notifications a second to random subscribed users.
+    activity_per_second: float = 0.0
     # The docs' Send answer is {"statusCode":0}; other operations show a referenceId.
     reference_id_in_answer: bool = False
     notify_delay_seconds: float = 0.02
@@ -180,6 +244,8 @@ class SimulatorSettings:
 _SETTING_KINDS: Final = {
     "username": "str",
     "password": "str",
+    "agents": "agents",
+    "activity_per_second": "float",
     "reference_id_in_answer": "bool",
     "notify_delay_seconds": "float",
     "notify_before_answer": "bool",
@@ -203,7 +269,12 @@ def _convert_setting(key: str, kind: str, value: object) -> object:
         return value
     if kind == "str" and isinstance(value, str) and value:
         return value
-    if kind == "int" and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if (
+        kind in _INT_MAXIMUM
+        and isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= _INT_MAXIMUM[kind]
+    ):
         return value
     if (
         kind == "float"
@@ -221,29 +292,19 @@ def _convert_setting(key: str, kind: str, value: object) -> object:
     raise ValueError(f"setting {key!r} needs a {_KIND_NAMES[kind]}, got {value!r}")
 
 
+_INT_MAXIMUM: Final[dict[str, float]] = {"int": float("inf"), "agents": MAX_GENERATED}
 _KIND_NAMES: Final = {
     "bool": "boolean",
     "str": "non-empty string",
     "int": "non-negative integer",
     "float": "non-negative number",
+    "agents": f"integer from 0 to {MAX_GENERATED}",
     "tuple": "list of strings",
     "set": "list of strings",
 }
 
 
-@dataclass(eq=False, slots=True)
-class _HttpSession:
-    session_id: str
-    csrf_token: str
-    next_reference_id: int = 1
-
-    def take_reference_id(self) -> int:
-        reference_id = self.next_reference_id
-        self.next_reference_id += 1
-        return reference_id
-
-
-_SESSION: Final = web.RequestKey("gws_session", _HttpSession)
+_SESSION: Final = web.RequestKey("gws_session", HttpSession)
 
 
 class _GwsFailure(Exception):
@@ -261,6 +322,8 @@ class Simulator:
 
     def __init__(self, settings: SimulatorSettings | None = None) -> None:
         self.settings = settings if settings is not None else SimulatorSettings()
+        # Every user's emails by id (ids are global, as GWS's are); each user's
+        # workspace (`Agent.emails`) holds the same resources, its own only.
         self.emails: dict[str, dict[str, Any]] = {}
         self.sends_received = 0
         self.sends_accepted = 0
@@ -274,8 +337,6 @@ class Simulator:
         self.websocket_upgrades_without_csrf = 0
         self.last_send_body: bytes | None = None  # the raw body of the last Send
         self.base_url: str | None = None
-        self.user_id = uuid.uuid5(uuid.NAMESPACE_URL, "gws-simulator").hex
-        self._sessions: dict[str, _HttpSession] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -283,7 +344,16 @@ class Simulator:
             long_poll_timeout_ms=lambda: self.settings.long_poll_timeout_ms,
             max_interval_ms=lambda: self.settings.max_interval_ms,
             session_of=_session_id_of,
+            tag_of=_user_tag_of,
             connection_types=self._connection_types,
+        )
+        self.agents = Agents(self.settings, on_session_dropped=self.bayeux.drop_session)
+        self.user_id = self.agents.configured.user_id
+        self._object_ids = object_ids()
+        self.activity = Activity(
+            rate=lambda: self.settings.activity_per_second,
+            subscribed=self.bayeux.subscribed_tags,
+            publish=self._publish_activity,
         )
         self.app = self._build_app()
 
@@ -318,32 +388,84 @@ class Simulator:
         return self.base_url
 
     async def stop(self) -> None:
-        """Answer held connects, end hung Sends, stop listening."""
+        """Stop the demo traffic, answer held connects, end hung Sends, stop listening."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
 
-    def forget_sessions(self) -> None:
-        """Drop every HTTP session and every Bayeux client (as a GWS restart would)."""
-        self._sessions.clear()
+    def forget_sessions(self, agent: Agent | None = None) -> None:
+        """Drop every HTTP session and every Bayeux client (as a GWS restart would), or
+        those of one user only."""
+        if agent is not None:
+            self.agents.drop_sessions(agent)
+            return
+        self.agents.drop_all_sessions()
         self.bayeux.drop_all()
 
-    async def publish(self, channel: str, data_items: Sequence[object]) -> int:
-        """Publish raw payloads to the subscribers of `channel`; returns how many payloads."""
-        return self.bayeux.publish(channel, data_items)
+    def agent(self, username: str | None = None) -> Agent | None:
+        """The user called `username` (None: the configured user), or None."""
+        return self.agents.configured if username is None else self.agents.get(username)
 
-    def subscriber_count(self, channel: str = EMAILS_CHANNEL) -> int:
-        """How many Bayeux clients a publish on `channel` would reach now."""
-        return self.bayeux.subscriber_count(channel)
+    async def publish(
+        self, channel: str, data_items: Sequence[object], *, agent: Agent | None = None
+    ) -> int:
+        """Publish raw payloads to the subscribers of `channel` (with `agent`: to that
+        user's only); returns how many payloads."""
+        return self.bayeux.publish(channel, data_items, tag=_tag(agent))
+
+    def publish_json(
+        self, channel: str, data_json: Sequence[bytes], *, agent: Agent | None = None
+    ) -> int:
+        """`publish`, with each payload already serialised."""
+        return self.bayeux.publish_json(channel, data_json, tag=_tag(agent))
+
+    def notify(self, agent: Agent, kind: str, count: int) -> tuple[str, list[str]]:
+        """Publish `count` notifications of `kind` (see `samples.KINDS`) to `agent`, each
+        about an object of its own id; (their channel, the ids). KeyError: unknown kind."""
+        channel = kind_channel(kind)
+        ids = [next(self._object_ids) for _ in range(count)]
+        self.bayeux.publish(channel, [of_kind(kind, i) for i in ids], tag=agent.user_id)
+        return channel, ids
+
+    def subscriber_count(self, channel: str = EMAILS_CHANNEL, *, agent: Agent | None = None) -> int:
+        """How many Bayeux clients a publish on `channel` (to `agent`) would reach now."""
+        return self.bayeux.subscriber_count(channel, tag=_tag(agent))
 
     @property
     def session_count(self) -> int:
-        return len(self._sessions)
+        return self.agents.session_count
 
     def issued_secrets(self) -> list[str]:
         """Every session id (cookie value) and CSRF token handed out and still valid:
         what a client must never print."""
-        return [v for s in self._sessions.values() for v in (s.session_id, s.csrf_token)]
+        return [v for s in self.agents.sessions() for v in (s.session_id, s.csrf_token)]
+
+    def stats(self) -> dict[str, Any]:
+        """The counters `GET /control/stats` answers (see the module docstring)."""
+        return {
+            "sendsReceived": self.sends_received,
+            "sendsAccepted": self.sends_accepted,
+            "notificationsPublished": self.notifications_published,
+            "loginAttempts": self.login_attempts,
+            "refusedRequests": len(self.refused_times),
+            "bayeuxPosts": self.bayeux_posts,
+            "bayeuxPostsWithoutCsrf": self.bayeux_posts_without_csrf,
+            "websocketUpgrades": self.websocket_upgrades,
+            "websocketUpgradesWithoutCsrf": self.websocket_upgrades_without_csrf,
+            "messagesPublished": self.bayeux.messages_published,
+            "httpSessions": self.agents.session_count,
+            "bayeuxClients": len(self.bayeux.client_ids()),
+            "emails": len(self.emails),
+            "users": len(self.agents),
+            "handshakes": self.bayeux.handshakes.total,
+            "handshakes_max_per_second": self.bayeux.handshakes.peak,
+            "users_subscribed": self.bayeux.subscribed_tag_count(),
+            "activity_published": self.activity.published,
+        }
+
+    def reset_handshake_stats(self) -> None:
+        """Zero the handshake counters, so that a reconnect wave can be measured alone."""
+        self.bayeux.handshakes.reset()
 
     # -- application ---------------------------------------------------------
 
@@ -359,13 +481,7 @@ class Simulator:
         r.add_post("/api/v2/me/emails/{email_id}", self._email_operation)
         self.bayeux.add_routes(app, NOTIFICATIONS_PATH)
         r.add_get(NOTIFICATIONS_PATH, self._websocket_upgrade)
-        r.add_get("/control/settings", self._control_get_settings)
-        r.add_post("/control/settings", self._control_post_settings)
-        r.add_post("/control/forget", self._control_forget)
-        r.add_post("/control/publish", self._control_publish)
-        r.add_post("/control/samples", self._control_samples)
-        r.add_post("/control/password", self._control_password)
-        r.add_get("/control/stats", self._control_stats)
+        control.add_routes(app, self)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -373,6 +489,7 @@ class Simulator:
     async def _on_startup(self, _app: web.Application) -> None:
         # A fresh event per run: a restarted simulator may live on another loop.
         self._closing = asyncio.Event()
+        self._spawn(self.activity.run())
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         self._closing.set()
@@ -380,6 +497,11 @@ class Simulator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @web.middleware
     async def _middleware(
@@ -397,10 +519,12 @@ class Simulator:
     async def _gws_request(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        denied = self._refusal(request)
-        if denied is not None:
-            return denied
-        session, is_new = self._session_of(request)
+        if request.method == hdrs.METH_GET and request.path == "/api/v2/me":
+            self.login_attempts += 1
+        agent = self._authenticated(request)
+        if agent is None:
+            return self._refused()
+        session, is_new = self._session_of(request, agent)
         request[_SESSION] = session
         self._count_bayeux(request, session)
         response: web.StreamResponse
@@ -420,30 +544,22 @@ class Simulator:
             response.headers[CSRF_HEADER] = session.csrf_token
         return response
 
-    def _refusal(self, request: web.Request) -> web.Response | None:
+    def _refused(self) -> web.Response:
         """401 for wrong credentials (counted, as logins are: a real GWS may lock the agent)."""
-        if request.method == hdrs.METH_GET and request.path == "/api/v2/me":
-            self.login_attempts += 1
-        if self._authenticated(request):
-            return None
         self.refused_times.append(time.monotonic())
         denied = _gws_error(401, 20, "Not authenticated")
         denied.headers[hdrs.WWW_AUTHENTICATE] = 'Basic realm="GWS"'
         return denied
 
-    def _session_of(self, request: web.Request) -> tuple[_HttpSession, bool]:
+    def _session_of(self, request: web.Request, agent: Agent) -> tuple[HttpSession, bool]:
         """The request's HTTP session (by cookie), and whether it was made just now."""
-        session_id = request.cookies.get(SESSION_COOKIE)
-        session = self._sessions.get(session_id) if session_id else None
-        if session is not None:
+        session = self.agents.session(request.cookies.get(SESSION_COOKIE))
+        if session is not None and session.agent is agent:
             return session, False
-        session = _HttpSession(
-            session_id=secrets.token_hex(16).upper(), csrf_token=secrets.token_urlsafe(24)
-        )
-        self._sessions[session.session_id] = session
-        return session, True
+        # No session, or another user's: a different login gets a session of its own.
+        return self.agents.open_session(agent), True
 
-    def _csrf_ok(self, request: web.Request, session: _HttpSession) -> bool:
+    def _csrf_ok(self, request: web.Request, session: HttpSession) -> bool:
         return (
             request.method != hdrs.METH_POST
             or not self.settings.csrf
@@ -452,36 +568,38 @@ class Simulator:
             or _carries_token(request, session)
         )
 
-    def _count_bayeux(self, request: web.Request, session: _HttpSession) -> None:
+    def _count_bayeux(self, request: web.Request, session: HttpSession) -> None:
         if request.method == hdrs.METH_POST and request.path.startswith(NOTIFICATIONS_PATH):
             self.bayeux_posts += 1
             if not _carries_token(request, session):
                 self.bayeux_posts_without_csrf += 1
 
-    def _authenticated(self, request: web.Request) -> bool:
+    def _authenticated(self, request: web.Request) -> Agent | None:
+        """The user whose Basic credentials the request carries, or None."""
         scheme, _, encoded = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
         if scheme.lower() != "basic":
-            return False
+            return None
         try:
-            credentials = base64.b64decode(encoded.strip(), validate=True)
+            credentials = base64.b64decode(encoded.strip(), validate=True).decode()
         except (ValueError, binascii.Error):
-            return False
-        expected = f"{self.settings.username}:{self.settings.password}".encode()
-        return hmac.compare_digest(credentials, expected)
+            return None
+        username, colon, password = credentials.partition(":")
+        return self.agents.authenticate(username, password) if colon else None
 
     # -- /api/v2/me ----------------------------------------------------------
 
     async def _get_me(self, request: web.Request) -> web.Response:
+        agent = request[_SESSION].agent
         user: dict[str, Any] = {
-            "id": self.user_id,
-            "userName": self.settings.username,
+            "id": agent.user_id,
+            "userName": agent.name,
             "firstName": "Simulated",
             "lastName": "Agent",
             "roles": ["ROLE_AGENT"],
             "enabled": True,
         }
         if "subresources" in request.query:
-            user["emails"] = list(self.emails.values())
+            user["emails"] = list(agent.emails.values())
         return _json({"statusCode": 0, "user": user})
 
     async def _post_me(self, request: web.Request) -> web.Response:
@@ -494,9 +612,7 @@ class Simulator:
             if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
                 raise _GwsFailure(400, 10, "Parameter 'channels' must be a list of strings")
         elif operation == "EndContactCenterSession":
-            session = request[_SESSION]
-            self._sessions.pop(session.session_id, None)
-            self.bayeux.drop_session(session.session_id)
+            self.agents.end_session(request[_SESSION])
         return _json({"statusCode": 0})
 
     # -- /api/v2/me/emails ---------------------------------------------------
@@ -508,15 +624,13 @@ class Simulator:
             self.websocket_upgrades_without_csrf += 1
         raise _GwsFailure(400, 10, "WebSocket is not supported")
 
-    async def _get_emails(self, _request: web.Request) -> web.Response:
-        return _json({"statusCode": 0, "emails": list(self.emails.values())})
+    async def _get_emails(self, request: web.Request) -> web.Response:
+        emails = request[_SESSION].agent.emails
+        return _json({"statusCode": 0, "emails": list(emails.values())})
 
     async def _get_email(self, request: web.Request) -> web.Response:
         email_id = request.match_info["email_id"]
-        email = self.emails.get(email_id)
-        if email is None:
-            raise _GwsFailure(404, 6, f"Email '{email_id}' not found")
-        return _json({"statusCode": 0, "email": email})
+        return _json({"statusCode": 0, "email": _own_email(request, email_id)})
 
     async def _create_email(self, request: web.Request) -> web.Response:
         body = await _json_object(request, empty_ok=True)
@@ -547,7 +661,10 @@ class Simulator:
     ) -> web.StreamResponse:
         settings = self.settings
         sent_fields = _validate_send(body, settings.queues)
-        email = self.emails.get(email_id)
+        session = request[_SESSION]
+        email = session.agent.emails.get(email_id)
+        if email is None and email_id in self.emails:
+            raise _GwsFailure(404, 6, f"Email '{email_id}' not found")  # another user's
         if email is not None and email["state"] != "Composing":
             raise _GwsFailure(
                 400, 2, f"Operation Send is not valid for email in state {email['state']}"
@@ -555,32 +672,33 @@ class Simulator:
         if email is None:
             # Integrators may Send to any id; GWS would have had it from a Reply.
             email = self._new_email(request, email_id)
-        reference_id = request[_SESSION].take_reference_id()
+        reference_id = session.take_reference_id()
         self.sends_accepted += 1
 
-        notifications = self._send_outcome(email_id, email, sent_fields, reference_id)
+        notifications = self._send_outcome(session.agent, email, sent_fields, reference_id)
 
         answer: dict[str, Any] = {"statusCode": 0}
         if settings.reference_id_in_answer:
             answer["referenceId"] = reference_id
         if settings.notify_before_answer:
             await self._pause(settings.notify_delay_seconds)
-            self._publish_emails(notifications)
+            self._publish_emails(session.agent, notifications)
         else:
-            self._publish_emails_later(settings.notify_delay_seconds, notifications)
+            self._publish_emails_later(settings.notify_delay_seconds, session.agent, notifications)
         if email_id in settings.hang_emails:
             await self._hang(request)
         return _json(answer)
 
     def _send_outcome(
         self,
-        email_id: str,
+        agent: Agent,
         email: dict[str, Any],
         sent_fields: dict[str, Any],
         reference_id: int,
     ) -> list[dict[str, Any]]:
         """What a Send does to the email, and the notifications that say so."""
         settings = self.settings
+        email_id = email["id"]
         notifications: list[dict[str, Any]]
         if email_id in settings.error_emails:
             error: dict[str, Any] = {
@@ -600,6 +718,7 @@ class Simulator:
             notifications = [_state_change(email, reference_id)]
             if settings.sent_emails_leave:
                 self.emails.pop(email_id, None)
+                agent.emails.pop(email_id, None)
             if settings.follow_up_properties_updated:
                 notifications.append(
                     {
@@ -613,14 +732,13 @@ class Simulator:
     def _other_operation(
         self, request: web.Request, email_id: str, operation: str, body: dict[str, Any]
     ) -> web.Response:
-        email = self.emails.get(email_id)
-        if email is None:
-            raise _GwsFailure(404, 6, f"Email '{email_id}' not found")
+        email = _own_email(request, email_id)
         if operation in _OPERATIONS_NEEDING_COMPOSING and email["state"] != "Composing":
             raise _GwsFailure(
                 400, 2, f"Operation {operation} is not valid for email in state {email['state']}"
             )
-        reference_id = request[_SESSION].take_reference_id()
+        session = request[_SESSION]
+        reference_id = session.take_reference_id()
         changed = email
         if operation == "Save" and isinstance(body.get("email"), dict):
             email.update(_optional_email_fields(body["email"]))
@@ -632,7 +750,9 @@ class Simulator:
             email["state"] = new_state
             email["capabilities"] = []
         self._publish_emails_later(
-            self.settings.notify_delay_seconds, [_state_change(changed, reference_id)]
+            self.settings.notify_delay_seconds,
+            session.agent,
+            [_state_change(changed, reference_id)],
         )
         answer: dict[str, Any] = {"statusCode": 0}
         if self.settings.reference_id_in_answer:
@@ -640,6 +760,7 @@ class Simulator:
         return _json(answer)
 
     def _new_email(self, request: web.Request, email_id: str) -> dict[str, Any]:
+        """A new outbound email in the workspace of the request's user."""
         email: dict[str, Any] = {
             "id": email_id,
             "state": "Composing",
@@ -649,26 +770,32 @@ class Simulator:
             "userData": {},
         }
         self.emails[email_id] = email
+        request[_SESSION].agent.emails[email_id] = email
         return email
 
     # -- notifications ---------------------------------------------------------
 
-    def _publish_emails(self, payloads: Sequence[dict[str, Any]]) -> None:
+    def _publish_emails(self, agent: Agent, payloads: Sequence[dict[str, Any]]) -> None:
         if payloads:
             self.notifications_published += len(payloads)
-            self.bayeux.publish(EMAILS_CHANNEL, payloads)
+            self.bayeux.publish(EMAILS_CHANNEL, payloads, tag=agent.user_id)
 
-    def _publish_emails_later(self, delay: float, payloads: Sequence[dict[str, Any]]) -> None:
-        if not payloads or self._closing.is_set():
-            return
-        task = asyncio.create_task(self._publish_after(delay, payloads))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _publish_emails_later(
+        self, delay: float, agent: Agent, payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        if payloads and not self._closing.is_set():
+            self._spawn(self._publish_after(delay, agent, payloads))
 
-    async def _publish_after(self, delay: float, payloads: Sequence[dict[str, Any]]) -> None:
+    async def _publish_after(
+        self, delay: float, agent: Agent, payloads: Sequence[dict[str, Any]]
+    ) -> None:
         await self._pause(delay)
         if not self._closing.is_set():
-            self._publish_emails(payloads)
+            self._publish_emails(agent, payloads)
+
+    def _publish_activity(self, user_tag: str, kind: str) -> None:
+        payload = of_kind(kind, next(self._object_ids))
+        self.bayeux.publish(kind_channel(kind), [payload], tag=user_tag)
 
     async def _pause(self, seconds: float) -> None:
         """Wait `seconds`, or less if the simulator is stopping."""
@@ -687,127 +814,6 @@ class Simulator:
                     await self._closing.wait()
         if request.transport is not None:
             request.transport.close()
-
-    # -- /control --------------------------------------------------------------
-
-    async def _control_get_settings(self, _request: web.Request) -> web.Response:
-        return _json(self.settings.to_json())
-
-    async def _control_post_settings(self, request: web.Request) -> web.Response:
-        changes = await _control_object(request)
-        try:
-            self.settings.update(changes)
-        except ValueError as exc:
-            return _json({"error": str(exc)}, 400)
-        return _json(self.settings.to_json())
-
-    async def _control_forget(self, _request: web.Request) -> web.Response:
-        self.forget_sessions()
-        return _json({"forgotten": True})
-
-    async def _control_publish(self, request: web.Request) -> web.Response:
-        order = await _control_object(request)
-        channel = order.get("channel", EMAILS_CHANNEL)
-        if not isinstance(channel, str) or not channel.startswith("/"):
-            return _json({"error": "'channel' must be a channel name"}, 400)
-        if "data" in order:
-            data = order["data"]
-            if not isinstance(data, list):
-                return _json({"error": "'data' must be a list of payloads"}, 400)
-            return _json({"published": await self.publish(channel, data)})
-        count, start = order.get("count"), order.get("start", 0)
-        if not _is_count(count) or not _is_count(start):
-            return _json({"error": "'count' and 'start' must be non-negative integers"}, 400)
-        origin = str(request.url.origin())
-        payloads = _sequence_payloads_json(origin, start, count)
-        published = self.bayeux.publish_json(channel, payloads)
-        return _json({"published": published})
-
-    async def _control_samples(self, request: web.Request) -> web.Response:
-        order = await _control_object(request)
-        names = order.get("samples")
-        if names is not None and not (
-            isinstance(names, list) and all(isinstance(n, str) for n in names)
-        ):
-            return _json({"error": "'samples' must be a list of sample names"}, 400)
-        try:
-            chosen = samples(names)
-        except KeyError as exc:
-            return _json({"error": f"no sample {exc.args[0]!r}"}, 400)
-        published = []
-        for name, channel, payload in chosen:
-            self.bayeux.publish(channel, [payload])
-            published.append(
-                {
-                    "sample": name,
-                    "channel": channel,
-                    "messageType": payload["messageType"],
-                    "notificationType": payload.get("notificationType"),
-                }
-            )
-        return _json({"published": published})
-
-    async def _control_password(self, request: web.Request) -> web.Response:
-        password = (await _control_object(request)).get("password")
-        if not isinstance(password, str) or not password:
-            return _json({"error": "'password' must be a non-empty string"}, 400)
-        self.settings.password = password
-        # The agent is logged out everywhere; the old password is refused from now on.
-        self.forget_sessions()
-        return _json({"changed": True})
-
-    async def _control_stats(self, _request: web.Request) -> web.Response:
-        return _json(
-            {
-                "sendsReceived": self.sends_received,
-                "sendsAccepted": self.sends_accepted,
-                "notificationsPublished": self.notifications_published,
-                "loginAttempts": self.login_attempts,
-                "refusedRequests": len(self.refused_times),
-                "bayeuxPosts": self.bayeux_posts,
-                "bayeuxPostsWithoutCsrf": self.bayeux_posts_without_csrf,
-                "websocketUpgrades": self.websocket_upgrades,
-                "websocketUpgradesWithoutCsrf": self.websocket_upgrades_without_csrf,
-                "messagesPublished": self.bayeux.messages_published,
-                "httpSessions": len(self._sessions),
-                "bayeuxClients": len(self.bayeux.client_ids()),
-                "emails": len(self.emails),
-            }
-        )
-
-
-def _sequence_payloads_json(origin: str, start: int, count: int) -> list[bytes]:
-    """`count` realistic serialised Sent notifications, numbered from `start`.
-
-    Formatting one bytes template per message is several times faster than
-    building and serialising a dict each time, which matters for 200k bursts.
-    """
-    sample = {
-        "messageType": "EmailStateChangeMessage",
-        "notificationType": "StatusChange",
-        "referenceId": "@REF@",
-        "email": {
-            "id": "@ID@",
-            "state": "Sent",
-            "uri": f"{origin}/api/v2/me/emails/@ID@",
-            "emailType": "Outbound",
-            "from": "support@example.com",
-            "to": ["customer@example.com"],
-            "subject": "Your case @REF@",
-            "body": _SEQ_BODY,
-            "mime": "text/html",
-            "capabilities": [],
-            "userData": {},
-        },
-    }
-    template = (
-        orjson.dumps(sample)
-        .replace(b"%", b"%%")
-        .replace(b'"@REF@"', b"%(n)d")
-        .replace(b"@REF@", b"%(n)d")
-        .replace(b"@ID@", b"SEQ%(n)010d")
-    )
-    return [template % {b"n": n} for n in range(start, start + count)]
 
 
 def _validate_send(body: dict[str, Any], queues: Iterable[str]) -> dict[str, Any]:
@@ -897,7 +903,7 @@ def _snapshot(email: dict[str, Any]) -> dict[str, Any]:
     return copy
 
 
-def _carries_token(request: web.Request, session: _HttpSession) -> bool:
+def _carries_token(request: web.Request, session: HttpSession) -> bool:
     return hmac.compare_digest(
         request.headers.get(CSRF_HEADER, "").encode(), session.csrf_token.encode()
     )
@@ -910,13 +916,29 @@ def _session_id_of(request: web.Request) -> str | None:
         return None
 
 
+def _user_tag_of(request: web.Request) -> str | None:
+    """A Bayeux client's tag: the user of the HTTP session it handshakes in."""
+    try:
+        return request[_SESSION].agent.user_id
+    except KeyError:
+        return None
+
+
+def _tag(agent: Agent | None) -> str | None:
+    return None if agent is None else agent.user_id
+
+
+def _own_email(request: web.Request, email_id: str) -> dict[str, Any]:
+    """The email `email_id` of the request's user: 404 if unknown, or another user's."""
+    email = request[_SESSION].agent.emails.get(email_id)
+    if email is None:
+        raise _GwsFailure(404, 6, f"Email '{email_id}' not found")
+    return email
+
+
 def _peer_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
-
-
-def _is_count(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _operation_name(body: dict[str, Any]) -> str:
@@ -936,20 +958,6 @@ async def _json_object(request: web.Request, *, empty_ok: bool = False) -> dict[
         raise _GwsFailure(400, 10, "Request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise _GwsFailure(400, 10, "Request body must be a JSON object")
-    return body
-
-
-async def _control_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": "body is not valid JSON"}), content_type=_JSON
-        ) from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            body=orjson.dumps({"error": "body must be a JSON object"}), content_type=_JSON
-        )
     return body
 
 

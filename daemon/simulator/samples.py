@@ -9,18 +9,29 @@ pages (CallStateChangeMessage, ChatMessageType, OpenMediaAPIMessageType,
 WorkbinsMessageType, EmailMessageType) and notifications seen in the wild;
 where the docs show no example, the fields are plausible, and only
 `messageType` (and `notificationType`) matter to a client.
+
+`of_kind` makes more of the same shapes, each about an object of its own id,
+for `POST /control/notify` and the steady demo traffic: `call`, `device`,
+`chat`, `workitem`, and `unknown` (the unknown message type, on the calls
+channel). `object_ids()` hands out those ids, distinct within a run.
 """
 
 from __future__ import annotations
 
+import itertools
+import secrets
+from collections.abc import Iterator
 from typing import Any, Final
 
+import orjson
+
 EMAILS: Final = "/v2/me/emails"
+CALLS: Final = "/v2/me/calls"
 
 # name -> (channel, payload). The name is the messageType, or what sets the sample apart.
 SAMPLES: Final[dict[str, tuple[str, dict[str, Any]]]] = {
     "CallStateChangeMessage": (
-        "/v2/me/calls",
+        CALLS,
         {
             "messageType": "CallStateChangeMessage",
             "notificationType": "StatusChange",
@@ -28,7 +39,7 @@ SAMPLES: Final[dict[str, tuple[str, dict[str, Any]]]] = {
         },
     ),
     "ErrorMessage": (
-        "/v2/me/calls",
+        CALLS,
         {"messageType": "ErrorMessage", "errorCode": 54, "errorMessage": "Call was not found"},
     ),
     "DeviceStateChangeMessage": (
@@ -144,3 +155,40 @@ def samples(names: list[str] | None) -> list[tuple[str, str, dict[str, Any]]]:
     """(name, channel, payload) of the named samples, or of all; KeyError for an unknown name."""
     chosen = list(SAMPLES) if names is None else names
     return [(name, *SAMPLES[name]) for name in chosen]
+
+
+# kind -> (the sample it copies, its channel, where the object's id goes: keys and indexes).
+_KINDS: Final[dict[str, tuple[str, str, tuple[str | int, ...]]]] = {
+    "call": ("CallStateChangeMessage", CALLS, ("call", "id")),
+    "device": ("DeviceStateChangeMessage", "/v2/me/devices", ("devices", 0, "id")),
+    "chat": ("ChatStateChangeMessage", "/v2/me/chats", ("chat", "id")),
+    "workitem": ("WorkitemStateChangeMessage", "/v2/me/workitems", ("workitem", "id")),
+    # No page names the type: it comes on a documented channel, about an object of its own.
+    "unknown": ("UnknownMessageType", CALLS, ("monitoring", "id")),
+}
+KINDS: Final = tuple(_KINDS)
+
+
+def kind_channel(kind: str) -> str:
+    """The channel notifications of `kind` come on; KeyError for an unknown kind."""
+    return _KINDS[kind][1]
+
+
+def of_kind(kind: str, object_id: str) -> dict[str, Any]:
+    """A payload of `kind` (see `KINDS`) about the object `object_id`; KeyError for an
+    unknown kind. A fresh copy each time: the caller may keep or change it."""
+    name, _channel, path = _KINDS[kind]
+    payload: dict[str, Any] = orjson.loads(orjson.dumps(SAMPLES[name][1]))
+    parent: Any = payload
+    *parents, last = path
+    for step in parents:
+        # A missing object (the unknown kind's) is made; list items are the sample's.
+        parent = parent.setdefault(step, {}) if isinstance(step, str) else parent[step]
+    parent[last] = object_id
+    return payload
+
+
+def object_ids() -> Iterator[str]:
+    """Distinct object ids, 16 hex digits like GWS's: a random prefix per call, then a count."""
+    prefix = secrets.token_hex(4).upper()
+    return (f"{prefix}{n:08X}" for n in itertools.count(1))
