@@ -13,6 +13,21 @@ reported by `wait_broken()`. A reload keeps unchanged sinks' workers; a changed
 one finishes the batch in its hands (never handed out twice) and its successor
 starts where it stood, even if that cursor could not be saved.
 
+Routing: a sink with `types` or `accounts` (its `Route`) takes only the events
+they match. The others never enter its `fresh` queue, never wake it and are
+not in its backlog, and its cursor passes them, so that it never holds the
+outbox back. One rule keeps a crash from losing events: a cursor never moves
+past an event the sink takes but has not taken yet (a batch in its hands,
+events waiting in `fresh`, events in the store it has not read). So a cursor
+moves only to what the sink took, to the horizon of a store read whose rows it
+took, or, when it is caught up (nothing in its hands, `fresh` empty, the store
+read up to where `fresh` begins), to the last seq it was told of. Such a
+sink's backlog is the number of events it takes after its cursor: counted in
+the store at start and after a gap in what it was told, and kept up to date
+by `notify` and by what it takes. A sink without a route takes everything:
+its backlog is the head minus its cursor, and `notify` does no work per event
+for it.
+
 Memory: per sink, `fresh` holds at most MAX_FRESH batches (20 x `batch_size`:
 10,000 events by default; ~1.05 KB each with a 0.7 KB body, 10.6 MB at the
 bound), emptied when the sink lags further.
@@ -21,6 +36,7 @@ bound), emptied when the sink lags further.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import time
@@ -32,6 +48,7 @@ import structlog
 
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import SinkSettings
+from daemon.config.routing import Route
 from daemon.errors import SinkError, StoreError
 from daemon.metrics import Metrics
 from daemon.sinks.base import Sink
@@ -74,12 +91,24 @@ class _Worker:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    route: Route | None = None  # None: it takes every event
     # Events just committed, handed over in memory so that a sink that keeps
     # up never reads them back from SQLite. Dropped when the sink falls behind.
+    # It holds every event the sink takes with a seq in (fresh_start,
+    # fresh_upto] that was not handed over yet; those at or before
+    # `fresh_start` are read from the store.
     fresh: deque[OutboxRow] = field(default_factory=deque)
+    fresh_start: int = 0
+    fresh_upto: int = 0
     # True while the store may hold events for this sink that `fresh` lacks
     # (at start, after `fresh` overflowed, on the idle poll, after a store failure).
     behind: bool = True
+    # Waiting for events with nothing in its hands (`notify` may pass its cursor on).
+    idle: bool = False
+    # With a route: the events it takes after its cursor, up to `fresh_upto`
+    # (to be counted in the store again when `recount`).
+    pending: int = 0
+    recount: bool = False
     store_failures: Backoff = field(default_factory=lambda: Backoff(RETRY_POLICY))
     duplicates_counted: int = 0  # of sink.duplicates_dropped, already in the metric
 
@@ -119,7 +148,16 @@ class Dispatcher:
             # What the store holds: a cursor further on is saved with the next write.
             self._saved_cursors[name] = stored[name]
             self._metrics.track_sink(name)
-            worker = _Worker(sink, settings, SinkStatus(name, sink.kind, cursor))
+            route = Route.of(settings.types, settings.accounts)
+            worker = _Worker(
+                sink,
+                settings,
+                SinkStatus(name, sink.kind, cursor),
+                route=route,
+                fresh_start=self._head,
+                fresh_upto=self._head,
+                recount=route is not None,
+            )
             worker.task = asyncio.create_task(self._run(worker), name=f"sink-{name}")
             worker.task.add_done_callback(functools.partial(self._ended, worker))
             self._workers[name] = worker
@@ -215,23 +253,71 @@ class Dispatcher:
             for i, e in enumerate(events)
         ]
         for worker in self._workers.values():
-            fresh = worker.fresh
-            if rows and len(fresh) < MAX_FRESH * worker.settings.batch_size:
-                fresh.extend(rows)
-            else:
-                fresh.clear()
-                worker.behind = True  # it reads these from the store
-            worker.wake.set()
+            self._offer(worker, rows, first_seq, head)
         self._update_backlog()
+
+    def _offer(self, worker: _Worker, rows: list[OutboxRow], first_seq: int, head: int) -> None:
+        """Hand `worker` the events it takes of `rows` (seqs first_seq ... head)."""
+        if not rows or first_seq > worker.fresh_upto + 1:
+            self._missed(worker, rows, head)
+            return
+        if first_seq <= worker.fresh_upto:  # told of some already (it started meanwhile)
+            rows = rows[worker.fresh_upto - first_seq + 1 :]
+        worker.fresh_upto = max(worker.fresh_upto, head)
+        if worker.route is not None:
+            rows = self._routed(worker, worker.route, rows)
+            if not rows:  # nothing to wake it for
+                if worker.idle and self._caught_up(worker):
+                    self._advance(worker, worker.fresh_upto)
+                return
+        fresh = worker.fresh
+        if len(fresh) < MAX_FRESH * worker.settings.batch_size:
+            fresh.extend(rows)
+        else:
+            fresh.clear()
+            worker.fresh_start = worker.fresh_upto  # it reads these from the store
+            worker.behind = True
+        worker.wake.set()
+
+    def _missed(self, worker: _Worker, rows: list[OutboxRow], head: int) -> None:
+        """Not told of every event up to `head` (a replay by the CLI, or no rows
+        given): it reads them from the store, and counts them there when it can."""
+        if worker.route is not None:
+            self._routed(worker, worker.route, rows)  # counted meanwhile
+        if head > worker.fresh_upto:
+            worker.fresh.clear()
+            worker.fresh_start = worker.fresh_upto = head
+            worker.recount = worker.route is not None
+        worker.behind = True
+        worker.wake.set()
+
+    @staticmethod
+    def _routed(worker: _Worker, route: Route, rows: list[OutboxRow]) -> list[OutboxRow]:
+        """The rows `route` takes that are still before the worker, counted in its backlog."""
+        cursor = worker.status.cursor
+        taken = [r for r in rows if r.seq > cursor and route.takes(r.type, r.account)]
+        worker.pending += len(taken)
+        return taken
+
+    @staticmethod
+    def _caught_up(worker: _Worker) -> bool:
+        """Nothing it takes lies between its cursor and `fresh_upto` but what is in `fresh`."""
+        return not worker.behind and worker.status.cursor >= worker.fresh_start
+
+    def _backlog(self, worker: _Worker) -> int:
+        if worker.route is None:
+            return max(0, self._head - worker.status.cursor)
+        return worker.pending
+
+    def _show_backlog(self, worker: _Worker) -> None:
+        self._metrics.outbox_backlog.labels(worker.sink.name).set(self._backlog(worker))
 
     def _update_backlog(self) -> None:
         for worker in self._workers.values():
-            self._metrics.outbox_backlog.labels(worker.sink.name).set(
-                max(0, self._head - worker.status.cursor)
-            )
+            self._show_backlog(worker)
 
     def backlog(self) -> dict[str, int]:
-        return {name: max(0, self._head - w.status.cursor) for name, w in self._workers.items()}
+        return {name: self._backlog(w) for name, w in self._workers.items()}
 
     def statuses(self) -> list[SinkStatus]:
         return [w.status for w in self._workers.values()]
@@ -248,29 +334,52 @@ class Dispatcher:
 
     async def _step(self, worker: _Worker) -> None:
         """One batch: from memory if it follows the cursor, else from the store."""
-        status = worker.status
+        if worker.recount:
+            await self._recount(worker)
         rows = self._take_fresh(worker)
         if rows:
             await self._deliver(worker, rows)
             return
-        if not worker.behind and not worker.fresh:
-            # Caught up: new events arrive in memory. The timeout is a poll
-            # for what only the store knows (dead letters replayed by the CLI).
-            try:
-                await asyncio.wait_for(worker.wake.wait(), IDLE_POLL_SECONDS)
-            except TimeoutError:
-                worker.behind = True
+        if self._caught_up(worker):
+            # Whatever else it was told of, it does not take.
+            self._advance(worker, worker.fresh_upto)
+            await self._idle(worker)
             return
         rows, horizon = await self._store.read_outbox(
-            worker.sink.name, status.cursor, worker.settings.batch_size
+            worker.sink.name, worker.status.cursor, worker.settings.batch_size, worker.route
         )
         self._store_ok(worker)
         if len(rows) < worker.settings.batch_size:
             worker.behind = False
-        if rows:
-            await self._deliver(worker, rows)
-        elif horizon > status.cursor:
+        if not rows or await self._deliver(worker, rows):
             self._advance(worker, horizon)
+
+    @staticmethod
+    async def _idle(worker: _Worker) -> None:
+        """Wait for new events, which arrive in memory. The timeout is a poll for
+        what only the store knows (dead letters replayed by the CLI)."""
+        worker.idle = True
+        try:
+            await asyncio.wait_for(worker.wake.wait(), IDLE_POLL_SECONDS)
+        except TimeoutError:
+            worker.behind = True
+        finally:
+            worker.idle = False
+
+    async def _recount(self, worker: _Worker) -> None:
+        """Count the events a routed sink takes after its cursor, in the store."""
+        worker.recount = False
+        upto, before = worker.fresh_upto, worker.pending
+        try:
+            count = await self._store.count_outbox(
+                worker.sink.name, worker.status.cursor, worker.route, upto
+            )
+        except StoreError:
+            worker.recount = True
+            raise
+        # Only `notify` changed `pending` meanwhile, for events after `upto`.
+        worker.pending = count + worker.pending - before
+        self._show_backlog(worker)
 
     async def _store_failed(self, worker: _Worker, error: StoreError) -> None:
         """Log, report, back off; then read again from the cursor (what was in hand is re-read)."""
@@ -287,21 +396,37 @@ class Dispatcher:
 
     @staticmethod
     def _take_fresh(worker: _Worker) -> list[OutboxRow]:
-        """The next batch from memory, if it follows the cursor without a gap."""
+        """The next batch from memory, if nothing the sink takes lies before it."""
         fresh, cursor = worker.fresh, worker.status.cursor
         while fresh and fresh[0].seq <= cursor:
             fresh.popleft()
-        if not fresh or fresh[0].seq != cursor + 1:
-            return []  # a gap (a replay, or events from before): the store has them
+        if not fresh or cursor < worker.fresh_start:
+            return []  # events from before (or a replay): the store has them
         count = min(len(fresh), worker.settings.batch_size)
         return [fresh.popleft() for _ in range(count)]
 
     def _advance(self, worker: _Worker, seq: int) -> None:
+        """Move the cursor on to `seq` (never back): every event up to it that the
+        sink takes, it has taken."""
         # Saved with the next notification transaction (`unsaved_cursors`) or
         # housekeeping round, not by a transaction per batch (dearer than the
         # batch). After a crash a sink may get its last events again (same ids).
-        worker.status.cursor = seq
-        self._metrics.outbox_backlog.labels(worker.sink.name).set(max(0, self._head - seq))
+        if seq > worker.status.cursor:
+            worker.status.cursor = seq
+        self._show_backlog(worker)
+
+    @staticmethod
+    def _settled(worker: _Worker, rows: list[OutboxRow]) -> None:
+        """`rows` (in seq order) left a routed sink's backlog: taken or dead-lettered."""
+        if worker.route is None:
+            return
+        upto = worker.fresh_upto  # those after it were never counted
+        counted = (
+            len(rows)
+            if rows[-1].seq <= upto
+            else bisect.bisect_right(rows, upto, key=lambda row: row.seq)
+        )
+        worker.pending = max(0, worker.pending - counted)
 
     def unsaved_cursors(self) -> dict[str, int] | None:
         """Cursors that moved since last handed out to be saved (then taken as saved: a
@@ -325,8 +450,9 @@ class Dispatcher:
                 self._saved_cursors.pop(name, None)
             raise
 
-    async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> None:
-        """Hand `rows` to the sink until it has taken (or dead-lettered) every one."""
+    async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> bool:
+        """Hand `rows` to the sink until it has taken (or dead-lettered) every one;
+        False if it was stopped first."""
         backoff = Backoff(BackoffPolicy(initial=0.5, maximum=worker.settings.backoff_max_seconds))
         duration = self._metrics.sink_delivery_duration.labels(worker.sink.name)
         while rows and not worker.stop.is_set():
@@ -341,6 +467,7 @@ class Dispatcher:
             self._recovered(worker.status)
             self._taken(worker, rows)
             rows = []
+        return not rows
 
     async def _after_failure(
         self, worker: _Worker, rows: list[OutboxRow], error: SinkError, backoff: Backoff
@@ -392,6 +519,7 @@ class Dispatcher:
         status.last_error = None
 
     def _taken(self, worker: _Worker, rows: list[OutboxRow]) -> None:
+        self._settled(worker, rows)
         self._advance(worker, rows[-1].seq)
         worker.status.delivered += len(rows)
         self._metrics.sink_deliveries.labels(worker.sink.name, "delivered").inc(len(rows))
@@ -412,7 +540,8 @@ class Dispatcher:
             attempts=attempts,
         )
         self._store_ok(worker)
-        worker.status.cursor = max(worker.status.cursor, row.seq)
+        self._settled(worker, [row])
+        self._advance(worker, row.seq)
         worker.status.dead_lettered += 1
         self._metrics.sink_deliveries.labels(name, "dead_lettered").inc()
         self._dead_letter_counts[name] = self._dead_letter_counts.get(name, 0) + 1

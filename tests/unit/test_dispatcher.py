@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from daemon.config import SinkSettings
+from daemon.config.routing import Route
 from daemon.dispatcher import Dispatcher
 from daemon.errors import PermanentSinkError, RetryableSinkError, SinkError
+from daemon.events import Event
 from daemon.metrics import Metrics
 from daemon.store import AsyncStore, Store
 from tests.harness.fake_sink import FakeSink, event_ids, sink_settings, write
@@ -272,3 +274,230 @@ async def test_duplicates_a_bus_dropped_are_counted_for_that_sink(
         == 2
     )
     assert delivered_metric(metrics, "bus", "delivered") == 3
+
+
+# -- routing --------
+
+EMAIL, CALL, CHAT = "gws.email.state_changed", "gws.call.state_changed", "gws.chat.state_changed"
+NOTIFICATION = "gws.notification"
+CALLS = Route(types=("gws.call.*",))
+
+
+def kind_of(n: int) -> tuple[str, str]:
+    """Event n's type and account: a mix of four types and four accounts."""
+    types = (EMAIL, CALL, CHAT, NOTIFICATION, CALL)
+    accounts = ("default", "sales-eu", "support", "sales-us")
+    return types[n % len(types)], accounts[n % 7 % len(accounts)]
+
+
+def events_of(numbers: range, kind: str | None = None) -> list[Event]:
+    """Events `numbers` (ids event-N): of type `kind`, or of the mix of `kind_of`."""
+    return [
+        Event(
+            f"event-{n}",
+            kind or kind_of(n)[0],
+            f"email-{n}",
+            1000.0 + n,
+            b'{"n":%d}' % n,
+            "default" if kind else kind_of(n)[1],
+        )
+        for n in numbers
+    ]
+
+
+async def write_kinds(store: AsyncStore, numbers: range, kind: str | None = None) -> int:
+    return await store.submit_outcomes(events=events_of(numbers, kind))
+
+
+async def publish(
+    dispatcher: Dispatcher, store: AsyncStore, numbers: range, kind: str | None = None
+) -> None:
+    """Commit events in one transaction and tell the dispatcher, as the writer does."""
+    events = events_of(numbers, kind)
+    dispatcher.notify(await store.submit_outcomes(events=events), events)
+
+
+def taken_by(route: Route, numbers: range) -> list[str]:
+    return [f"event-{n}" for n in numbers if route.takes(*kind_of(n))]
+
+
+def routed(sink: FakeSink, route: Route, **overrides: object) -> tuple[FakeSink, SinkSettings]:
+    return sink, sink_settings(sink.name, types=route.types, accounts=route.accounts, **overrides)
+
+
+def backlog_metric(metrics: Metrics, sink: str) -> float | None:
+    return metrics.registry.get_sample_value("gws_notifyd_outbox_backlog", {"sink": sink})
+
+
+async def test_a_routed_sink_gets_only_the_events_it_takes_in_order(
+    store: AsyncStore, metrics: Metrics, inspector: Store
+) -> None:
+    sales_only = Route(accounts=("sales-*",))
+    sales_calls = Route(types=("gws.call.*",), accounts=("sales-*",))
+    calls, sales, both, everything = (
+        FakeSink("calls"),
+        FakeSink("sales"),
+        FakeSink("both"),
+        FakeSink("everything"),
+    )
+    await write_kinds(store, range(1, 41))  # waiting in the store
+    pairs: list[FakeSink | tuple[FakeSink, SinkSettings]] = [
+        routed(calls, CALLS, batch_size=7),
+        routed(sales, sales_only),
+        routed(both, sales_calls),
+        everything,
+    ]
+    async with running(store, metrics, *pairs) as dispatcher:
+        for first in range(41, 201, 20):  # and arriving in memory
+            await publish(dispatcher, store, range(first, first + 20))
+
+        assert await dispatcher.drain(DEADLINE)
+
+        every = range(1, 201)
+        assert calls.taken == taken_by(CALLS, every)
+        assert sales.taken == taken_by(sales_only, every)
+        assert both.taken == taken_by(sales_calls, every)
+        assert set(both.taken) == set(calls.taken) & set(sales.taken)
+        assert everything.taken == event_ids(*every)
+        assert 0 < len(both.taken) < len(calls.taken) < len(everything.taken)
+        assert max(len(b) for b in calls.batches) <= 7
+        assert dispatcher.backlog() == {"calls": 0, "sales": 0, "both": 0, "everything": 0}
+        assert set((await saved_cursors(dispatcher, inspector)).values()) == {200}
+
+
+async def test_a_routed_sinks_backlog_counts_only_the_events_it_takes(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    healthy = False
+
+    def down_until_healed(ids: list[str]) -> SinkError | None:
+        return None if healthy else RetryableSinkError("HTTP 503")
+
+    flaky, steady = FakeSink("calls", down_until_healed), FakeSink("steady")
+    await write_kinds(store, range(1, 11), EMAIL)
+    await write_kinds(store, range(11, 13), CALL)  # its first: it fails on them
+    async with running(store, metrics, routed(flaky, CALLS), steady) as dispatcher:
+        await wait_until(lambda: flaky.batches, timeout=DEADLINE, what="a first attempt")
+        await wait_until(
+            lambda: dispatcher.backlog()["calls"] == 2,
+            timeout=DEADLINE,
+            what="the backlog counted in the store at start",
+        )
+        for first in range(13, 1013, 250):  # 1,000 events it does not take, 4 it does
+            await publish(dispatcher, store, range(first, first + 249), EMAIL)
+            await publish(dispatcher, store, range(first + 249, first + 250), CALL)
+        await wait_until(
+            lambda: dispatcher.backlog()["steady"] == 0,
+            timeout=DEADLINE,
+            what="the unrouted sink to take everything",
+        )
+
+        assert dispatcher.backlog()["calls"] == 6
+        assert backlog_metric(metrics, "calls") == 6
+        assert flaky.taken == []
+        assert steady.taken == event_ids(*range(1, 1013))
+
+        healthy = True
+
+        assert await dispatcher.drain(DEADLINE)
+        assert flaky.taken == event_ids(11, 12, 262, 512, 762, 1012)
+        assert dispatcher.backlog() == {"calls": 0, "steady": 0}
+        assert backlog_metric(metrics, "calls") == 0
+        [status] = [s for s in dispatcher.statuses() if s.name == "calls"]
+        assert status.cursor == 1012
+
+
+async def test_a_routed_sink_that_takes_nothing_never_holds_back_the_others_or_the_outbox(
+    store: AsyncStore, metrics: Metrics, inspector: Store
+) -> None:
+    chats, everything = FakeSink("chats"), FakeSink("everything")
+    chats_only = Route(types=("gws.chat.*",))
+    async with running(store, metrics, routed(chats, chats_only), everything) as dispatcher:
+        for first in range(1, 10_001, 500):
+            await publish(dispatcher, store, range(first, first + 500), EMAIL)
+
+        assert await dispatcher.drain(DEADLINE)
+
+        assert everything.taken == event_ids(*range(1, 10_001))
+        assert chats.batches == []
+        assert dispatcher.backlog() == {"chats": 0, "everything": 0}
+        assert await saved_cursors(dispatcher, inspector) == {"chats": 10_000, "everything": 10_000}
+        assert inspector.prune_outbox() == 10_000
+        assert inspector.outbox_rows == 0
+
+
+@pytest.mark.parametrize("held_from", ["memory", "store"])
+async def test_a_routed_sinks_saved_cursor_never_passes_an_event_in_its_hands(
+    held_from: str, store: AsyncStore, metrics: Metrics, tmp_path: Path
+) -> None:
+    def refuse_calls(ids: list[str]) -> SinkError | None:
+        return RetryableSinkError("HTTP 503")
+
+    calls, steady = FakeSink("calls", refuse_calls), FakeSink("steady")
+    await write_kinds(store, range(1, 6), EMAIL)
+    if held_from == "store":
+        await write_kinds(store, range(6, 7), CALL)
+    async with running(store, metrics, routed(calls, CALLS), steady) as dispatcher:
+        if held_from == "memory":
+            await wait_until(
+                lambda: dispatcher.backlog()["steady"] == 0, timeout=DEADLINE, what="a start"
+            )
+            await publish(dispatcher, store, range(6, 7), CALL)
+        await wait_until(lambda: calls.batches, timeout=DEADLINE, what="event 6 in its hands")
+        for first in range(7, 1007, 100):
+            await publish(dispatcher, store, range(first, first + 100), EMAIL)
+        await wait_until(
+            lambda: dispatcher.backlog()["steady"] == 0,
+            timeout=DEADLINE,
+            what="the unrouted sink to pass everything",
+        )
+        await dispatcher.save_cursors()
+
+        with contextlib.closing(Store(tmp_path / "state.db")) as reopened:
+            saved = reopened.sync_sinks(["calls", "steady"])
+            rows, _ = reopened.read_outbox("calls", saved["calls"], 10, CALLS)
+
+        assert saved["steady"] == 1006
+        assert saved["calls"] < 6
+        assert [row.event_id for row in rows] == ["event-6"]
+        assert calls.taken == []
+
+
+async def test_a_routed_sink_gets_its_replayed_dead_letter_and_recounts_its_backlog(
+    store: AsyncStore, metrics: Metrics, inspector: Store
+) -> None:
+    refusing = True
+
+    def refuse_while_told(ids: list[str]) -> SinkError | None:
+        return PermanentSinkError("HTTP 400") if refusing else None
+
+    calls = FakeSink("calls", refuse_while_told)
+    async with running(store, metrics, routed(calls, CALLS)) as dispatcher:
+        await publish(dispatcher, store, range(1, 4), CALL)
+        assert await dispatcher.drain(DEADLINE)
+        assert len(inspector.list_dead_letters("calls")) == 3
+        refusing = False
+
+        assert inspector.replay_dead_letters([d.id for d in inspector.list_dead_letters()]) == 3
+        dispatcher.notify(await store.head_seq())
+
+        assert await dispatcher.drain(DEADLINE)
+        assert calls.taken == event_ids(1, 2, 3)
+        assert dispatcher.backlog() == {"calls": 0}
+
+
+async def test_a_reload_with_a_changed_route_applies_it_from_where_the_sink_stood(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    before, after = FakeSink("crm"), FakeSink("crm")
+    emails = Route(types=("gws.email.*",))
+    async with running(store, metrics, routed(before, emails)) as dispatcher:
+        await publish(dispatcher, store, range(1, 21))
+        assert await dispatcher.drain(DEADLINE)
+
+        await dispatcher.replace_sinks([routed(after, CALLS)])
+        await publish(dispatcher, store, range(21, 41))
+
+        assert await dispatcher.drain(DEADLINE)
+        assert before.taken == taken_by(emails, range(1, 21))
+        assert after.taken == taken_by(CALLS, range(21, 41))
