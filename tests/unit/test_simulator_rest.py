@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 import structlog
-from multidict import CIMultiDictProxy
 
 from daemon.simulator import Simulator, SimulatorSettings, serve
+from daemon.simulator.testing import AgentClient, control, running, send_body
 from tests.harness.waiting import wait_until
 
 CHANNEL = "/v2/me/emails"
@@ -26,116 +25,17 @@ DEADLINE = 5.0
 LONG_POLL_MS = 30_000
 
 
-def send_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "operationName": "Send",
-        "queueName": "Outbound",
-        "email": {
-            "to": ["customer@example.com", "other@example.com"],
-            "from": "agent@example.com",
-            "subject": "Your case",
-            "body": "<p>Done.</p>",
-            "cc": ["boss@example.com"],
-        },
-    }
-    body.update(overrides)
-    return body
-
-
-class Agent:
-    """One agent's HTTP session: Basic auth, its own cookie jar and CSRF token."""
-
-    def __init__(self, base_url: str, *, password: str = "agent1-password") -> None:
-        self.http = aiohttp.ClientSession(
-            base_url,
-            # Cookies from IP hosts are ignored unless the jar is unsafe.
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
-            headers={"Authorization": aiohttp.encode_basic_auth("agent1", password)},
-        )
-        self.csrf = ""
-
-    async def close(self) -> None:
-        await self.http.close()
-
-    async def get(self, path: str) -> tuple[int, Any, CIMultiDictProxy[str]]:
-        async with self.http.get(path) as response:
-            assert response.content_type == "application/json"
-            return response.status, orjson.loads(await response.read()), response.headers
-
-    async def post(self, path: str, body: object, *, csrf: bool = True) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
-        if csrf and self.csrf:
-            headers["X-CSRF-TOKEN"] = self.csrf
-        data = body if isinstance(body, bytes) else orjson.dumps(body)
-        async with self.http.post(path, data=data, headers=headers) as response:
-            assert response.content_type == "application/json"
-            return response.status, orjson.loads(await response.read())
-
-    async def login(self) -> None:
-        status, _, headers = await self.get("/api/v2/me")
-        assert status == 200
-        self.csrf = headers["X-CSRF-TOKEN"]
-
-    async def bayeux(self, *messages: dict[str, Any]) -> list[dict[str, Any]]:
-        # CometD POSTs carry the CSRF token too, as on a GWS that asks for it.
-        status, answer = await self.post("/api/v2/notifications", list(messages))
-        assert status == 200
-        assert isinstance(answer, list)
-        return answer
-
-    async def listen(self) -> str:
-        """Handshake, subscribe to emails and make the first connect: the clientId."""
-        [hello] = await self.bayeux(
-            {
-                "channel": "/meta/handshake",
-                "version": "1.0",
-                "supportedConnectionTypes": ["long-polling"],
-            }
-        )
-        client_id: str = hello["clientId"]
-        [subscribed] = await self.bayeux(
-            {"channel": "/meta/subscribe", "clientId": client_id, "subscription": CHANNEL}
-        )
-        assert subscribed["successful"] is True
-        assert (await self.connect(client_id, timeout=0))[-1]["successful"] is True
-        return client_id
-
-    async def connect(self, client_id: str, *, timeout: int | None = None) -> list[dict[str, Any]]:
-        message: dict[str, Any] = {
-            "channel": "/meta/connect",
-            "clientId": client_id,
-            "connectionType": "long-polling",
-        }
-        if timeout is not None:
-            message["advice"] = {"timeout": timeout}
-        async with asyncio.timeout(DEADLINE):
-            return await self.bayeux(message)
-
-    async def notifications(self, client_id: str) -> list[dict[str, Any]]:
-        """The data of the next non-empty connect answer (held until something comes)."""
-        while True:
-            batch = await self.connect(client_id)
-            assert batch[-1]["successful"] is True, batch[-1]
-            if len(batch) > 1:
-                return [message["data"] for message in batch[:-1]]
-
-
 @pytest.fixture
 async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator(
-        SimulatorSettings(notify_delay_seconds=0.0, long_poll_timeout_ms=LONG_POLL_MS)
-    )
-    await simulator.start()
-    try:
+    settings = SimulatorSettings(notify_delay_seconds=0.0, long_poll_timeout_ms=LONG_POLL_MS)
+    async with running(settings) as simulator:
         yield simulator
-    finally:
-        await simulator.stop()
 
 
 @pytest.fixture
-async def agent(sim: Simulator) -> AsyncIterator[Agent]:
+async def agent(sim: Simulator) -> AsyncIterator[AgentClient]:
     assert sim.base_url is not None
-    client = Agent(sim.base_url)
+    client = AgentClient(sim.base_url)
     try:
         await client.login()
         yield client
@@ -143,9 +43,9 @@ async def agent(sim: Simulator) -> AsyncIterator[Agent]:
         await client.close()
 
 
-async def new_agent(sim: Simulator) -> Agent:
+async def new_agent(sim: Simulator) -> AgentClient:
     assert sim.base_url is not None
-    client = Agent(sim.base_url)
+    client = AgentClient(sim.base_url)
     await client.login()
     return client
 
@@ -175,7 +75,7 @@ async def test_first_request_opens_a_session_and_every_get_carries_its_csrf_toke
     sim: Simulator,
 ) -> None:
     assert sim.base_url is not None
-    client = Agent(sim.base_url)
+    client = AgentClient(sim.base_url)
     try:
         async with client.http.get("/api/v2/me") as first:
             assert first.status == 200
@@ -196,7 +96,7 @@ async def test_first_request_opens_a_session_and_every_get_carries_its_csrf_toke
     assert sim.session_count == 1
 
 
-async def test_posts_need_the_session_csrf_token(sim: Simulator, agent: Agent) -> None:
+async def test_posts_need_the_session_csrf_token(sim: Simulator, agent: AgentClient) -> None:
     start = {"operationName": "StartContactCenterSession", "channels": ["email"]}
     token = agent.csrf
 
@@ -216,7 +116,7 @@ async def test_posts_need_the_session_csrf_token(sim: Simulator, agent: Agent) -
 
 
 async def test_end_contact_center_session_invalidates_the_http_session_and_its_clients(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     client_id = await agent.listen()
     old_token = agent.csrf
@@ -242,7 +142,7 @@ async def test_end_contact_center_session_invalidates_the_http_session_and_its_c
 
 
 async def test_cometd_posts_need_the_csrf_token_unless_told_otherwise(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     handshake = [{"channel": "/meta/handshake", "version": "1.0"}]
 
@@ -258,7 +158,7 @@ async def test_cometd_posts_need_the_csrf_token_unless_told_otherwise(
 
 
 async def test_a_bayeux_client_belongs_to_the_session_it_handshook_in(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     client_id = await agent.listen()
     other = await new_agent(sim)
@@ -272,7 +172,7 @@ async def test_a_bayeux_client_belongs_to_the_session_it_handshook_in(
     assert own[-1]["successful"] is True
 
 
-async def test_unknown_me_operation_and_unknown_path(agent: Agent) -> None:
+async def test_unknown_me_operation_and_unknown_path(agent: AgentClient) -> None:
     unknown_op = await agent.post("/api/v2/me", {"operationName": "Dance"})
     no_op = await agent.post("/api/v2/me", {"channels": []})
     status, body, _ = await agent.get("/api/v2/nowhere")
@@ -289,7 +189,7 @@ async def test_unknown_me_operation_and_unknown_path(agent: Agent) -> None:
 # -- emails ----------------------------------------------------------------------
 
 
-async def test_create_get_and_list_emails(sim: Simulator, agent: Agent) -> None:
+async def test_create_get_and_list_emails(sim: Simulator, agent: AgentClient) -> None:
     status, created = await agent.post("/api/v2/me/emails", {"queueUri": "/queues/Outbound"})
     email_id = created["id"]
     got = await agent.get(f"/api/v2/me/emails/{email_id}")
@@ -321,7 +221,7 @@ async def test_create_get_and_list_emails(sim: Simulator, agent: Agent) -> None:
     ],
 )
 async def test_send_is_validated_like_gws(
-    sim: Simulator, agent: Agent, body: object, status_code: int, message: str | None
+    sim: Simulator, agent: AgentClient, body: object, status_code: int, message: str | None
 ) -> None:
     if isinstance(body, dict) and body.get("queueName") is None:
         del body["queueName"]
@@ -338,7 +238,7 @@ async def test_send_is_validated_like_gws(
 
 
 async def test_send_answers_per_session_reference_ids_and_marks_the_email_sent(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     sim.settings.reference_id_in_answer = True
     first = await agent.post("/api/v2/me/emails/E1", send_body())
@@ -364,12 +264,14 @@ async def test_send_answers_per_session_reference_ids_and_marks_the_email_sent(
     assert sim.sends_received == 3
 
 
-async def test_send_answers_without_reference_id_by_default(sim: Simulator, agent: Agent) -> None:
+async def test_send_answers_without_reference_id_by_default(
+    sim: Simulator, agent: AgentClient
+) -> None:
     assert await agent.post("/api/v2/me/emails/E1", send_body()) == (200, {"statusCode": 0})
 
 
 async def test_a_to_of_one_comma_separated_string_and_a_textual_save_lar_are_taken(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     body = send_body(saveLAR="true")
     body["email"]["to"] = "customer@example.com, other@example.com"
@@ -378,7 +280,7 @@ async def test_a_to_of_one_comma_separated_string_and_a_textual_save_lar_are_tak
     assert sim.emails["E1"]["to"] == ["customer@example.com", "other@example.com"]
 
 
-async def test_a_second_send_of_a_sent_email_is_refused(agent: Agent) -> None:
+async def test_a_second_send_of_a_sent_email_is_refused(agent: AgentClient) -> None:
     await agent.post("/api/v2/me/emails/E1", send_body())
 
     again = await agent.post("/api/v2/me/emails/E1", send_body())
@@ -390,7 +292,7 @@ async def test_a_second_send_of_a_sent_email_is_refused(agent: Agent) -> None:
 
 
 async def test_send_publishes_a_status_change_with_the_reference_id(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     sim.settings.reference_id_in_answer = True
     sim.settings.follow_up_properties_updated = True
@@ -413,7 +315,7 @@ async def test_send_publishes_a_status_change_with_the_reference_id(
 
 
 async def test_error_email_is_accepted_then_an_error_is_notified(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     sim.settings.reference_id_in_answer = True
     sim.settings.error_emails.add("BAD")
@@ -432,7 +334,7 @@ async def test_error_email_is_accepted_then_an_error_is_notified(
     assert sim.emails["BAD"]["state"] == "Composing"
 
 
-async def test_dropped_email_is_sent_but_never_notified(sim: Simulator, agent: Agent) -> None:
+async def test_dropped_email_is_sent_but_never_notified(sim: Simulator, agent: AgentClient) -> None:
     sim.settings.reference_id_in_answer = True
     sim.settings.drop_emails.add("LOST")
     client_id = await agent.listen()
@@ -449,7 +351,7 @@ async def test_dropped_email_is_sent_but_never_notified(sim: Simulator, agent: A
 
 
 async def test_hung_email_gets_no_answer_but_is_sent_and_notified(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     sim.settings.hang_emails.add("HANG")
     client_id = await agent.listen()
@@ -472,7 +374,7 @@ async def test_hung_email_gets_no_answer_but_is_sent_and_notified(
 
 
 async def test_stopping_the_simulator_drops_a_hung_send_without_an_answer(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     sim.settings.hang_emails.add("HANG")
     hung = asyncio.create_task(agent.post("/api/v2/me/emails/HANG", send_body()))
@@ -489,7 +391,7 @@ async def test_stopping_the_simulator_drops_a_hung_send_without_an_answer(
 
 
 async def test_notify_before_answer_queues_the_notification_before_the_answer(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     sim.settings.reference_id_in_answer = True
     client_id = await agent.listen()
@@ -507,7 +409,7 @@ async def test_notify_before_answer_queues_the_notification_before_the_answer(
     assert note["email"]["id"] == "FIRST"
 
 
-async def test_other_operations_change_state_and_notify(sim: Simulator, agent: Agent) -> None:
+async def test_other_operations_change_state_and_notify(sim: Simulator, agent: AgentClient) -> None:
     sim.settings.reference_id_in_answer = True
     client_id = await agent.listen()
     _, created = await agent.post("/api/v2/me/emails", {})
@@ -542,15 +444,6 @@ async def test_other_operations_change_state_and_notify(sim: Simulator, agent: A
 # -- control -------------------------------------------------------------------------
 
 
-async def control(sim: Simulator, method: str, path: str, body: object = None) -> tuple[int, Any]:
-    assert sim.base_url is not None
-    async with aiohttp.ClientSession(sim.base_url) as http:
-        data = None if body is None else orjson.dumps(body)
-        async with http.request(method, path, data=data) as response:
-            assert response.content_type == "application/json"
-            return response.status, orjson.loads(await response.read())
-
-
 async def test_control_settings_read_and_partial_update(sim: Simulator) -> None:
     status, current = await control(sim, "GET", "/control/settings")
     assert status == 200
@@ -578,7 +471,7 @@ async def test_control_settings_read_and_partial_update(sim: Simulator) -> None:
 
 
 async def test_control_forget_drops_sessions_and_bayeux_clients(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     client_id = await agent.listen()
 
@@ -590,7 +483,7 @@ async def test_control_forget_drops_sessions_and_bayeux_clients(
     assert sim.bayeux.client_ids() == []
 
 
-async def test_control_publish_sequence_and_raw_data(sim: Simulator, agent: Agent) -> None:
+async def test_control_publish_sequence_and_raw_data(sim: Simulator, agent: AgentClient) -> None:
     client_id = await agent.listen()
 
     counted = await control(
@@ -612,7 +505,7 @@ async def test_control_publish_sequence_and_raw_data(sim: Simulator, agent: Agen
 
 
 async def test_control_publish_of_200k_messages_is_fast_and_comes_in_one_batch(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     client_id = await agent.listen()
 
@@ -660,7 +553,7 @@ async def test_serve_logs_the_url_and_username_but_not_the_password() -> None:
 
 
 async def test_the_handshake_offers_long_polling_only_unless_websocket_is_offered(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     handshake = {"channel": "/meta/handshake", "version": "1.0"}
     [plain] = await agent.bayeux(handshake)
@@ -680,7 +573,7 @@ async def test_the_handshake_offers_long_polling_only_unless_websocket_is_offere
     assert (sim.websocket_upgrades, sim.websocket_upgrades_without_csrf) == (2, 1)
 
 
-async def test_a_sent_email_can_leave_the_workspace(sim: Simulator, agent: Agent) -> None:
+async def test_a_sent_email_can_leave_the_workspace(sim: Simulator, agent: AgentClient) -> None:
     sim.settings.sent_emails_leave = True
 
     assert (await agent.post("/api/v2/me/emails/GONE", send_body()))[0] == 200
@@ -691,7 +584,7 @@ async def test_a_sent_email_can_leave_the_workspace(sim: Simulator, agent: Agent
     assert listed["emails"] == []
 
 
-async def test_an_error_can_come_without_its_email(sim: Simulator, agent: Agent) -> None:
+async def test_an_error_can_come_without_its_email(sim: Simulator, agent: AgentClient) -> None:
     sim.settings.error_emails.add("BAD")
     sim.settings.error_without_email = True
     sim.settings.reference_id_in_answer = True
@@ -706,7 +599,7 @@ async def test_an_error_can_come_without_its_email(sim: Simulator, agent: Agent)
 
 
 async def test_a_password_change_refuses_the_old_password_and_counts_every_try(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     assert await control(sim, "POST", "/control/password", {"password": "new-one"}) == (
         200,
@@ -714,7 +607,7 @@ async def test_a_password_change_refuses_the_old_password_and_counts_every_try(
     )
     old_status, _, _ = await agent.get("/api/v2/me")
     assert sim.base_url is not None
-    renewed = Agent(sim.base_url, password="new-one")
+    renewed = AgentClient(sim.base_url, password="new-one")
     try:
         await renewed.login()
     finally:
@@ -732,7 +625,7 @@ async def test_a_password_change_refuses_the_old_password_and_counts_every_try(
 
 
 async def test_samples_of_every_kind_are_published_on_their_channels(
-    sim: Simulator, agent: Agent
+    sim: Simulator, agent: AgentClient
 ) -> None:
     client_id = await agent.listen()
     [subscribed] = await agent.bayeux(
