@@ -29,6 +29,7 @@ from daemon.backoff import BackoffPolicy
 from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Message, Subscribed
 from daemon.config import GwsSettings
 from daemon.errors import GwsError
+from daemon.events import notification_type_of
 from daemon.gws.login import failure_reason
 from daemon.gws.messages import EmailStateChange, Malformed, parse_message
 from daemon.gws.session import GwsSession
@@ -72,7 +73,7 @@ def _shape(message: Message) -> dict[str, Any]:
     elif isinstance(parsed, Malformed):
         daemon_sees = f"malformed ({parsed.reason})"
     else:
-        daemon_sees = "counted, not forwarded"
+        daemon_sees = f"forwarded as {notification_type_of(parsed.message_type)}"
     return {
         "channel": message.channel,
         "messageType": fields.get("messageType"),

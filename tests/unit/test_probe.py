@@ -34,7 +34,7 @@ def test_a_shape_names_keys_and_what_the_daemon_makes_of_it_never_values() -> No
     assert b"customer@example.com" not in orjson.dumps(shape)
     assert _shape(Message("/v2/me/emails", "junk"))["daemon"] == "malformed (not_an_object)"
     call = _shape(Message("/v2/me/calls", {"messageType": "CallStateChangeMessage"}))
-    assert call["daemon"] == "counted, not forwarded"
+    assert call["daemon"] == "forwarded as gws.call.state_changed"
 
 
 async def test_a_probe_of_the_simulator_works_and_its_summary_says_so(
@@ -51,7 +51,7 @@ async def test_a_probe_of_the_simulator_works_and_its_summary_says_so(
     )
     simulator.settings.password = "x"
 
-    code, report = await probe(settings, seconds=0.2)
+    code, report = await probe(settings.accounts[0].gws, seconds=0.2)
     text = summary(report)
 
     assert code == 0
