@@ -298,7 +298,7 @@ _KIND_NAMES: Final = {
     "str": "non-empty string",
     "int": "non-negative integer",
     "float": "non-negative number",
-    "agents": f"integer from 0 to {MAX_GENERATED}",
+    "agents": f"whole number from 0 to {MAX_GENERATED}",
     "tuple": "list of strings",
     "set": "list of strings",
 }
