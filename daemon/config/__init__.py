@@ -10,6 +10,7 @@ read here and kept in `Secret` objects whose repr never shows the value.
     values    URLs, listen addresses, paths and secret files
     loader    `load_settings`, `settings_from_dict` and one builder per section
     accounts  the GWS accounts: today's single one, or [[gws.accounts]]
+    routing   a sink's `types` and `accounts` patterns, and the `Route` they make
     buses     the keys of the redis and nats sinks
     exposure  what exposes a secret: one in clear, a secret file others can read
 
