@@ -987,6 +987,8 @@ async def serve(host: str, port: int, settings: SimulatorSettings) -> None:
         base_url=base_url,
         notifications=base_url + NOTIFICATIONS_PATH,
         username=settings.username,
+        agents=settings.agents,
+        activity_per_second=settings.activity_per_second,
     )
     try:
         await asyncio.Event().wait()
