@@ -218,14 +218,17 @@ async def test_malformed_notifications_are_counted_kept_and_do_not_stop_the_list
         )
         status, answer = await daemon.send("E-8")
         assert status == 200
-        [event] = await daemon.wait_events(_events(tmp_path), 1)
+        # A well-formed message of a type no page names is data: an event of its own.
+        unknown, event = await daemon.wait_events(_events(tmp_path), 2)
+        assert unknown["type"] == "gws.notification"
+        assert unknown["data"]["messageType"] == "NoSuchMessage"
         assert event["data"]["send"]["sendId"] == answer["sendId"]
         text = await daemon.metrics()
         for reason in ("not_an_object", "no_message_type", "no_email_id"):
             assert f'gws_notifyd_notifications_malformed_total{{reason="{reason}"}} 1.0' in text
-        # A well-formed message of a type no page names is data, counted as "other".
+        # ... and counted as "other".
         assert (
-            'gws_notifyd_notifications_received_total{channel="/v2/me/emails",'
+            'gws_notifyd_notifications_received_total{account="default",channel="/v2/me/emails",'
             'message_type="other",notification_type="none"} 1.0'
         ) in text
         status, _ready = await daemon.readyz()
@@ -361,7 +364,7 @@ async def test_a_forgotten_session_is_rehandshaken_and_missed_outcomes_reconcile
         assert {e["data"]["send"]["sendId"] for e in events} == {first["sendId"], second["sendId"]}
         assert all(e["data"]["reconciled"] for e in events)
         metrics = await daemon.metrics()
-        assert "gws_notifyd_cometd_handshakes_total 2.0" in metrics
+        assert 'gws_notifyd_cometd_handshakes_total{account="default"} 2.0' in metrics
         simulator.settings.drop_emails.clear()
         status, answer = await daemon.send("E-18")
         assert status == 200
@@ -383,12 +386,14 @@ async def test_status_shows_connection_pending_and_sinks_as_a_table_and_as_json(
         await daemon.send("ST-1")
         table = await cli_output("status", "--config", str(config))
         assert "READY" in table
-        assert "CometD: connected, subscribed (long-polling)" in table
+        [row] = [line.split() for line in table.splitlines() if line.startswith("default ")]
+        assert row[:4] == ["default", "connected", "yes", "ok"]
         assert "pending sends: 1" in table
         assert "archive" in table
         document = orjson.loads(await cli_output("status", "--config", str(config), "--json"))
         assert document["pendingSends"] == 1
-        assert document["cometd"]["subscribed"] is True
+        [account] = document["accounts"]
+        assert (account["name"], account["subscribed"]) == ("default", True)
         assert document["ready"]["ready"] is True
         assert [s["name"] for s in document["sinks"]] == ["archive"]
     down = await cli_output("status", "--config", str(config))

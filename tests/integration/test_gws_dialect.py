@@ -50,12 +50,14 @@ def _events(tmp_path: Path) -> Path:
 
 
 def _sample(metrics: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus exposition (0.0 when absent)."""
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    prefix = f"{name}{{{wanted}}} " if labels else f"{name} "
-    for line in metrics.splitlines():
-        if line.startswith(prefix):
-            return float(line.rsplit(" ", 1)[1])
+    """One sample of a Prometheus exposition (0.0 when absent); a per-account series is
+    the `default` account's."""
+    for wanted in (labels, {"account": "default", **labels}):
+        text = ",".join(f'{k}="{v}"' for k, v in sorted(wanted.items()))
+        prefix = f"{name}{{{text}}} " if wanted else f"{name} "
+        for line in metrics.splitlines():
+            if line.startswith(prefix):
+                return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
