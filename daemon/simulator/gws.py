@@ -108,8 +108,8 @@ POST  /control/notify         `{"username", "kind", "count"}`: `count` (default 
                               `chat` (ChatStateChangeMessage on /v2/me/chats, `chat.id`),
                               `workitem` (WorkitemStateChangeMessage on /v2/me/workitems,
                               `workitem.id`), `unknown` (a type no page names,
-                              SupervisorMonitoringStateChangeMessage on /v2/me/calls,
-                              `monitoring.id`) → `{"published": N, "channel": C, "ids": [...]}`
+                              SupervisorMonitoringMessage on /v2/me/calls, `monitoring.id`)
+                              → `{"published": N, "channel": C, "ids": [...]}`
 GET   /control/stats          the counters: sendsReceived, sendsAccepted,
                               notificationsPublished, loginAttempts, refusedRequests,
                               bayeuxPosts, bayeuxPostsWithoutCsrf, websocketUpgrades,

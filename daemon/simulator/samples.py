@@ -12,8 +12,9 @@ where the docs show no example, the fields are plausible, and only
 
 `of_kind` makes more of the same shapes, each about an object of its own id,
 for `POST /control/notify` and the steady demo traffic: `call`, `device`,
-`chat`, `workitem`, and `unknown` (the unknown message type, on the calls
-channel). `object_ids()` hands out those ids, distinct within a run.
+`chat`, `workitem`, and `unknown` (`UNKNOWN_ON_CALLS`: a type no page names,
+not even in the form `...StateChangeMessage`, on the calls channel).
+`object_ids()` hands out those ids, distinct within a run.
 """
 
 from __future__ import annotations
@@ -157,14 +158,21 @@ def samples(names: list[str] | None) -> list[tuple[str, str, dict[str, Any]]]:
     return [(name, *SAMPLES[name]) for name in chosen]
 
 
-# kind -> (the sample it copies, its channel, where the object's id goes: keys and indexes).
-_KINDS: Final[dict[str, tuple[str, str, tuple[str | int, ...]]]] = {
-    "call": ("CallStateChangeMessage", CALLS, ("call", "id")),
-    "device": ("DeviceStateChangeMessage", "/v2/me/devices", ("devices", 0, "id")),
-    "chat": ("ChatStateChangeMessage", "/v2/me/chats", ("chat", "id")),
-    "workitem": ("WorkitemStateChangeMessage", "/v2/me/workitems", ("workitem", "id")),
-    # No page names the type: it comes on a documented channel, about an object of its own.
-    "unknown": ("UnknownMessageType", CALLS, ("monitoring", "id")),
+# A type no page names, on a documented channel, about an object of its own. Unlike the
+# UnknownMessageType sample its name does not even end in StateChangeMessage.
+UNKNOWN_ON_CALLS: Final[dict[str, Any]] = {
+    "messageType": "SupervisorMonitoringMessage",
+    "notificationType": "Started",
+    "monitoring": {"id": "0001XaCJ7EHD0040", "mode": "Silent"},
+}
+
+# kind -> (the payload it copies, its channel, where the object's id goes: keys and indexes).
+_KINDS: Final[dict[str, tuple[dict[str, Any], str, tuple[str | int, ...]]]] = {
+    "call": (SAMPLES["CallStateChangeMessage"][1], CALLS, ("call", "id")),
+    "device": (SAMPLES["DeviceStateChangeMessage"][1], "/v2/me/devices", ("devices", 0, "id")),
+    "chat": (SAMPLES["ChatStateChangeMessage"][1], "/v2/me/chats", ("chat", "id")),
+    "workitem": (SAMPLES["WorkitemStateChangeMessage"][1], "/v2/me/workitems", ("workitem", "id")),
+    "unknown": (UNKNOWN_ON_CALLS, CALLS, ("monitoring", "id")),
 }
 KINDS: Final = tuple(_KINDS)
 
@@ -177,13 +185,12 @@ def kind_channel(kind: str) -> str:
 def of_kind(kind: str, object_id: str) -> dict[str, Any]:
     """A payload of `kind` (see `KINDS`) about the object `object_id`; KeyError for an
     unknown kind. A fresh copy each time: the caller may keep or change it."""
-    name, _channel, path = _KINDS[kind]
-    payload: dict[str, Any] = orjson.loads(orjson.dumps(SAMPLES[name][1]))
+    shape, _channel, path = _KINDS[kind]
+    payload: dict[str, Any] = orjson.loads(orjson.dumps(shape))
     parent: Any = payload
     *parents, last = path
     for step in parents:
-        # A missing object (the unknown kind's) is made; list items are the sample's.
-        parent = parent.setdefault(step, {}) if isinstance(step, str) else parent[step]
+        parent = parent[step]
     parent[last] = object_id
     return payload
 

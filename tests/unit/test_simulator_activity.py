@@ -17,7 +17,7 @@ import pytest
 
 from daemon.simulator import Simulator, SimulatorSettings
 from daemon.simulator.activity import Activity
-from daemon.simulator.samples import SAMPLES
+from daemon.simulator.samples import SAMPLES, UNKNOWN_ON_CALLS
 from daemon.simulator.testing import AgentClient, control, running
 from tests.harness.waiting import wait_until
 
@@ -32,11 +32,7 @@ KINDS: dict[str, tuple[str, str, Any]] = {
     "device": ("/v2/me/devices", "DeviceStateChangeMessage", lambda d: d["devices"][0]["id"]),
     "chat": ("/v2/me/chats", "ChatStateChangeMessage", lambda d: d["chat"]["id"]),
     "workitem": ("/v2/me/workitems", "WorkitemStateChangeMessage", lambda d: d["workitem"]["id"]),
-    "unknown": (
-        "/v2/me/calls",
-        SAMPLES["UnknownMessageType"][1]["messageType"],
-        lambda d: d["monitoring"]["id"],
-    ),
+    "unknown": ("/v2/me/calls", "SupervisorMonitoringMessage", lambda d: d["monitoring"]["id"]),
 }
 DOCUMENTED_TYPES = {name for name in SAMPLES if name != "UnknownMessageType"}
 
@@ -82,12 +78,13 @@ async def test_notify_publishes_that_many_of_a_kind_on_its_channel_with_distinct
     assert [m["channel"] for m in messages] == [channel] * 3
     assert [m["data"]["messageType"] for m in messages] == [message_type] * 3
     assert [object_id(m["data"]) for m in messages] == answer["ids"]
+    # The shape is the sample's, the id aside.
     if kind == "unknown":
         assert message_type not in DOCUMENTED_TYPES
+        assert not message_type.endswith("StateChangeMessage")
+        assert set(messages[0]["data"]) == set(UNKNOWN_ON_CALLS)
     else:
-        # The shape is the sample's, the id aside.
-        sample = SAMPLES[message_type][1]
-        assert set(messages[0]["data"]) == set(sample)
+        assert set(messages[0]["data"]) == set(SAMPLES[message_type][1])
 
 
 async def test_notify_ids_stay_distinct_across_orders_and_default_to_the_configured_user(
