@@ -25,7 +25,8 @@ HTTP   statusCode  when
 403    3           CSRF on and the POST (CometD's too, unless `csrf_cometd` is off) lacks
                    the session's X-CSRF-TOKEN header
 404    6           unknown email id (GET and non-Send operations; with `sent_emails_leave`
-                   an email that was sent), or an unknown path
+                   an email that was sent), another user's email id (GET and every
+                   operation, Send included), or an unknown path
 400    10          body is not a JSON object, an unknown operationName, a bad optional
                    field (cc, bcc, saveLAR, channels, userData), a WebSocket upgrade
 405    10          method not allowed on that path
@@ -81,8 +82,9 @@ GET   /control/settings       the settings, as JSON (no password)
 POST  /control/settings       `{setting: value, ...}`: a partial update, all or nothing
                               (`agents` and `activity_per_second` included); answers the
                               settings
-POST  /control/users          `{"username", "password"}`: add a user, or change one's password
-                              (a change drops that user's sessions)
+POST  /control/users          `{"username", "password"}` (non-empty, no ':' in the name): add
+                              a user, or change one's password (a change drops that user's
+                              sessions)
                               → `{"username": U, "created": bool}`
 POST  /control/password       `{"password", "username"}`: that user's password changes
                               (default: the configured user's): the old one is refused from
