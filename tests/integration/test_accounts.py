@@ -102,6 +102,32 @@ async def test_two_accounts_reusing_a_reference_id_are_never_cross_matched(
     assert by_email["E-A"]["id"] != by_email["E-B"]["id"]
 
 
+async def test_errors_without_an_email_find_their_own_accounts_send_by_the_same_reference_id(
+    simulator: Simulator, agents: list[str], tmp_path: Path
+) -> None:
+    # Both Sends fail; GWS tells each agent by referenceId 1 alone (no email). Matched
+    # across accounts, the two would be one referenceId held by two sends: unmatched.
+    simulator.settings.reference_id_in_answer = True
+    simulator.settings.error_without_email = True
+    simulator.settings.error_emails.update({"E-A", "E-B"})
+    config = write_accounts(tmp_path, simulator, [account(n) for n in agents])
+    async with DaemonProcess(config) as daemon:
+        _, answer_a = await daemon.send("E-A", account="sales-1")
+        _, answer_b = await daemon.send("E-B", account="sales-2")
+        events = await daemon.wait_events(tmp_path / "events.jsonl", 2)
+
+    assert answer_a["referenceId"] == answer_b["referenceId"] == 1
+    outcome = {
+        e["data"]["account"]: (e["data"]["correlated"], e["data"]["send"]["sendId"], e["subject"])
+        for e in events
+    }
+    assert outcome == {
+        "sales-1": (True, answer_a["sendId"], "E-A"),
+        "sales-2": (True, answer_b["sendId"], "E-B"),
+    }
+    assert {e["data"]["notificationType"] for e in events} == {"Error"}
+
+
 async def test_one_accounts_refused_password_leaves_the_others_sending(
     simulator: Simulator, agents: list[str], tmp_path: Path
 ) -> None:
