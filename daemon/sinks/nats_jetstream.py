@@ -41,7 +41,6 @@ except ImportError:  # pragma: no cover - config check names the install command
 log = structlog.get_logger(logger_name="daemon.sinks.nats")
 
 INSTALL = "pip install 'gws-notifyd[nats]'"
-DEFAULT_ACCOUNT = "default"
 MSG_ID = "Nats-Msg-Id"
 # JetStream API error codes that will not mend themselves.
 _STREAM_NOT_FOUND = 10059
@@ -93,7 +92,7 @@ class NatsJetStreamSink(Sink):
         self.duplicates_dropped = 0
 
     def subject_of(self, row: OutboxRow) -> str:
-        return self._subject.format(account=DEFAULT_ACCOUNT, type=row.type)
+        return self._subject.format(account=row.account, type=row.type)
 
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         jetstream = await self._ready()

@@ -38,7 +38,6 @@ except ImportError:  # pragma: no cover - config check names the install command
     aioredis = None  # type: ignore[assignment]
 
 INSTALL = "pip install 'gws-notifyd[redis]'"
-DEFAULT_ACCOUNT = "default"
 # Replies that say "not now" rather than "never".
 _TRANSIENT_PREFIXES = (
     "LOADING",
@@ -124,7 +123,7 @@ class RedisStreamSink(Sink):
         self._script = self._client.register_script(_APPEND_NEW)
 
     def stream_of(self, row: OutboxRow) -> str:
-        return self._stream.format(account=DEFAULT_ACCOUNT, type=row.type)
+        return self._stream.format(account=row.account, type=row.type)
 
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         streams: dict[str, int] = {}
@@ -137,8 +136,8 @@ class RedisStreamSink(Sink):
                     index,
                     row.event_id,
                     row.type,
-                    DEFAULT_ACCOUNT,
-                    row.email_id or "",
+                    row.account,
+                    row.email_id or _subject(row),
                     iso_time(row.created_at, digits=6),
                 )
             )
@@ -166,6 +165,15 @@ class RedisStreamSink(Sink):
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _subject(row: OutboxRow) -> str:
+    """The CloudEvent's subject when it is not an email id (a call's id, say): read from
+    the event itself, which only events about something other than an email need."""
+    if row.type.startswith("gws.email."):
+        return ""
+    subject = orjson.loads(row.body).get("subject")
+    return subject if isinstance(subject, str) else ""
 
 
 def _text(value: object) -> str:

@@ -154,6 +154,27 @@ async def test_redis_stream_name_may_carry_the_event_type(redis_server: RedisSer
     assert await redis_ids(redis_server.url, "gws:default:gws.email.send_rejected") == ["event-3"]
 
 
+def call_row(n: int, account: str) -> OutboxRow:
+    body = orjson.dumps({"id": f"event-{n}", "type": "gws.call.state_changed", "subject": "C-7"})
+    return OutboxRow(n, f"event-{n}", "gws.call.state_changed", None, 1.0, body, account)
+
+
+async def test_redis_streams_by_account_carry_each_events_account_and_subject(
+    redis_server: RedisServer,
+) -> None:
+    sink = redis_sink(redis_server)
+    try:
+        await sink.deliver([call_row(1, "sales-1"), call_row(2, "support"), *rows(3, 1)])
+    finally:
+        await sink.close()
+
+    [sales] = await redis_entries(redis_server.url, "gws:sales-1:events")
+    [support] = await redis_entries(redis_server.url, "gws:support:events")
+    assert (sales["id"], sales["account"], sales["subject"]) == (b"event-1", b"sales-1", b"C-7")
+    assert (support["id"], support["account"]) == (b"event-2", b"support")
+    assert await redis_ids(redis_server.url) == ["event-3"]
+
+
 async def test_redis_wrong_type_is_permanent_and_says_how_many_went_in(
     redis_server: RedisServer,
 ) -> None:
@@ -223,6 +244,24 @@ async def test_jetstream_publishes_each_event_once_and_counts_duplicates(
 
     assert await nats_ids(nats_server.url) == [f"event-{n}" for n in range(1, 8)]
     assert sink.duplicates_dropped == 3
+
+
+async def test_jetstream_subjects_by_account(nats_server: NatsServer) -> None:
+    sink = nats_sink(nats_server)
+    try:
+        await sink.deliver([call_row(1, "sales-1"), *rows(2, 1)])
+    finally:
+        await sink.close()
+
+    connection = await nats.connect(nats_server.url)
+    try:
+        jetstream = connection.jetstream()
+        first = await jetstream.get_msg(JS_STREAM, 1)
+        second = await jetstream.get_msg(JS_STREAM, 2)
+    finally:
+        await connection.close()
+    assert first.subject == "gws.sales-1.gws.call.state_changed"
+    assert second.subject == "gws.default.gws.email.state_changed"
 
 
 async def test_jetstream_missing_stream_without_create_is_permanent(
