@@ -19,7 +19,13 @@ from typing import Any, Final
 from basics import ROOT
 from report import note
 
-from tests.harness.daemon_process import SIM_PASSWORD, DaemonProcess, write_config
+from tests.harness.daemon_process import (
+    SIM_PASSWORD,
+    DaemonProcess,
+    config_document,
+    to_toml,
+    write_config,
+)
 
 START_TIMEOUT: Final = 120.0  # a store with 300,000 pending sends is read before `started`
 STOP_TIMEOUT: Final = 60.0
@@ -102,3 +108,20 @@ def workdir(name: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix=f"gws-bench-{name}-") as kept:
         yield Path(kept)
+
+
+def accounts_config(
+    workdir: Path, *, gws_url: str, accounts: Sequence[dict[str, Any]], **gws: Any
+) -> Path:
+    """`daemon_config`'s config (one jsonl sink, `sink_path`), with `[[gws.accounts]]`
+    tables (`accounts`: name, username, password_file, ...) instead of `gws.username`;
+    `gws` adds shared `[gws]` keys."""
+    sections = {name: dict(values) for name, values in _BENCH_SECTIONS.items()}
+    sections["gws"].update(gws)
+    sinks = [{"name": "archive", "type": "jsonl", "path": str(sink_path(workdir))}]
+    document = config_document(workdir, gws_url=gws_url, sinks=sinks, **sections)
+    del document["gws"]["username"]  # each account has its own
+    document["gws.accounts"] = list(accounts)  # [[gws.accounts]] tables, after [gws]
+    path = workdir / "gws-notifyd.toml"
+    path.write_text(to_toml(document))
+    return path
