@@ -301,8 +301,10 @@ class Dispatcher:
 
     @staticmethod
     def _caught_up(worker: _Worker) -> bool:
-        """Nothing it takes lies between its cursor and `fresh_upto` but what is in `fresh`."""
-        return not worker.behind and worker.status.cursor >= worker.fresh_start
+        """Nothing it takes lies between its cursor and `fresh_upto`: not in the store
+        (it read up to where `fresh` begins), not in `fresh` (events told but not yet
+        taken: an idle worker woken for them may not have run yet)."""
+        return not worker.behind and not worker.fresh and worker.status.cursor >= worker.fresh_start
 
     def _backlog(self, worker: _Worker) -> int:
         if worker.route is None:

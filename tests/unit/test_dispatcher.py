@@ -501,3 +501,27 @@ async def test_a_reload_with_a_changed_route_applies_it_from_where_the_sink_stoo
         assert await dispatcher.drain(DEADLINE)
         assert before.taken == taken_by(emails, range(1, 21))
         assert after.taken == taken_by(CALLS, range(21, 41))
+
+
+async def test_events_a_routed_sink_does_not_take_never_carry_its_cursor_past_waiting_ones(
+    store: AsyncStore, metrics: Metrics, inspector: Store
+) -> None:
+    calls = FakeSink("calls")
+    async with running(store, metrics, routed(calls, CALLS)) as dispatcher:
+        # The worker waiting for events, nothing in its hands (its private state: the
+        # moment this is about comes and goes between two turns of the loop).
+        await wait_until(lambda: dispatcher._workers["calls"].idle, timeout=DEADLINE)
+        # Two commits told in one turn of the loop, before the idle worker runs:
+        # calls it takes, then chats it does not.
+        first = events_of(range(1, 4), CALL)
+        second = events_of(range(4, 7), CHAT)
+        head_1 = await store.submit_outcomes(events=first)
+        head_2 = await store.submit_outcomes(events=second)
+        dispatcher.notify(head_1, first)
+        dispatcher.notify(head_2, second)
+
+        assert await dispatcher.drain(DEADLINE)
+
+        assert calls.taken == event_ids(1, 2, 3)
+        assert dispatcher.backlog() == {"calls": 0}
+        assert await saved_cursors(dispatcher, inspector) == {"calls": 6}
