@@ -98,6 +98,7 @@ class Account:
             account=self.name, tracker=self.tracker, session=self.session, outbox_full=outbox_full
         )
         self._pacer = pacer
+        self._refused_at_first = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
     async def restore(self) -> int:
@@ -110,11 +111,25 @@ class Account:
         try:
             await self.session.login()
         except GwsRequestError as exc:
-            return FirstLogin(ok=False, refused=is_refusal(exc), error=exc)
+            refused = is_refusal(exc)
+            if refused:
+                self._refused_at_first.set()
+            return FirstLogin(ok=False, refused=refused, error=exc)
         except GwsError as exc:
             return FirstLogin(ok=False, error=exc)
-        self.listener.logged_in_in_turn()
+        # Its first handshake follows at once: the login's turn was its turn.
         return FirstLogin(ok=True)
+
+    async def wait_settled(self) -> bool:
+        """Until it is subscribed (True) or GWS refused its first login (False)."""
+        subscribed = asyncio.ensure_future(self.listener.first_subscription.wait())
+        refused = asyncio.ensure_future(self._refused_at_first.wait())
+        try:
+            await asyncio.wait({subscribed, refused}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            subscribed.cancel()
+            refused.cancel()
+        return self.listener.first_subscription.is_set()
 
     async def run(self, first: FirstLogin) -> None:
         """Listen until closed (its login kept alive by the listener's keeper). After a

@@ -57,7 +57,6 @@ class NotificationListener:
         """`pacer`: the pace every account's logins and handshakes share (none: no pace)."""
         self._session = session
         self._pacer = pacer
-        self._turn_taken = False
         self.last_notification_at: float | None = None
         self._tracker = tracker
         self._metrics = metrics
@@ -77,6 +76,8 @@ class NotificationListener:
             on_state=self._on_state,
             headers=session.bayeux_headers,
             before_handshake=self._before_handshake,
+            # GWS down: every account's retries share the pace too (no herd, no spin).
+            before_retry=pacer.turn if pacer is not None else None,
         )
         # A Send answered 401 is news the long-poll may bring only much later.
         session.on_refused(self._client.rehandshake)
@@ -144,18 +145,12 @@ class NotificationListener:
             self._metrics.cometd_subscribed.set(0)
         log.info("cometd_state", state=state.value)
 
-    def logged_in_in_turn(self) -> None:
-        """A login just took this account's turn: the handshake after it needs none."""
-        self._turn_taken = True
-
     async def _on_batch(self, messages: list[Message]) -> None:
         self.last_notification_at = time.time()
         await self._tracker.on_batch(messages)
 
     async def _before_handshake(self) -> None:
-        if self._turn_taken:
-            self._turn_taken = False
-        elif self._pacer is not None:
+        if self._pacer is not None:
             await self._pacer.turn()
         # A handshake on a dead HTTP session never succeeds when GWS authorises
         # CometD by the session cookie: the session first.

@@ -4,7 +4,8 @@ A thousand accounts that lose GWS at once (it restarted) would otherwise all
 log in and handshake within the same second: a herd GWS answers slowly, or
 not at all. Each turn is given a slot of its own, first come first served,
 1/rate seconds after the previous one; waiting for a slot costs nothing while
-the pace is not reached.
+the pace is not reached. The spacing is measured when a turn is given, not
+planned ahead, so an event loop running late never releases a bunch at once.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ class Pacer:
     def __init__(self, rate: float) -> None:
         """`rate`: turns per second (> 0)."""
         self._interval = 1.0 / rate
-        self._next = 0.0
+        self._last = -self._interval
+        self._queue = asyncio.Lock()  # first come, first served
 
     async def turn(self) -> None:
         """Return when it is this caller's turn."""
-        now = time.monotonic()
-        slot = max(now, self._next)
-        self._next = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        async with self._queue:
+            wait = self._last + self._interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._last = time.monotonic()

@@ -147,47 +147,67 @@ class Service:
         stack.callback(self._remove_signals)
         stack.push_async_callback(self._stop_tasks)
         self._start_background(parts)
-        firsts = await self._first_logins(list(parts.accounts))
-        if not self._stop.is_set():
+        await self._start_accounts(parts)
+
+    async def _start_accounts(self, parts: Components) -> None:
+        if self.settings.gws.username:  # today's form: its start-up rules (exit 77, 69)
+            account = parts.accounts.first
+            first = await self._single_first_login(account)
+            if not self._stop.is_set():
+                self._start_account(account, first)
+        else:
             for account in parts.accounts:
-                self._start_account(account, firsts[account.name])
-            self._tasks.append(asyncio.create_task(self._announce_ready(firsts), name="ready"))
+                self._start_account(account)
+        if not self._stop.is_set():
+            self._tasks.append(asyncio.create_task(self._announce_ready(), name="ready"))
 
-    async def _first_logins(self, accounts: list[Account]) -> dict[str, FirstLogin]:
-        """Every account's first login, at once (in the shared pace). Refused in the
-        single-account form: an operator's typo, exit 77 (never retried). Refused
-        among several: that account waits and tries again, the others go on. GWS
-        unreachable without `wait_at_start`: exit 69."""
-        results = await asyncio.gather(*(a.first_login() for a in accounts))
-        firsts = {a.name: r for a, r in zip(accounts, results, strict=True)}
-        several = self.settings.gws.username == ""  # [[gws.accounts]]
-        for account, first in zip(accounts, results, strict=True):
-            if first.ok:
-                continue
-            if first.refused and not several:
-                raise StartupError(
-                    f"GWS refused the credentials of gws.username "
-                    f"{account.settings.gws.username!r}: {first.error}",
-                    exitcodes.NOPERM,
-                )
-            if not first.refused and not self.settings.gws.wait_at_start:
-                raise StartupError(
-                    f"GWS unreachable at start: {first.error}", exitcodes.UNAVAILABLE
-                )
-            if first.refused:
-                log.error(
-                    "account_credentials_refused",
-                    account=account.name,
-                    username=account.settings.gws.username,
-                    error=str(first.error),
-                )
-            else:
-                log.warning("gws_login_retry", account=account.name, error=str(first.error))
-                self.notifier.status(f"waiting for GWS: {first.error}")
-        return firsts
+    async def _single_first_login(self, account: Account) -> FirstLogin:
+        """The one account's first login. Refused: an operator's typo, exit 77 (never
+        retried). Unreachable without `wait_at_start`: exit 69."""
+        first = await account.first_login()
+        if first.refused:
+            raise StartupError(
+                f"GWS refused the credentials of gws.username "
+                f"{account.settings.gws.username!r}: {first.error}",
+                exitcodes.NOPERM,
+            )
+        if not first.ok:
+            self._first_login_failed(account, first)
+        return first
 
-    def _start_account(self, account: Account, first: FirstLogin) -> None:
-        account.task = self._supervised(account.run(first), f"account-{account.name}")
+    def _first_login_failed(self, account: Account, first: FirstLogin) -> None:
+        """Say so; GWS unreachable without `wait_at_start` is fatal (exit 69)."""
+        if first.refused:
+            # One of several: it waits and tries again (slowly), the others go on.
+            log.error(
+                "account_credentials_refused",
+                account=account.name,
+                username=account.settings.gws.username,
+                error=str(first.error),
+            )
+        elif not self.settings.gws.wait_at_start:
+            raise StartupError(f"GWS unreachable at start: {first.error}", exitcodes.UNAVAILABLE)
+        else:
+            log.warning("gws_login_retry", account=account.name, error=str(first.error))
+            self.notifier.status(f"waiting for GWS: {first.error}")
+
+    def _start_account(self, account: Account, first: FirstLogin | None = None) -> None:
+        """The account's own task: its first login (unless done), then its listener.
+        Each account starts as soon as its own login is done, in the shared pace, so
+        their first handshakes come at that pace too."""
+        name = f"account-{account.name}"
+        account.task = self._supervised(self._account_life(account, first), name)
+
+    async def _account_life(self, account: Account, first: FirstLogin | None) -> None:
+        if first is None:
+            first = await account.first_login()
+            if not first.ok:
+                try:
+                    self._first_login_failed(account, first)
+                except StartupError as exc:
+                    self._fail("startup_failed", exit_code=exc.exit_code, error=str(exc))
+                    return
+        await account.run(first)
 
     def _start_background(self, parts: Components) -> None:
         """The duties that run until shutdown; any of them ending is fatal."""
@@ -227,11 +247,11 @@ class Service:
         else:
             self._fail("task_stopped", task=name, error=reason)
 
-    def _fail(self, event: str, **fields: object) -> None:
-        """Stop with exit 70, saying why in one line (only the first cause is logged)."""
+    def _fail(self, event: str, *, exit_code: int = exitcodes.SOFTWARE, **fields: object) -> None:
+        """Stop with `exit_code` (70), saying why in one line (only the first cause is logged)."""
         if self._exit_code is None:
-            self._exit_code = exitcodes.SOFTWARE
-            log.error(event, exit_code=self._exit_code, **fields)
+            self._exit_code = exit_code
+            log.error(event, exit_code=exit_code, **fields)
         self._stop.set()
 
     async def _serve_api(self, parts: Components, stack: contextlib.AsyncExitStack) -> None:
@@ -287,15 +307,16 @@ class Service:
             seconds=round(time.monotonic() - started, 3),
         )
 
-    async def _announce_ready(self, firsts: dict[str, FirstLogin]) -> None:
-        """READY=1 once every account whose credentials GWS took is subscribed."""
+    async def _announce_ready(self) -> None:
+        """READY=1 once every account is subscribed, or refused at its first login."""
         assert self._parts is not None
-        accounts = [a for a in self._parts.accounts if not firsts[a.name].refused]
-        await asyncio.gather(*(a.listener.first_subscription.wait() for a in accounts))
+        accounts = list(self._parts.accounts)
+        subscribed = await asyncio.gather(*(a.wait_settled() for a in accounts))
         self.notifier.ready(self._status_line())
         log.info(
             "ready",
             accounts=len(accounts),
+            subscribed=sum(subscribed),
             transport=accounts[0].listener.transport if accounts else None,
         )
 
@@ -419,15 +440,7 @@ class Service:
             restored = await account.restore()
             parts.accounts.add(account)
             log.info("account_started", account=account.name, pending_sends=restored)
-            first = await account.first_login()
-            if first.refused:
-                log.error(
-                    "account_credentials_refused",
-                    account=account.name,
-                    username=settings.gws.username,
-                    error=str(first.error),
-                )
-            self._start_account(account, first)
+            self._start_account(account)
 
     # -- background duties --------------------------------------------------------------
 

@@ -14,8 +14,10 @@ state the caller sees) and what each failure leads to:
 
 Before every handshake but the very first, the caller's `before_handshake`
 runs (a GWS client makes sure its HTTP session is alive there: a handshake
-on a dead session never succeeds). Every request carries the caller's
-`headers` (a CSRF token), the WebSocket upgrade included.
+on a dead session never succeeds); before every retry after a transport
+failure, its `before_retry` (many clients of one process share a pace
+there). Every request carries the caller's `headers` (a CSRF token), the
+WebSocket upgrade included.
 
 It never speaks HTTP itself (the transports do), never reads a payload, and
 never calls back with anything but whole batches, in order.
@@ -95,6 +97,7 @@ class BayeuxClient:
         on_state: StateHandler | None = None,
         headers: HeaderSource = no_headers,
         before_handshake: BeforeHandshake | None = None,
+        before_retry: BeforeHandshake | None = None,
     ) -> None:
         self._session = session
         self._settings = settings
@@ -104,6 +107,7 @@ class BayeuxClient:
         self._on_state = on_state
         self._headers = headers
         self._before_handshake = before_handshake
+        self._before_retry = before_retry
         self._ids = itertools.count(1)
         self._backoff = Backoff(settings.backoff)
         self._unknown_in_a_row = 0
@@ -254,12 +258,11 @@ class BayeuxClient:
 
     async def _retry_after(self, exc: TransportError | HandshakeError) -> None:
         delay = self._backoff.next_delay()
-        log.warning(
-            "bayeux_retry",
-            error=str(exc),
-            attempt=self._backoff.attempt,
-            delay_seconds=round(delay, 3),
-        )
+        attempt = self._backoff.attempt
+        # Attempts 1, 2, 4, 8, ... at warning: a server down for long is said so
+        # without a line per retry (the rest at debug).
+        logger = log.warning if attempt & (attempt - 1) == 0 else log.debug
+        logger("bayeux_retry", error=str(exc), attempt=attempt, delay_seconds=round(delay, 3))
         if self._transport is not None and self._transport.name == WEBSOCKET:
             # A broken WebSocket is not reused; the next round handshakes
             # again and may fall back to long-polling.
@@ -267,6 +270,8 @@ class BayeuxClient:
             await self._forget_client()
         self._set_state(ConnectionState.RECONNECTING)
         await self._pause(delay)
+        if self._before_retry is not None and not self._closing.is_set():
+            await done_unless(asyncio.ensure_future(self._before_retry()), self._closing)
 
     # -- handshake and subscribe --------------------------------------------------
 
