@@ -41,6 +41,8 @@ log = structlog.get_logger(logger_name="daemon.notifications")
 
 # After a failed deadline check, the next one waits this long (never past the give-up time).
 RECHECK_POLICY = BackoffPolicy(initial=5.0, maximum=60.0, floor=1.0)
+# The deadline loop looks at the clock at least this often.
+MAX_DEADLINE_WAIT = 60.0
 
 
 class NotificationListener:
@@ -256,10 +258,16 @@ class NotificationListener:
                 self._failed_checks.pop(send.send_id, None)
 
     async def _deadline_loop(self) -> None:
+        """Read back what is due; then sleep until the next deadline, or until one may
+        have come sooner. Nothing pending, nothing to do: a thousand idle accounts
+        cost no wake-ups (a minute at most, in case the wall clock jumped)."""
+        changed = self._tracker.deadlines_changed
         while True:
+            changed.clear()
             due = self._tracker.due(time.time())
             if due:
                 await self._check_deadlines(due)
             next_at = self._tracker.next_deadline()
-            wait = 1.0 if next_at is None else min(1.0, max(0.05, next_at - time.time()))
-            await asyncio.sleep(wait)
+            wait = MAX_DEADLINE_WAIT if next_at is None else next_at - time.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(MAX_DEADLINE_WAIT, max(0.05, wait)))

@@ -94,6 +94,9 @@ class Tracker:
         self._metrics = metrics
         self._channels = frozenset(channels)
         self._clock = clock
+        # Set whenever a deadline may have come sooner (a send answered, restored,
+        # postponed; a new timeout): whoever waits for the next deadline looks again.
+        self.deadlines_changed = asyncio.Event()
 
     def _gauge(self) -> None:
         self._metrics.pending_sends.set(len(self._correlator))
@@ -118,6 +121,7 @@ class Tracker:
     def postpone(self, send_id: str, until: float) -> None:
         """A deadline check could not be made: try again at `until`."""
         self._correlator.postpone(send_id, until)
+        self.deadlines_changed.set()
 
     def next_deadline(self) -> float | None:
         return self._correlator.next_deadline()
@@ -125,6 +129,7 @@ class Tracker:
     def set_send_timeout(self, seconds: float) -> None:
         """A new `send_timeout_seconds`, for deadlines already set too."""
         self._correlator.set_send_timeout(seconds)
+        self.deadlines_changed.set()
 
     def new_gws_session(self) -> None:
         """GWS gave us a new HTTP session: referenceIds answered before are another's."""
@@ -159,6 +164,7 @@ class Tracker:
             self._writer.write(updates=[send_update(s) for s in in_flight])
             await self._writer.flush()  # raises on a failing store: start-up must not wait
         self._correlator.restore(sends)
+        self.deadlines_changed.set()
         self._gauge()
         return len(sends)
 
@@ -175,6 +181,7 @@ class Tracker:
         self._metrics.sends.labels("accepted").inc()
         send = self._correlator.accepted(send_id, reference_id, self._clock())
         if send is not None:
+            self.deadlines_changed.set()
             self._writer.write(updates=[send_update(send)])
             log_batch(
                 "daemon.tracker",
@@ -193,6 +200,7 @@ class Tracker:
         self._metrics.sends.labels("error").inc()
         send = self._correlator.answer_lost(send_id, self._clock())
         if send is not None:
+            self.deadlines_changed.set()
             await self._writer.write(updates=[send_update(send)])
             log.warning("send_answer_lost", send_id=send_id, email_id=send.email_id, reason=reason)
 
