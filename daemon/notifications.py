@@ -41,6 +41,11 @@ log = structlog.get_logger(logger_name="daemon.notifications")
 
 # After a failed deadline check, the next one waits this long (never past the give-up time).
 RECHECK_POLICY = BackoffPolicy(initial=5.0, maximum=60.0, floor=1.0)
+# Fewer sends than this to read back are read one GET each (`read_back_concurrency` at a
+# time); more, with one listing of the workspace first. A listing is the whole workspace
+# parsed at once (megabytes for a busy agent, and memory the process keeps): worth it
+# only when it saves many round trips.
+LIST_AT_LEAST = 16
 # The deadline loop looks at the clock at least this often.
 MAX_DEADLINE_WAIT = 60.0
 
@@ -173,15 +178,16 @@ class NotificationListener:
     async def reconcile(self) -> None:
         """Read back every pending send whose answer we have (none is timed out here).
 
-        One GET of the whole workspace first; a GET per email only for the
-        sends it does not show (GWS may drop a sent email from the list).
+        With many (LIST_AT_LEAST), one GET of the whole workspace first; a GET
+        per email for the sends it does not show (GWS may drop a sent email from
+        the list), or for every send when there are few.
         """
         pending = [s for s in self._tracker.pending() if s.status is not SendStatus.IN_FLIGHT]
         if not pending:
             self.reconcile_seconds = 0.0
             return
         started = time.perf_counter()
-        listed = await self._list_workspace()
+        listed = await self._list_workspace() if len(pending) >= LIST_AT_LEAST else {}
         results = await self._read_back_all(pending, listed, final=False)
         self.reconcile_seconds = time.perf_counter() - started
         log.info(
@@ -250,8 +256,8 @@ class NotificationListener:
         return False
 
     async def _check_deadlines(self, due: list[SendRecord]) -> None:
-        """Read back the sends past their deadline: one listing when several are due."""
-        listed = await self._list_workspace() if len(due) > 1 else {}
+        """Read back the sends past their deadline: one listing when many are due."""
+        listed = await self._list_workspace() if len(due) >= LIST_AT_LEAST else {}
         await self._read_back_all(due, listed, final=True)
         for send in due:
             if send.email_id in listed:
