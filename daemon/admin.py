@@ -7,7 +7,6 @@ store itself, whether the daemon runs or not. Neither needs the GWS password.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from daemon import exitcodes
+from daemon import eventloop, exitcodes
 from daemon.config import Settings, load_settings
 from daemon.errors import StoreError
 
@@ -29,7 +28,7 @@ def authorization(token: str | None) -> dict[str, str]:
 
 
 def status(args: argparse.Namespace) -> int:
-    return asyncio.run(_ask_status(args))
+    return eventloop.run(_ask_status(args))
 
 
 async def _ask_status(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from daemon import __version__, admin, exitcodes
+from daemon import __version__, admin, eventloop, exitcodes
 from daemon.config import DEFAULT_ACCOUNT, load_settings, read_secret_file
 from daemon.errors import ConfigError, GwsNotifydError
 from daemon.logging import configure_logging
@@ -148,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(level=settings.logging.level, fmt=settings.logging.format)
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
-    return asyncio.run(Service(settings, on_started=_tune_collector).run())
+    return eventloop.run(Service(settings, on_started=_tune_collector).run())
 
 
 def _tune_collector() -> None:
@@ -195,7 +195,7 @@ def _demo(args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
     configure_logging(level="warning", fmt="console")
-    return asyncio.run(run_demo(keep_running=args.keep_running))
+    return eventloop.run(run_demo(keep_running=args.keep_running))
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -211,7 +211,7 @@ def _simulate(args: argparse.Namespace) -> int:
     configure_logging(level="info")
     settings = settings_from_arguments(args, os.environ)
     try:
-        asyncio.run(serve(host.strip("[]"), int(port), settings))
+        eventloop.run(serve(host.strip("[]"), int(port), settings))
     except KeyboardInterrupt:
         pass
     except OSError as exc:
@@ -237,7 +237,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def _send(args: argparse.Namespace) -> int:
-    return asyncio.run(_post_send(args))
+    return eventloop.run(_post_send(args))
 
 
 async def _post_send(args: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import structlog
 from aiohttp import web
@@ -74,10 +75,11 @@ class _Connection(asyncio.Protocol):
         self.admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream socket's transport: asyncio's or uvloop's (which does not
+        # subclass asyncio.Transport, but is one in all but name).
+        self.transport = cast(asyncio.Transport, transport)
         if not self._guard.admit(self):
-            transport.abort()
+            self.transport.abort()
             return
         self.admitted = True
         self.handler.connection_made(transport)

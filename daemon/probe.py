@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from daemon import exitcodes
+from daemon import eventloop, exitcodes
 from daemon.backoff import BackoffPolicy
 from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Message, Subscribed
 from daemon.config import GwsSettings
@@ -259,7 +259,7 @@ def run_probe(
 ) -> int:
     """The command, as one account (`gws`: its settings): the report as JSON (to `out`,
     or stdout), the summary beside it."""
-    code, report = asyncio.run(probe(gws, seconds=seconds))
+    code, report = eventloop.run(probe(gws, seconds=seconds))
     document = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n"
     if out is not None:
         out.write_text(document)

@@ -135,6 +135,7 @@ class Service:
         log.info(
             "started",
             version=__version__,
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
             api=self.api_url,
             accounts=parts.accounts.names,
             pending_sends=restored,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from daemon import eventloop
 from daemon.simulator import Simulator, SimulatorSettings
 
 
@@ -18,3 +20,12 @@ async def simulator() -> AsyncIterator[Simulator]:
         yield sim
     finally:
         await sim.stop()
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every test on the loop the daemon would choose (`$GWS_NOTIFYD_EVENT_LOOP`):
+    `tests/run` runs the suite on uvloop and again on asyncio's own loop."""
+    name = eventloop.chosen()
+    return {name: eventloop.loop_factory(name) or asyncio.new_event_loop}

@@ -45,6 +45,7 @@ _FOUNDATION_MODULES = {
     "daemon.config",
     "daemon.sdnotify",
     "daemon.pacing",
+    "daemon.eventloop",
 }
 _APPLICATION_MODULES = {
     "daemon.tracker",
