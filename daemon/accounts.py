@@ -44,6 +44,17 @@ from daemon.tracker import Tracker
 
 log = structlog.get_logger(logger_name="daemon.accounts")
 
+# Recently resolved sends kept (correlation rule 4: a repeated outcome a moment later is
+# tied to the same send) by all accounts together, but at least this many per account:
+# one agent never resolves so many sends between an outcome and its repeat.
+RECENT_SENDS_IN_ALL = 10_000
+RECENT_SENDS_PER_ACCOUNT = 100
+
+
+def recent_capacity(accounts: int) -> int:
+    """How many recently resolved sends each of `accounts` accounts keeps."""
+    return max(RECENT_SENDS_PER_ACCOUNT, RECENT_SENDS_IN_ALL // max(1, accounts))
+
 
 @dataclass(frozen=True, slots=True)
 class FirstLogin:
@@ -77,7 +88,10 @@ class Account:
         self.session = GwsSession(gws, self.metrics)
         self.session.open_now(connector)
         self.tracker = Tracker(
-            correlator=Correlator(send_timeout_seconds=shared.correlation.send_timeout_seconds),
+            correlator=Correlator(
+                send_timeout_seconds=shared.correlation.send_timeout_seconds,
+                recent_capacity=recent_capacity(len(shared.accounts)),
+            ),
             store=store,
             writer=writer,
             events=EventFactory(account_source(gws.base_url, self.name), self.name),
