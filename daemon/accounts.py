@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from daemon.cometd import ConnectionState
 from daemon.config import AccountSettings, Secret, Settings
 from daemon.correlator import Correlator
 from daemon.errors import GwsError, GwsRequestError
@@ -39,6 +39,7 @@ from daemon.metrics import Metrics
 from daemon.notifications import NotificationListener
 from daemon.pacing import Pacer
 from daemon.sending import SendWorkflow
+from daemon.sends import iso_time
 from daemon.store import AsyncStore, OutcomeWriter
 from daemon.tracker import Tracker
 
@@ -49,6 +50,10 @@ log = structlog.get_logger(logger_name="daemon.accounts")
 # one agent never resolves so many sends between an outcome and its repeat.
 RECENT_SENDS_IN_ALL = 10_000
 RECENT_SENDS_PER_ACCOUNT = 100
+
+
+# Stopping an account: how long its listener may take to disconnect politely.
+LISTENER_CLOSE_SECONDS = 5.0
 
 
 def recent_capacity(accounts: int) -> int:
@@ -153,41 +158,39 @@ class Account:
             await self.listener.wait_after_failed_login(first.error)
         await self.listener.run()
 
-    async def close(self) -> None:
-        """Stop listening (unsubscribe, disconnect) and close the HTTP session."""
+    async def stop_listening(self) -> None:
+        """Unsubscribe and disconnect; its task ends (cancelled past LISTENER_CLOSE_SECONDS)."""
         with contextlib.suppress(Exception):
             await self.listener.close()
         if self.task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self.task), 5.0)
+                await asyncio.wait_for(asyncio.shield(self.task), LISTENER_CLOSE_SECONDS)
             self.task.cancel()
+
+    async def close(self) -> None:
+        """`stop_listening()`, then what it wrote committed and its HTTP session closed."""
+        await self.stop_listening()
         await self.tracker.flush()
         await self.session.close()
 
     def status(self) -> dict[str, Any]:
         """What `/v1/status` shows of this account."""
         listener = self.listener
-        last = listener.last_notification_at
+        last = self.tracker.last_notification_at
         return {
             "name": self.name,
             "username": self.settings.gws.username,
             "configured": True,
             "state": listener.state.value,
-            "connected": listener.state.value == "connected",
+            "connected": listener.state is ConnectionState.CONNECTED,
             "subscribed": listener.subscribed,
             "transport": listener.transport,
             "auth": "refused" if listener.credentials_refused else "ok",
             "pendingSends": len(self.tracker),
             "sendsInFlight": self.workflow.in_flight,
-            "lastNotificationAt": _iso(last),
+            "lastNotificationAt": iso_time(last),
             "lastReconcileSeconds": listener.reconcile_seconds,
         }
-
-
-def _iso(at: float | None) -> str | None:
-    if not at:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
 
 
 def same_account(a: AccountSettings, b: AccountSettings) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from daemon.backoff import BackoffPolicy
-from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Message, Subscribed
+from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Subscribed
 from daemon.config import GwsSettings
 from daemon.errors import GwsError
 from daemon.gws.login import SessionKeeper, transport_retry_policy
@@ -64,7 +64,6 @@ class NotificationListener:
         """`pacer`: the pace every account's logins and handshakes share (none: no pace)."""
         self._session = session
         self._pacer = pacer
-        self.last_notification_at: float | None = None
         self._tracker = tracker
         self._metrics = metrics
         self._keeper = SessionKeeper(session=session, settings=settings, metrics=metrics)
@@ -78,7 +77,7 @@ class NotificationListener:
                 batch_window=settings.batch_window_seconds,
                 backoff=transport_retry_policy(settings.retry_max_seconds),
             ),
-            on_batch=self._on_batch,
+            on_batch=tracker.on_batch,
             on_subscribed=self._on_subscribed,
             on_state=self._on_state,
             headers=session.bayeux_headers,
@@ -151,10 +150,6 @@ class NotificationListener:
             self._subscribed = False
             self._metrics.cometd_subscribed.set(0)
         log.info("cometd_state", state=state.value)
-
-    async def _on_batch(self, messages: list[Message]) -> None:
-        self.last_notification_at = time.time()
-        await self._tracker.on_batch(messages)
 
     async def _before_handshake(self) -> None:
         if self._pacer is not None:

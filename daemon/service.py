@@ -53,7 +53,6 @@ log = structlog.get_logger(logger_name="daemon.service")
 
 STATUS_EVERY_SECONDS = 5.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-LISTENER_CLOSE_SECONDS = 5.0
 
 
 class StartupError(Exception):
@@ -321,15 +320,15 @@ class Service:
             transport=accounts[0].listener.transport if accounts else None,
         )
 
-    async def _close_account(self, account: Account) -> None:
-        """Unsubscribe and disconnect one account; its task ends on purpose."""
+    def _retire(self, account: Account) -> None:
+        """The account's task is about to end on purpose: not a fatal error."""
         if account.task is not None:
             self._retiring.add(account.task)
-        await account.listener.close()
-        if account.task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(account.task), LISTENER_CLOSE_SECONDS)
-            account.task.cancel()
+
+    async def _close_account(self, account: Account) -> None:
+        """Unsubscribe and disconnect one account (shutdown: the store stays open)."""
+        self._retire(account)
+        await account.stop_listening()
 
     # -- signals ----------------------------------------------------------------------
 
@@ -427,7 +426,7 @@ class Service:
             if settings is not None and same_account(settings, account.settings):
                 continue
             parts.accounts.remove(account.name)
-            await self._close_account(account)
+            self._retire(account)
             await account.close()
             if settings is None:
                 self.metrics.forget_account(account.name)

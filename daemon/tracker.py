@@ -97,6 +97,7 @@ class Tracker:
         # Set whenever a deadline may have come sooner (a send answered, restored,
         # postponed; a new timeout): whoever waits for the next deadline looks again.
         self.deadlines_changed = asyncio.Event()
+        self.last_notification_at: float | None = None  # unix time
 
     def _gauge(self) -> None:
         self._metrics.pending_sends.set(len(self._correlator))
@@ -259,6 +260,7 @@ class Tracker:
         now = self._clock()
         batch = parse_batch(messages, max_bytes=self._max_message_bytes)
         if messages:
+            self.last_notification_at = now
             self._metrics.last_notification.set(now)
         tally = _Tally()
         for parsed in batch.usable:
