@@ -218,25 +218,27 @@ M = TypeVar("M", bound=MetricWrapperBase)
 
 
 class _Labelled(Generic[M]):
-    """A labelled metric with the account label applied: `.labels(rest...)`.
-    Remembers the series it made, so that they can be removed with the account."""
+    """A labelled metric with the account label applied: `.labels(rest...)`. Its
+    children are kept (one dict lookup on the hot path, instead of the registry's
+    locked one), and removed with the account."""
 
-    __slots__ = ("_account", "_metric", "made")
+    __slots__ = ("_account", "_children", "_metric")
 
     def __init__(self, metric: M, account: str) -> None:
         self._metric = metric
         self._account = account
-        self.made: set[tuple[str, ...]] = set()
+        self._children: dict[tuple[str, ...], M] = {}
 
     def labels(self, *values: str) -> M:
-        if values not in self.made:
-            self.made.add(values)
-        return self._metric.labels(self._account, *values)
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(self._account, *values)
+        return child
 
     def remove_series(self) -> None:
-        for values in self.made:
+        for values in self._children:
             self._metric.remove(self._account, *values)
-        self.made.clear()
+        self._children.clear()
 
 
 class AccountMetrics:
