@@ -97,18 +97,7 @@ async def simulator_process(**flags: str | None) -> AsyncIterator[SimulatorProce
     )
     base_url = f"http://{HOST}:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-
-            async def answering() -> bool:
-                if process.returncode is not None:
-                    raise BenchError(f"the simulator exited with {process.returncode}")
-                try:
-                    async with http.get(base_url + "/control/stats") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(answering, timeout=15, what="the simulator to answer")
+        await _wait_answering(process, base_url)
         yield SimulatorProcess(base_url, process.pid)
     finally:
         await stop_process(process)

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from daemon.simulator.agents import Agent
+from daemon.simulator.bodies import json_object, json_response
 from daemon.simulator.samples import EMAILS, KINDS, samples
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 __all__ = ["MAX_NOTIFY", "add_routes"]
 
-_JSON = "application/json"
 # A /control/notify answer lists every id: keep it a reasonable size.
 MAX_NOTIFY: Final = 100_000
 # Long enough to look like a real HTML email in size benchmarks (~400 bytes).
@@ -74,7 +74,7 @@ def _answering(handler: _Handler) -> _Handler:
         try:
             return await handler(request)
         except _Refused as refused:
-            return _json({"error": refused.message}, refused.status)
+            return json_response({"error": refused.message}, refused.status)
 
     return answer
 
@@ -84,7 +84,7 @@ class _Control:
         self._simulator = simulator
 
     async def get_settings(self, _request: web.Request) -> web.Response:
-        return _json(self._simulator.settings.to_json())
+        return json_response(self._simulator.settings.to_json())
 
     async def post_settings(self, request: web.Request) -> web.Response:
         changes = await _order(request)
@@ -92,7 +92,7 @@ class _Control:
             self._simulator.settings.update(changes)
         except ValueError as exc:
             raise _Refused(400, str(exc)) from None
-        return _json(self._simulator.settings.to_json())
+        return json_response(self._simulator.settings.to_json())
 
     async def users(self, request: web.Request) -> web.Response:
         order = await _order(request)
@@ -102,7 +102,7 @@ class _Control:
         if not isinstance(password, str) or not password:
             raise _Refused(400, "'password' must be a non-empty string")
         _agent, created = self._simulator.agents.put(username, password)
-        return _json({"username": username, "created": created})
+        return json_response({"username": username, "created": created})
 
     async def password(self, request: web.Request) -> web.Response:
         order = await _order(request)
@@ -112,12 +112,12 @@ class _Control:
         agent = self._agent(order) or self._simulator.agents.configured
         # The user is logged out everywhere; the old password is refused from now on.
         self._simulator.agents.set_password(agent, password)
-        return _json({"changed": True})
+        return json_response({"changed": True})
 
     async def forget(self, request: web.Request) -> web.Response:
         order = await _order(request, empty_ok=True)
         self._simulator.forget_sessions(self._agent(order))
-        return _json({"forgotten": True})
+        return json_response({"forgotten": True})
 
     async def publish(self, request: web.Request) -> web.Response:
         order = await _order(request)
@@ -129,12 +129,16 @@ class _Control:
             data = order["data"]
             if not isinstance(data, list):
                 raise _Refused(400, "'data' must be a list of payloads")
-            return _json({"published": await self._simulator.publish(channel, data, agent=agent)})
+            return json_response(
+                {"published": await self._simulator.publish(channel, data, agent=agent)}
+            )
         count, start = order.get("count"), order.get("start", 0)
         if not _is_count(count) or not _is_count(start):
             raise _Refused(400, "'count' and 'start' must be non-negative integers")
         payloads = _sequence_payloads_json(str(request.url.origin()), start, count)
-        return _json({"published": self._simulator.publish_json(channel, payloads, agent=agent)})
+        return json_response(
+            {"published": self._simulator.publish_json(channel, payloads, agent=agent)}
+        )
 
     async def samples(self, request: web.Request) -> web.Response:
         order = await _order(request)
@@ -159,7 +163,7 @@ class _Control:
                     "notificationType": payload.get("notificationType"),
                 }
             )
-        return _json({"published": published})
+        return json_response({"published": published})
 
     async def notify(self, request: web.Request) -> web.Response:
         order = await _order(request)
@@ -171,14 +175,14 @@ class _Control:
             raise _Refused(400, f"'count' must be an integer from 0 to {MAX_NOTIFY}")
         assert isinstance(kind, str)
         channel, ids = self._simulator.notify(agent, kind, count)
-        return _json({"published": len(ids), "channel": channel, "ids": ids})
+        return json_response({"published": len(ids), "channel": channel, "ids": ids})
 
     async def stats(self, _request: web.Request) -> web.Response:
-        return _json(self._simulator.stats())
+        return json_response(self._simulator.stats())
 
     async def reset_stats(self, _request: web.Request) -> web.Response:
         self._simulator.reset_handshake_stats()
-        return _json({"reset": True})
+        return json_response({"reset": True})
 
     def _agent(self, order: dict[str, Any]) -> Agent | None:
         """The user named by the order's optional "username" (None when it names none)."""
@@ -232,17 +236,8 @@ def _is_count(value: object) -> TypeGuard[int]:
 
 
 async def _order(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if empty_ok and not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _Refused(400, "body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise _Refused(400, "body must be a JSON object")
-    return body
+    return await json_object(request, _bad_order, empty_ok=empty_ok)
 
 
-def _json(obj: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON)
+def _bad_order(why: str) -> Exception:
+    return _Refused(400, f"body {why}")

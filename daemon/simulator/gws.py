@@ -146,6 +146,7 @@ from daemon.simulator import control
 from daemon.simulator.activity import Activity
 from daemon.simulator.agents import MAX_GENERATED, Agent, Agents, HttpSession
 from daemon.simulator.bayeux import BayeuxServer
+from daemon.simulator.bodies import json_object, json_response
 from daemon.simulator.samples import kind_channel, object_ids, of_kind
 
 __all__ = ["EMAILS_CHANNEL", "NOTIFICATIONS_PATH", "Simulator", "SimulatorSettings", "serve"]
@@ -155,7 +156,6 @@ EMAILS_CHANNEL: Final = "/v2/me/emails"
 SESSION_COOKIE: Final = "JSESSIONID"
 CSRF_HEADER: Final = "X-CSRF-TOKEN"
 
-_JSON = "application/json"
 _COMPOSING_CAPABILITIES = ("Save", "Send", "Cancel", "AddAttachment", "RemoveAttachment")
 # Where these operations move an email; the other operations leave its state alone.
 _STATE_AFTER: Final = {
@@ -602,7 +602,7 @@ class Simulator:
         }
         if "subresources" in request.query:
             user["emails"] = list(agent.emails.values())
-        return _json({"statusCode": 0, "user": user})
+        return json_response({"statusCode": 0, "user": user})
 
     async def _post_me(self, request: web.Request) -> web.Response:
         body = await _json_object(request)
@@ -615,7 +615,7 @@ class Simulator:
                 raise _GwsFailure(400, 10, "Parameter 'channels' must be a list of strings")
         elif operation == "EndContactCenterSession":
             self.agents.end_session(request[_SESSION])
-        return _json({"statusCode": 0})
+        return json_response({"statusCode": 0})
 
     # -- /api/v2/me/emails ---------------------------------------------------
 
@@ -628,11 +628,11 @@ class Simulator:
 
     async def _get_emails(self, request: web.Request) -> web.Response:
         emails = request[_SESSION].agent.emails
-        return _json({"statusCode": 0, "emails": list(emails.values())})
+        return json_response({"statusCode": 0, "emails": list(emails.values())})
 
     async def _get_email(self, request: web.Request) -> web.Response:
         email_id = request.match_info["email_id"]
-        return _json({"statusCode": 0, "email": _own_email(request, email_id)})
+        return json_response({"statusCode": 0, "email": _own_email(request, email_id)})
 
     async def _create_email(self, request: web.Request) -> web.Response:
         body = await _json_object(request, empty_ok=True)
@@ -644,7 +644,7 @@ class Simulator:
         for key in ("queueUri", "parentId"):
             if isinstance(body.get(key), str):
                 email[key] = body[key]
-        return _json({"statusCode": 0, "id": email["id"]})
+        return json_response({"statusCode": 0, "id": email["id"]})
 
     async def _email_operation(self, request: web.Request) -> web.StreamResponse:
         email_id = request.match_info["email_id"]
@@ -689,7 +689,7 @@ class Simulator:
             self._publish_emails_later(settings.notify_delay_seconds, session.agent, notifications)
         if email_id in settings.hang_emails:
             await self._hang(request)
-        return _json(answer)
+        return json_response(answer)
 
     def _send_outcome(
         self,
@@ -759,7 +759,7 @@ class Simulator:
         answer: dict[str, Any] = {"statusCode": 0}
         if self.settings.reference_id_in_answer:
             answer["referenceId"] = reference_id
-        return _json(answer)
+        return json_response(answer)
 
     def _new_email(self, request: web.Request, email_id: str) -> dict[str, Any]:
         """A new outbound email in the workspace of the request's user."""
@@ -951,16 +951,11 @@ def _operation_name(body: dict[str, Any]) -> str:
 
 
 async def _json_object(request: web.Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if empty_ok and not raw.strip():
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise _GwsFailure(400, 10, "Request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise _GwsFailure(400, 10, "Request body must be a JSON object")
-    return body
+    return await json_object(request, _invalid_body, empty_ok=empty_ok)
+
+
+def _invalid_body(why: str) -> Exception:
+    return _GwsFailure(400, 10, f"Request body {why}")
 
 
 def _routing_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -972,12 +967,8 @@ def _routing_error(request: web.Request, exc: web.HTTPException) -> web.Response
     raise exc
 
 
-def _json(obj: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON)
-
-
 def _gws_error(http_status: int, status_code: int, message: str) -> web.Response:
-    return _json({"statusCode": status_code, "statusMessage": message}, http_status)
+    return json_response({"statusCode": status_code, "statusMessage": message}, http_status)
 
 
 async def serve(host: str, port: int, settings: SimulatorSettings) -> None:
