@@ -47,8 +47,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from daemon.backoff import Backoff, BackoffPolicy
-from daemon.config import SinkSettings
-from daemon.config.routing import Route
+from daemon.config import Route, SinkSettings
 from daemon.errors import SinkError, StoreError
 from daemon.metrics import Metrics
 from daemon.sinks.base import Sink

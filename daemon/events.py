@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from daemon.config import DEFAULT_ACCOUNT
 from daemon.gws.messages import EmailStateChange, Notification
 from daemon.sends import SendRecord, iso_time
 
@@ -81,7 +82,7 @@ class Event(NamedTuple):
     email_id: str | None
     time: float
     body: bytes  # the whole CloudEvent, serialised once
-    account: str = "default"
+    account: str = DEFAULT_ACCOUNT
 
 
 _NAMESPACE_BYTES = _NAMESPACE.bytes
@@ -115,9 +116,6 @@ def notification_type_of(message_type: str) -> str:
     if kind != message_type and kind.isascii() and kind.isalnum():
         return f"gws.{kind.lower()}.state_changed"
     return NOTIFICATION
-
-
-DEFAULT_ACCOUNT = "default"
 
 
 def account_source(base_url: str, account: str) -> str:

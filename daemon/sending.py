@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from daemon.config import DEFAULT_ACCOUNT
 from daemon.errors import GwsAnswerLostError, GwsUnreachableError, StoreError
 from daemon.gws.operations import (
     Invalid,
@@ -97,7 +98,7 @@ class SendWorkflow:
         tracker: Tracker,
         session: GwsSession,
         outbox_full: Callable[[], bool],
-        account: str = "default",
+        account: str = DEFAULT_ACCOUNT,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """One account's Sends (`account`: its name, recorded with each send)."""

@@ -21,6 +21,8 @@ from typing import Any
 
 import orjson
 
+from daemon.config import DEFAULT_ACCOUNT
+
 
 class SendStatus(enum.StrEnum):
     IN_FLIGHT = "in_flight"
@@ -64,7 +66,7 @@ class SendRecord:
     outcome_state: str | None = None
     status_code: int | None = None
     status_message: str | None = None
-    account: str = "default"  # the GWS account (agent) it was sent as
+    account: str = DEFAULT_ACCOUNT  # the GWS account (agent) it was sent as
     _summary: orjson.Fragment | None = field(default=None, repr=False, compare=False)
     due_at: float | None = field(default=None, repr=False, compare=False)  # correlator's
 

@@ -150,7 +150,7 @@ class Service:
         await self._start_accounts(parts)
 
     async def _start_accounts(self, parts: Components) -> None:
-        if self.settings.gws.username:  # today's form: its start-up rules (exit 77, 69)
+        if self.settings.single_account_form:  # its start-up rules: exit 77, 69
             account = parts.accounts.first
             first = await self._single_first_login(account)
             if not self._stop.is_set():

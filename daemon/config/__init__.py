@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from daemon.config.accounts import DEFAULT_ACCOUNT
 from daemon.config.loader import load_settings, settings_from_dict
+from daemon.config.routing import Route
 from daemon.config.settings import (
     SINK_TYPES,
     AccountSettings,
@@ -44,6 +45,7 @@ __all__ = [
     "GwsSettings",
     "HttpSettings",
     "LoggingSettings",
+    "Route",
     "Secret",
     "ServiceSettings",
     "Settings",

@@ -186,5 +186,10 @@ class Settings:
     # What exposes a secret without making the config invalid (`config.exposure`).
     warnings: tuple[str, ...] = ()
 
+    @property
+    def single_account_form(self) -> bool:
+        """Today's form: `[gws]` names the one agent (the account `default`)."""
+        return bool(self.gws.username)
+
     def account(self, name: str) -> AccountSettings | None:
         return next((a for a in self.accounts if a.name == name), None)

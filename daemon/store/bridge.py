@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from daemon.backoff import Backoff, BackoffPolicy
-from daemon.config.routing import Route
+from daemon.config import Route
 from daemon.errors import StoreError
 from daemon.sends import SendRecord
 from daemon.store.database import Store

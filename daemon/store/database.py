@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import orjson
 
-from daemon.config.routing import Route
+from daemon.config import DEFAULT_ACCOUNT, Route
 from daemon.errors import StoreError
 from daemon.sends import PENDING_STATUSES, SendRecord
 from daemon.store.files import check_free_space, check_pages, connect, corrupt, prepare
@@ -449,10 +449,19 @@ class Store:
                 if row is None:
                     continue
                 sink, event_id, type_, email_id, body, account = row
+                account = account or DEFAULT_ACCOUNT  # a letter from before schema 3
                 self._db.execute(
                     "INSERT INTO outbox (event_id, type, email_id, created_at, only_sink, body, "
                     "account) VALUES (?,?,?,?,?,?,?)",
-                    (event_id, type_, email_id, time.time(), sink, body, account or "default"),
+                    (
+                        event_id,
+                        type_,
+                        email_id,
+                        time.time(),
+                        sink,
+                        body,
+                        account or DEFAULT_ACCOUNT,
+                    ),
                 )
                 self._db.execute("DELETE FROM dead_letters WHERE id=?", (letter_id,))
                 replayed += 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from daemon.config import DEFAULT_ACCOUNT
+
 # The dead-letter "sink" of notifications that could not be used at all.
 MALFORMED_SINK = "(listener)"
 
@@ -59,7 +61,7 @@ class OutboxRow(NamedTuple):
     email_id: str | None
     created_at: float
     body: bytes
-    account: str = "default"  # the GWS account the event is about
+    account: str = DEFAULT_ACCOUNT  # the GWS account the event is about
 
 
 @dataclass(frozen=True, slots=True)

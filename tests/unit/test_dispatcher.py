@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import SinkSettings
-from daemon.config.routing import Route
+from daemon.config import Route, SinkSettings
 from daemon.dispatcher import Dispatcher
 from daemon.errors import PermanentSinkError, RetryableSinkError, SinkError
 from daemon.events import Event

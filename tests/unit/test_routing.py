@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon.config import settings_from_dict
-from daemon.config.routing import Route
+from daemon.config import Route, settings_from_dict
 from daemon.errors import ConfigError
 
 LOG_SINK = {"name": "journal", "type": "log"}

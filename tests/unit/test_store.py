@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.routing import Route
+from daemon.config import Route
 from daemon.errors import StoreError
 from daemon.events import Event
 from daemon.gws.messages import Malformed
