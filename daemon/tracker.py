@@ -59,6 +59,11 @@ def _label(value: str | None, known: frozenset[str]) -> str:
     return value if value in known else "other"
 
 
+def _unprocessable(channel: str, error: Exception, raw: bytes) -> Malformed:
+    """A well-formed message whose event could not be built, kept as a dead letter."""
+    return Malformed(channel, "unprocessable", repr(error)[:500], raw[:4096])
+
+
 @dataclass(slots=True)
 class _Tally:
     """What one chunk of notifications did, counted and logged once per chunk."""
@@ -300,9 +305,7 @@ class Tracker:
             event = self._events.state_changed(change, send, received_at=now)
         except Exception as exc:  # one message never stops the listener
             log.exception("notification_unprocessable", email_id=change.email_id)
-            malformed.append(
-                Malformed(change.channel, "unprocessable", repr(exc)[:500], change.raw[:4096])
-            )
+            malformed.append(_unprocessable(change.channel, exc, change.raw))
             return
         self._correlator.apply(decision, now)
         if not isinstance(decision, Matched):
@@ -340,14 +343,7 @@ class Tracker:
                 channel=notification.channel,
                 message_type=notification.message_type,
             )
-            malformed.append(
-                Malformed(
-                    notification.channel,
-                    "unprocessable",
-                    repr(exc)[:500],
-                    notification.raw[:4096],
-                )
-            )
+            malformed.append(_unprocessable(notification.channel, exc, notification.raw))
             return
         tally.events.append(event)
         tally.forwarded[event.type] += 1
