@@ -91,7 +91,7 @@ class Account:
         self.metrics = metrics.account(settings.name)
         gws = settings.gws
         self.session = GwsSession(gws, self.metrics)
-        self.session.open_now(connector)
+        self.session.open(connector)
         self.tracker = Tracker(
             correlator=Correlator(
                 send_timeout_seconds=shared.correlation.send_timeout_seconds,
@@ -210,8 +210,6 @@ class Accounts:
 
     def __init__(self) -> None:
         self._by_name: dict[str, Account] = {}
-        # Pending sends in the store of accounts no longer configured (by name).
-        self.unconfigured_pending: dict[str, int] = {}
 
     def __iter__(self) -> Iterator[Account]:
         return iter(list(self._by_name.values()))

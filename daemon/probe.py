@@ -184,7 +184,7 @@ async def probe(gws: GwsSettings, *, seconds: float) -> tuple[int, dict[str, Any
         "startSession": gws.start_session,
     }
     session = GwsSession(gws, Metrics().account("probe"))
-    await session.open()
+    session.open()
     try:
         code = await _login(session, report)
         if code == exitcodes.OK:

@@ -93,13 +93,9 @@ class GwsSession:
             raise RuntimeError("GwsSession.open() was not called")
         return self._http
 
-    async def open(self, connector: aiohttp.BaseConnector | None = None) -> None:
-        self.open_now(connector)
-
-    def open_now(self, connector: aiohttp.BaseConnector | None = None) -> None:
-        """`open()`, for a caller that cannot await (in a running event loop).
-        `connector`: shared by every account (not closed with this session);
-        without one the session has its own."""
+    def open(self, connector: aiohttp.BaseConnector | None = None) -> None:
+        """Make the HTTP session (in a running event loop). `connector`: shared by
+        every account (not closed with this session); without one it has its own."""
         # unsafe=True: aiohttp's default jar drops cookies of IP-address hosts,
         # and GWS (JSESSIONID) and CometD servers (BAYEUX_BROWSER) need them.
         self._http = aiohttp.ClientSession(

@@ -165,7 +165,7 @@ async def gws_session(
 ) -> AsyncIterator[GwsSession]:
     """An opened (not logged-in) GWS session with the simulator."""
     opened = GwsSession(gws_settings, account_metrics)
-    await opened.open()
+    opened.open()
     yield opened
     await opened.close()
 

@@ -91,7 +91,7 @@ async def keeper_with(
     async def make(**changes: object) -> tuple[GwsSession, SessionKeeper]:
         settings = dataclasses.replace(gws_settings, **changes)  # type: ignore[arg-type]
         session = GwsSession(settings, account_metrics)
-        await session.open()
+        session.open()
         sessions.append(session)
         await session.login()
         return session, SessionKeeper(

@@ -66,7 +66,7 @@ def session_with(
 
     async def make(**changes: Any) -> GwsSession:
         session = GwsSession(dataclasses.replace(gws_settings, **changes), account_metrics)
-        await session.open()
+        session.open()
         open_sessions.append(session)
         return session
 
