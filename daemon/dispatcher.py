@@ -248,7 +248,7 @@ class Dispatcher:
         if head > self._head:
             self._head = head
         rows = [
-            OutboxRow(first_seq + i, e.id, e.type, e.email_id, e.time, e.body, e.account)
+            OutboxRow(first_seq + i, e.id, e.type, e.email_id, e.time, e.body, e.account, e.subject)
             for i, e in enumerate(events)
         ]
         for worker in self._workers.values():

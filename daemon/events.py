@@ -83,6 +83,7 @@ class Event(NamedTuple):
     time: float
     body: bytes  # the whole CloudEvent, serialised once
     account: str = DEFAULT_ACCOUNT
+    subject: str | None = None  # the CloudEvent's subject (the email id for an email)
 
 
 _NAMESPACE_BYTES = _NAMESPACE.bytes
@@ -166,7 +167,8 @@ class EventFactory:
         if subject is None:
             del envelope["subject"]  # CloudEvents: a subject is a non-empty string, or absent
         data["account"] = self.account
-        return Event(id_, type_, email_id, time, compact(orjson.dumps(envelope)), self.account)
+        body = compact(orjson.dumps(envelope))
+        return Event(id_, type_, email_id, time, body, self.account, subject)
 
     def state_changed(
         self,

@@ -137,7 +137,7 @@ class RedisStreamSink(Sink):
                     row.event_id,
                     row.type,
                     row.account,
-                    row.email_id or _subject(row),
+                    row.subject or "",
                     iso_time(row.created_at, digits=6),
                 )
             )
@@ -165,15 +165,6 @@ class RedisStreamSink(Sink):
 
     async def close(self) -> None:
         await self._client.aclose()
-
-
-def _subject(row: OutboxRow) -> str:
-    """The CloudEvent's subject when it is not an email id (a call's id, say): read from
-    the event itself, which only events about something other than an email need."""
-    if row.type.startswith("gws.email."):
-        return ""
-    subject = orjson.loads(row.body).get("subject")
-    return subject if isinstance(subject, str) else ""
 
 
 def _text(value: object) -> str:

@@ -167,13 +167,14 @@ class Store:
                     position,
                     len(event.body),
                     event.account,
+                    event.subject,
                 )
             )
             position += len(event.body)
         self._db.execute(
-            "INSERT INTO outbox (event_id, type, email_id, created_at, body, account) "
+            "INSERT INTO outbox (event_id, type, email_id, created_at, body, account, subject) "
             "SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, "
-            "substr(?2, e.value ->> 4, e.value ->> 5), e.value ->> 6 "
+            "substr(?2, e.value ->> 4, e.value ->> 5), e.value ->> 6, e.value ->> 7 "
             "FROM json_each(?1) AS e ORDER BY e.key",
             (orjson.dumps(index), b"".join(event.body for event in events)),
         )
@@ -336,8 +337,8 @@ class Store:
         wanted, params = _for_sink(sink, route)
         with self._transaction(write=False):
             rows = self._db.execute(
-                "SELECT seq, event_id, type, email_id, created_at, body, account FROM outbox "
-                f"WHERE seq > ? AND {wanted} ORDER BY seq LIMIT ?",
+                "SELECT seq, event_id, type, email_id, created_at, body, account, subject "
+                f"FROM outbox WHERE seq > ? AND {wanted} ORDER BY seq LIMIT ?",
                 (after, *params, limit),
             ).fetchall()
             # Fewer than `limit`: every row after `after` was looked at, and a
@@ -390,7 +391,7 @@ class Store:
         with self._transaction():
             self._db.execute(
                 "INSERT INTO dead_letters (sink, event_id, type, email_id, reason, detail, "
-                "attempts, failed_at, body, account) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "attempts, failed_at, body, account, subject) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     sink,
                     row.event_id,
@@ -402,6 +403,7 @@ class Store:
                     time.time(),
                     row.body,
                     row.account,
+                    row.subject,
                 ),
             )
             self._db.execute(
@@ -442,26 +444,18 @@ class Store:
         with self._transaction():
             for letter_id in ids:
                 row = self._db.execute(
-                    "SELECT sink, event_id, type, email_id, body, account FROM dead_letters "
-                    "WHERE id=? AND sink != ?",
+                    "SELECT sink, event_id, type, email_id, body, account, subject "
+                    "FROM dead_letters WHERE id=? AND sink != ?",
                     (letter_id, MALFORMED_SINK),
                 ).fetchone()
                 if row is None:
                     continue
-                sink, event_id, type_, email_id, body, account = row
+                sink, event_id, type_, email_id, body, account, subject = row
                 account = account or DEFAULT_ACCOUNT  # a letter from before schema 3
                 self._db.execute(
                     "INSERT INTO outbox (event_id, type, email_id, created_at, only_sink, body, "
-                    "account) VALUES (?,?,?,?,?,?,?)",
-                    (
-                        event_id,
-                        type_,
-                        email_id,
-                        time.time(),
-                        sink,
-                        body,
-                        account or DEFAULT_ACCOUNT,
-                    ),
+                    "account, subject) VALUES (?,?,?,?,?,?,?,?)",
+                    (event_id, type_, email_id, time.time(), sink, body, account, subject),
                 )
                 self._db.execute("DELETE FROM dead_letters WHERE id=?", (letter_id,))
                 replayed += 1

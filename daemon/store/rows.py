@@ -37,6 +37,8 @@ class StoredEvent(Protocol):
     def body(self) -> bytes: ...
     @property
     def account(self) -> str: ...
+    @property
+    def subject(self) -> str | None: ...
 
 
 class KeptInput(Protocol):
@@ -62,6 +64,7 @@ class OutboxRow(NamedTuple):
     created_at: float
     body: bytes
     account: str = DEFAULT_ACCOUNT  # the GWS account the event is about
+    subject: str | None = None  # the CloudEvent's subject
 
 
 @dataclass(frozen=True, slots=True)

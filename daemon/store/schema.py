@@ -79,6 +79,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE sends ADD COLUMN account TEXT NOT NULL DEFAULT 'default'",
         "ALTER TABLE outbox ADD COLUMN account TEXT NOT NULL DEFAULT 'default'",
         "ALTER TABLE dead_letters ADD COLUMN account TEXT",
+        # The CloudEvent's subject (an email id, a call's id, ...), for sinks that show it.
+        "ALTER TABLE outbox ADD COLUMN subject TEXT",
+        "ALTER TABLE dead_letters ADD COLUMN subject TEXT",
     ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)

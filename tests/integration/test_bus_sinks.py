@@ -49,7 +49,9 @@ JS_STREAM = "GWS"
 
 def rows(first: int, count: int, kind: str = "gws.email.state_changed") -> list[OutboxRow]:
     return [
-        OutboxRow(n, f"event-{n}", kind, f"E-{n}", 1_790_000_000.0 + n, b'{"n":%d}' % n)
+        OutboxRow(
+            n, f"event-{n}", kind, f"E-{n}", 1_790_000_000.0 + n, b'{"n":%d}' % n, subject=f"E-{n}"
+        )
         for n in range(first, first + count)
     ]
 
@@ -156,7 +158,7 @@ async def test_redis_stream_name_may_carry_the_event_type(redis_server: RedisSer
 
 def call_row(n: int, account: str) -> OutboxRow:
     body = orjson.dumps({"id": f"event-{n}", "type": "gws.call.state_changed", "subject": "C-7"})
-    return OutboxRow(n, f"event-{n}", "gws.call.state_changed", None, 1.0, body, account)
+    return OutboxRow(n, f"event-{n}", "gws.call.state_changed", None, 1.0, body, account, "C-7")
 
 
 async def test_redis_streams_by_account_carry_each_events_account_and_subject(

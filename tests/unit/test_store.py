@@ -551,3 +551,18 @@ def test_reopening_the_file_keeps_everything(store: Store, path: Path) -> None:
 
 def test_check_writable_passes_on_a_healthy_store(store: Store) -> None:
     store.check_writable()
+
+
+def test_an_events_account_and_subject_go_with_it_through_the_outbox_and_a_replay(
+    store: Store,
+) -> None:
+    call = Event("event-1", "gws.call.state_changed", None, 1.0, b"{}", "sales-1", "C-7")
+    store.commit_outcomes(events=[call])
+
+    [row], _ = store.read_outbox("bus", 0, 10)
+    store.dead_letter("bus", row, reason="permanent", detail="refused", attempts=1)
+    [letter] = store.list_dead_letters("bus")
+    store.replay_dead_letters([letter.id])
+    [again] = store.read_outbox("bus", row.seq, 10)[0]  # the replayed copy
+
+    assert (row.account, row.subject) == (again.account, again.subject) == ("sales-1", "C-7")
