@@ -5,6 +5,7 @@ The only package that speaks SQL:
     rows.py      row types (OutboxRow, DeadLetter, ...), no SQL: what sinks import
     schema.py    the schema, its migrations, send <-> row
     database.py  `Store`: the synchronous SQL and its transactions (the CLI uses it)
+    dead_letters.py  the dead-letter part of `Store`
     bridge.py    `AsyncStore`: `Store` on one thread of its own, for the event loop
     writer.py    `OutcomeWriter`: group commit of sends, events and kept input
 

@@ -1,4 +1,5 @@
-"""The synchronous SQL: `Store` and its transactions. The only module that writes SQL.
+"""The synchronous SQL: `Store` and its transactions. With `dead_letters`, the only
+module that writes SQL.
 
 The CLI uses `Store` as it is; the daemon reaches it through `AsyncStore`
 (`daemon.store.bridge`), which runs every call on one dedicated thread.
@@ -14,13 +15,13 @@ from typing import Any, Literal
 
 import orjson
 
-from daemon.config import DEFAULT_ACCOUNT, Route
+from daemon.config import Route
 from daemon.errors import StoreError
 from daemon.sends import PENDING_STATUSES, SendRecord
+from daemon.store.dead_letters import DeadLetters
 from daemon.store.files import check_free_space, check_pages, connect, corrupt, prepare
 from daemon.store.rows import (
     MALFORMED_SINK,
-    DeadLetter,
     KeptInput,
     OutboxRow,
     SendRow,
@@ -34,12 +35,9 @@ from daemon.store.transaction import Transaction, corrupted, sql_errors
 # tens of milliseconds. Fewer, larger ones (measured: 4 MiB gave p99 19 ms at
 # 5,000 notifications/s, 32 MiB 8-10 ms) keep the stalls out of the p99.
 CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
-# Dead letters deleted per transaction, so that pruning a large backlog never
-# holds the write lock for long.
-PRUNE_CHUNK = 5000
 
 
-class Store:
+class Store(DeadLetters):
     """`check_pages`: look at every page first (bounded, `files.check_pages`): the
     daemon does at start; the CLI's short looks at the store do not."""
 
@@ -381,113 +379,6 @@ class Store:
             cursor = self._db.execute("DELETE FROM outbox WHERE seq <= ?", (low,))
         self._outbox_rows = max(0, self._outbox_rows - cursor.rowcount)
         return cursor.rowcount
-
-    # -- dead letters -------------------------------------------------------------
-
-    def dead_letter(
-        self, sink: str, row: OutboxRow, *, reason: str, detail: str, attempts: int
-    ) -> None:
-        """Give up on one event for one sink, and move that sink past it."""
-        with self._transaction():
-            self._db.execute(
-                "INSERT INTO dead_letters (sink, event_id, type, email_id, reason, detail, "
-                "attempts, failed_at, body, account, subject) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    sink,
-                    row.event_id,
-                    row.type,
-                    row.email_id,
-                    reason,
-                    detail[:2000],
-                    attempts,
-                    time.time(),
-                    row.body,
-                    row.account,
-                    row.subject,
-                ),
-            )
-            self._db.execute(
-                "UPDATE sink_cursors SET seq=? WHERE sink=? AND seq<?", (row.seq, sink, row.seq)
-            )
-
-    @sql_errors
-    def dead_letter_counts(self) -> dict[str, int]:
-        return dict(
-            self._db.execute("SELECT sink, COUNT(*) FROM dead_letters GROUP BY sink").fetchall()
-        )
-
-    @sql_errors
-    def list_dead_letters(self, sink: str | None = None, limit: int = 100) -> list[DeadLetter]:
-        sql = (
-            "SELECT id, sink, event_id, type, email_id, reason, detail, attempts, failed_at, body "
-            "FROM dead_letters"
-        )
-        params: tuple[Any, ...] = ()
-        if sink is not None:
-            sql += " WHERE sink=?"
-            params = (sink,)
-        rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*params, limit)).fetchall()
-        return [DeadLetter(*row) for row in rows]
-
-    @sql_errors
-    def get_dead_letter(self, letter_id: int) -> DeadLetter | None:
-        row = self._db.execute(
-            "SELECT id, sink, event_id, type, email_id, reason, detail, attempts, failed_at, body "
-            "FROM dead_letters WHERE id=?",
-            (letter_id,),
-        ).fetchone()
-        return DeadLetter(*row) if row else None
-
-    def replay_dead_letters(self, ids: Sequence[int]) -> int:
-        """Put dead letters back into the outbox for their own sink only."""
-        replayed = 0
-        with self._transaction():
-            for letter_id in ids:
-                row = self._db.execute(
-                    "SELECT sink, event_id, type, email_id, body, account, subject "
-                    "FROM dead_letters WHERE id=? AND sink != ?",
-                    (letter_id, MALFORMED_SINK),
-                ).fetchone()
-                if row is None:
-                    continue
-                sink, event_id, type_, email_id, body, account, subject = row
-                account = account or DEFAULT_ACCOUNT  # a letter from before schema 3
-                self._db.execute(
-                    "INSERT INTO outbox (event_id, type, email_id, created_at, only_sink, body, "
-                    "account, subject) VALUES (?,?,?,?,?,?,?,?)",
-                    (event_id, type_, email_id, time.time(), sink, body, account, subject),
-                )
-                self._db.execute("DELETE FROM dead_letters WHERE id=?", (letter_id,))
-                replayed += 1
-        self._outbox_rows += replayed
-        return replayed
-
-    def purge_dead_letters(self, ids: Sequence[int] | None = None, sink: str | None = None) -> int:
-        with self._transaction():
-            if ids is not None:
-                marks = ",".join("?" * len(ids))
-                cursor = self._db.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", ids)
-            elif sink is not None:
-                cursor = self._db.execute("DELETE FROM dead_letters WHERE sink=?", (sink,))
-            else:
-                cursor = self._db.execute("DELETE FROM dead_letters")
-        return cursor.rowcount
-
-    def prune_dead_letters(self, *, failed_before: float, keep: int) -> int:
-        """Delete dead letters older than `failed_before`, then all but the newest
-        `keep`; oldest first, at most PRUNE_CHUNK per transaction."""
-        removed = 0
-        while True:
-            with self._transaction():
-                cursor = self._db.execute(
-                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
-                    "WHERE failed_at < ?1 OR id <= (SELECT id FROM dead_letters "
-                    "ORDER BY id DESC LIMIT 1 OFFSET ?2) ORDER BY id LIMIT ?3)",
-                    (failed_before, keep, PRUNE_CHUNK),
-                )
-            removed += cursor.rowcount
-            if cursor.rowcount < PRUNE_CHUNK:
-                return removed
 
 
 def _for_sink(sink: str, route: Route | None) -> tuple[str, list[Any]]:
