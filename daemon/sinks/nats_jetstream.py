@@ -4,8 +4,14 @@ Each event is published on `subject` (a template with `{account}` and
 `{type}`) with the header `Nats-Msg-Id: <event id>`, so JetStream drops a
 redelivered event inside the stream's duplicate window; it counts as
 delivered only on its PubAck (`duplicate: true` counts too). A batch is
-published in one go and its acks awaited in order, so a failure part-way
-says exactly how many events at its head were taken.
+published in one go, each message asking for its ack on the sink's own inbox
+(`<inbox>.<batch>.<position>`); the acks are then checked in order, so a
+failure part-way says exactly how many events at its head were taken.
+
+Written on the client's plain `publish` rather than JetStream's
+`publish_async`, which spends 2.5 times the CPU per message (a future, a
+semaphore, a token and a dataclass for each ack: 71 against 28 µs measured
+with nats-py 2.16), and the sink shares its core with the notification path.
 
 The stream must exist, or `create_stream = true` creates it with `subjects`
 and `duplicate_window_seconds`. Classification: no connection, no ack in
@@ -22,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from daemon.config import Secret
@@ -40,8 +47,46 @@ except ImportError:  # pragma: no cover - config check names the install command
 
 log = structlog.get_logger(logger_name="daemon.sinks.nats")
 
+
+def _auth_options(
+    token: Secret | None, user: str | None, password: Secret | None, creds_file: Path | None
+) -> dict[str, Any]:
+    """`nats.connect`'s credential arguments."""
+    auth: dict[str, Any] = {}
+    if token is not None:
+        auth["token"] = token.reveal()
+    if user is not None:
+        auth["user"] = user
+        auth["password"] = password.reveal() if password is not None else ""
+    if creds_file is not None:
+        auth["user_credentials"] = str(creds_file)
+    return auth
+
+
+class _BatchAcks:
+    """The replies to one batch's messages, by position, as they arrive."""
+
+    def __init__(self, number: int, size: int) -> None:
+        self.number = number
+        self.replies: list[Any] = [None] * size
+        self._missing = size
+        self.complete: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if size == 0:
+            self.complete.set_result(None)
+
+    def arrived(self, index: int, msg: Any) -> None:
+        if 0 <= index < len(self.replies) and self.replies[index] is None:
+            self.replies[index] = msg
+            self._missing -= 1
+            if self._missing == 0 and not self.complete.done():
+                self.complete.set_result(None)
+
+
 INSTALL = "pip install 'gws-notifyd[nats]'"
 MSG_ID = "Nats-Msg-Id"
+EXPECTED_STREAM = "Nats-Expected-Stream"  # refused unless the subject is `stream`'s
+STATUS = "Status"
+NO_RESPONDERS = "503"
 # JetStream API error codes that will not mend themselves.
 _STREAM_NOT_FOUND = 10059
 _WRONG_STREAM = 10060  # the subject belongs to another stream than `stream`
@@ -77,16 +122,11 @@ class NatsJetStreamSink(Sink):
         self._subjects = list(subjects)
         self._window = duplicate_window_seconds
         self._timeout = timeout_seconds
-        self._auth: dict[str, Any] = {}
-        if token is not None:
-            self._auth["token"] = token.reveal()
-        if user is not None:
-            self._auth["user"] = user
-            self._auth["password"] = password.reveal() if password is not None else ""
-        if creds_file is not None:
-            self._auth["user_credentials"] = str(creds_file)
+        self._auth = _auth_options(token, user, password, creds_file)
         self._connection: Any = None
-        self._jetstream: Any = None
+        self._inbox: str | None = None
+        self._batch = 0
+        self._acks: _BatchAcks | None = None
         self._refused: str | None = None
         self._last_error: str | None = None
         self.duplicates_dropped = 0
@@ -95,34 +135,54 @@ class NatsJetStreamSink(Sink):
         return self._subject.format(account=row.account, type=row.type)
 
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
-        jetstream = await self._ready()
-        acks = []
+        connection, inbox = await self._ready()
+        self._batch += 1
+        acks = self._acks = _BatchAcks(self._batch, len(batch))
+        headers = {MSG_ID: "", EXPECTED_STREAM: self._stream}
+        reply = f"{inbox}.{acks.number}."
         try:
-            for row in batch:
-                acks.append(
-                    await jetstream.publish_async(
-                        self.subject_of(row),
-                        row.body,
-                        headers={MSG_ID: row.event_id},
-                        stream=self._stream,
-                    )
+            for index, row in enumerate(batch):
+                headers[MSG_ID] = row.event_id
+                await connection.publish(
+                    self.subject_of(row), row.body, reply=reply + str(index), headers=headers
                 )
-            await self._await_acks(acks)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.shield(acks.complete)
+        except nats_errors.Error as exc:  # the client gave up the connection mid-batch
+            raise self._failure(exc, delivered=0) from None
         finally:
-            for ack in acks:
-                ack.cancel()  # those not awaited: their slot is freed
+            self._acks = None
+        self._check(acks)
 
-    async def _await_acks(self, acks: list[asyncio.Future[Any]]) -> None:
-        """Every ack within the timeout; the first missing or failed one says how
-        many events at the head of the batch JetStream took."""
-        done, _ = await asyncio.wait(acks, timeout=self._timeout)
-        for index, ack in enumerate(acks):
-            if ack not in done:
+    def _on_ack(self, msg: Any) -> None:
+        """A PubAck (or an error, or no responders) for one message of the batch
+        in flight; those of a batch given up (timed out) are dropped."""
+        acks = self._acks
+        if acks is None:
+            return
+        head, _, index = msg.subject.rpartition(".")
+        if head.endswith(f".{acks.number}") and index.isdigit():
+            acks.arrived(int(index), msg)
+
+    def _check(self, acks: _BatchAcks) -> None:
+        """Every ack in order: the first missing or failed one says how many
+        events at the head of the batch JetStream took."""
+        for index, msg in enumerate(acks.replies):
+            if msg is None:
                 raise self._failure(TimeoutError("no ack"), delivered=index)
-            error = ack.exception()
-            if error is not None:
-                raise self._failure(error, delivered=index)
-            if ack.result().duplicate:
+            if msg.headers and msg.headers.get(STATUS) == NO_RESPONDERS:
+                raise self._failure(js_errors.NoStreamResponseError(), delivered=index)
+            try:
+                answer = orjson.loads(msg.data)
+            except orjson.JSONDecodeError:
+                raise self._failure(ValueError("unreadable ack"), delivered=index) from None
+            if "error" in answer:
+                try:  # raises the error's class (not found, bad request, ...)
+                    js_errors.APIError.from_error(answer["error"])
+                except js_errors.APIError as error:
+                    raise self._failure(error, delivered=index) from None
+            if answer.get("duplicate"):
                 self.duplicates_dropped += 1
 
     def _failure(self, error: BaseException, *, delivered: int) -> SinkError:
@@ -143,16 +203,25 @@ class NatsJetStreamSink(Sink):
             delivered=delivered,
         )
 
-    async def _ready(self) -> Any:
-        """The JetStream context, connecting (and checking the stream) on first use."""
-        if self._jetstream is not None and self._connection.is_connected:
-            return self._jetstream
+    async def _ready(self) -> tuple[Any, str]:
+        """The connection and the acks' inbox, connecting (and checking the stream)
+        on first use."""
+        if self._inbox is not None and self._connection.is_connected:
+            return self._connection, self._inbox
         if self._connection is None or self._connection.is_closed:
             self._connection = await self._connect()
-        jetstream = self._connection.jetstream(timeout=self._timeout)
-        await self._check_stream(jetstream)
-        self._jetstream = jetstream
-        return jetstream
+            self._inbox = None
+        connection = self._connection
+        await self._check_stream(connection.jetstream(timeout=self._timeout))
+        if self._inbox is None:
+            # One subscription for every ack (the client renews it after a reconnect).
+            inbox = connection.new_inbox()
+            await connection.subscribe(inbox + ".>", cb=self._on_ack_async)
+            self._inbox = inbox
+        return connection, self._inbox
+
+    async def _on_ack_async(self, msg: Any) -> None:
+        self._on_ack(msg)
 
     async def _connect(self) -> Any:
         # Bounded: the client keeps trying its servers (once connected, it

@@ -277,6 +277,37 @@ async def test_jetstream_missing_stream_without_create_is_permanent(
         await sink.close()
 
 
+async def test_jetstream_another_streams_subject_is_permanent_after_the_head_went_in(
+    nats_server: NatsServer,
+) -> None:
+    connection = await nats.connect(nats_server.url)
+    try:
+        await connection.jetstream().add_stream(name="OTHER", subjects=["sales-1.>"])
+    finally:
+        await connection.close()
+    sink = nats_sink(nats_server, subject="{account}.events", subjects=["default.>"])
+    try:
+        with pytest.raises(PermanentSinkError, match="stream 'GWS'") as failure:
+            await sink.deliver([*rows(1, 2), call_row(3, "sales-1"), *rows(4, 1)])
+    finally:
+        await sink.close()
+
+    assert failure.value.delivered == 2
+    assert await nats_ids(nats_server.url) == ["event-1", "event-2", "event-4"]
+
+
+async def test_jetstream_subject_no_stream_takes_is_retryable(nats_server: NatsServer) -> None:
+    sink = nats_sink(nats_server, subject="nowhere.{account}")
+    try:
+        # The stream is created for gws.> only: nothing answers on nowhere.default.
+        with pytest.raises(RetryableSinkError, match="NoStreamResponse") as failure:
+            await sink.deliver(rows(1, 2))
+    finally:
+        await sink.close()
+
+    assert failure.value.delivered == 0
+
+
 async def test_jetstream_down_is_retryable_then_resumes(nats_server: NatsServer) -> None:
     sink = nats_sink(nats_server)
     try:
