@@ -43,8 +43,8 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="py-spy the daemon during the concurrent phase through it: "
-        "bench/results/send-daemon.folded",
+        help="py-spy the daemon during each phase through it: "
+        "bench/results/send-daemon-<in flight>.folded",
     )
 
 
@@ -169,7 +169,7 @@ async def main() -> None:
     concurrency = args.concurrency
 
     phases: list[Phase] = []
-    profile: dict[str, Any] | None = None
+    profiles: dict[str, dict[str, Any]] = {}
     with notifyd.workdir("send") as work:
         async with peers.simulator_process() as simulator:
             config = notifyd.daemon_config(work, gws_url=simulator.base_url)
@@ -208,13 +208,12 @@ async def main() -> None:
                             report.note(f"send: {sender.path}, {size:,} sends, {width} at a time")
                             prefix = f"{sender.tag}{width:03d}-"
                             profiler = profiling.start_profiler(
-                                daemon.pid
-                                if args.profile and sender is through and width == concurrency
-                                else None,
-                                "send-daemon",
+                                daemon.pid if args.profile and sender is through else None,
+                                f"send-daemon-{width}",
                             )
                             phase = await run_phase(sender, prefix, size, width, pids)
-                            profile = profiling.stop_profiler(profiler) or profile
+                            if (found := profiling.stop_profiler(profiler)) is not None:
+                                profiles[f"{width} at a time"] = found
                             report.note(
                                 f"  {phase.rate:,.0f} sends/s, p99 "
                                 f"{stats.summarize(phase.latencies, scale=1000).get('p99')} ms"
@@ -307,7 +306,7 @@ async def main() -> None:
             "added": comparisons,
             "pending_left_after_run": left,
             "daemon_log": log,
-            "profile": profile,
+            "profiles": profiles or None,
             "verdict": verdict,
         },
         [table, added],

@@ -1,6 +1,7 @@
 """Every sink kind with the same burst: jsonl, webhook, Redis Streams, NATS JetStream.
 
     .venv/bin/python bench/sinks.py [--quick] [--count N] [--kinds jsonl,webhook,redis,nats]
+                                    [--profile]
 
 For each kind in turn, a fresh daemon with that one sink: a store with N pending
 (accepted) sends is written first; cometd-server.js serves Bayeux and the GWS stub;
@@ -27,6 +28,7 @@ from typing import Any
 import nats
 import notifyd
 import peers
+import profiling
 import redis.asyncio as aioredis
 import report
 import seeding
@@ -46,6 +48,11 @@ Counter = Callable[[], Awaitable[int]]
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--count", type=int, help="burst size (default 100,000; quick 10,000)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="which sinks, comma-separated")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the daemon during each burst: bench/results/sinks-<kind>.folded",
+    )
 
 
 class _Receiver:
@@ -95,7 +102,12 @@ async def _wait_count(count: Counter, expected: int, *, idle: float = 60.0) -> f
         await asyncio.sleep(POLL_SECONDS)
 
 
-async def _run_kind(kind: str, count: int, sink: dict[str, Any], counter: Counter) -> float:
+_PROFILES: dict[str, dict[str, Any]] = {}
+
+
+async def _run_kind(
+    kind: str, count: int, sink: dict[str, Any], counter: Counter, *, profile: bool
+) -> float:
     with notifyd.workdir(f"sinks-{kind}") as work:
         if kind == "jsonl":
             sink = {**sink, "path": str(work / "events.jsonl")}
@@ -106,9 +118,14 @@ async def _run_kind(kind: str, count: int, sink: dict[str, Any], counter: Counte
             config = notifyd.daemon_config(work, gws_url=peer.base_url, sinks=[sink])
             async with notifyd.running_daemon(config, work) as daemon:
                 await daemon.wait_log(notifyd.logged("reconciled"), timeout=600)
+                profiler = profiling.start_profiler(
+                    daemon.pid if profile else None, f"sinks-{kind}"
+                )
                 published_at = time.time()
                 await peer.order_publish(EMAILS_CHANNEL, count, start=1)
                 done_at = await _wait_count(counter, count)
+                if (found := profiling.stop_profiler(profiler)) is not None:
+                    _PROFILES[kind] = found
     rate = count / (done_at - published_at)
     report.note(
         f"sinks: {kind}: {count:,} events in {done_at - published_at:.2f} s = {rate:,.0f}/s"
@@ -136,11 +153,13 @@ async def _nats_count(url: str) -> int:
         await connection.close()
 
 
-async def run_all(kinds: list[str], count: int) -> dict[str, float]:
+async def run_all(kinds: list[str], count: int, *, profile: bool = False) -> dict[str, float]:
     rates: dict[str, float] = {}
     base = {"name": "sink", "batch_size": 500}
     if "jsonl" in kinds:
-        rates["jsonl"] = await _run_kind("jsonl", count, {**base, "type": "jsonl"}, _never)
+        rates["jsonl"] = await _run_kind(
+            "jsonl", count, {**base, "type": "jsonl"}, _never, profile=profile
+        )
     if "webhook" in kinds:
         receiver = _Receiver()
         await receiver.start()
@@ -151,18 +170,22 @@ async def run_all(kinds: list[str], count: int) -> dict[str, float]:
             async def received() -> int:
                 return receiver.events
 
-            rates["webhook"] = await _run_kind("webhook", count, sink, received)
+            rates["webhook"] = await _run_kind("webhook", count, sink, received, profile=profile)
         finally:
             await receiver.stop()
     if "redis" in kinds:
         async with RedisServer() as redis:
             sink = {**base, "type": "redis", "url": redis.url, "stream": "gws:{account}:events"}
-            rates["redis"] = await _run_kind("redis", count, sink, lambda: _redis_len(redis.url))
+            rates["redis"] = await _run_kind(
+                "redis", count, sink, lambda: _redis_len(redis.url), profile=profile
+            )
     if "nats" in kinds:
         async with NatsServer() as jetstream:
             sink = {**base, "type": "nats", "url": jetstream.url, "subject": "gws.{account}.{type}"}
             sink |= {"stream": "GWS", "create_stream": True, "subjects": ["gws.>"]}
-            rates["nats"] = await _run_kind("nats", count, sink, lambda: _nats_count(jetstream.url))
+            rates["nats"] = await _run_kind(
+                "nats", count, sink, lambda: _nats_count(jetstream.url), profile=profile
+            )
     return rates
 
 
@@ -177,7 +200,7 @@ async def main() -> None:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise BenchError(f"--kinds: unknown {sorted(unknown)}; choose from {', '.join(KINDS)}")
-    rates = await run_all(kinds, count)
+    rates = await run_all(kinds, count, profile=args.profile)
     jsonl = rates.get("jsonl")
     table = report.Table(
         f"sinks: a burst of {count:,} outcomes, publish -> last event in the destination",
@@ -206,6 +229,7 @@ async def main() -> None:
                 "webhook": "batch_mode = array, an aiohttp receiver in the bench process",
             },
             "verdict": verdict,
+            "profiles": _PROFILES or None,
         },
         [table],
     )
