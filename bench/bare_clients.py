@@ -140,9 +140,19 @@ async def _read_report(
 
 
 async def run_receive(
-    client: str, count: int, *, mode: str = "live", idle_timeout: float = 15.0
+    client: str,
+    count: int,
+    *,
+    mode: str = "live",
+    idle_timeout: float = 15.0,
+    rate: float | None = None,
+    tick_ms: int | None = None,
 ) -> ReceiveRun:
     """A fresh cometd-server, one client subscribed, a burst of `count`; its figures.
+
+    With `rate` (live mode only) a steady stream instead: `count` messages at
+    `rate` msg/s, what is due published every `tick_ms` (pipeline.py's steady
+    reference: what a bare client spends per message at that pace).
 
     The client prints {"subscribed": true} once subscribed, then one JSON line
     with what it received (after `count` messages, or after `idle_timeout` s
@@ -167,7 +177,9 @@ async def run_receive(
             if mode == "live":
                 meter.start()
             published_at = time.time()
-            answer = await peer.order_publish(EMAILS_CHANNEL, count, hold=mode == "queued")
+            answer = await peer.order_publish(
+                EMAILS_CHANNEL, count, hold=mode == "queued", rate=rate, tick_ms=tick_ms
+            )
             if mode == "queued":
                 meter.start()  # released now: the client's work starts
             report = await _read_report(process, client, "received", 600)

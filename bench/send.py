@@ -31,8 +31,9 @@ from basics import BenchError
 
 from tests.harness.daemon_process import SIM_PASSWORD, DaemonProcess
 
-TARGET_SENDS_PER_S = 2000.0
-TARGET_ADDED_P99_MS = 2.0
+# Targets against the simulator answered directly, in the same run.
+TARGET_RATE_RATIO = 0.6  # through the daemon / direct, `--concurrency` in flight
+TARGET_ADDED_P99_MS = 1.5  # one at a time: the daemon's p99 minus the direct p99
 WARM_UP = 300
 
 
@@ -273,18 +274,19 @@ async def main() -> None:
             width, entry["added_p50_ms"], entry["added_p99_ms"], entry["daemon_over_direct_rate"]
         )
     loaded = next((c for c in comparisons if c["concurrency"] == concurrency), None)
-    through_loaded = next(
-        (p for p in phases if p.path == "daemon" and p.concurrency == concurrency), None
-    )
+    single = next((c for c in comparisons if c["concurrency"] == 1), None)
     verdict: dict[str, Any] = {}
-    if loaded is not None and through_loaded is not None:
-        verdict = {
-            "daemon_sends_per_s": round(through_loaded.rate),
-            "target_sends_per_s": TARGET_SENDS_PER_S,
-            "sends_target_met": through_loaded.rate >= TARGET_SENDS_PER_S,
-            "added_p99_ms": loaded["added_p99_ms"],
+    if loaded is not None:
+        verdict |= {
+            "daemon_over_direct_rate": loaded["daemon_over_direct_rate"],
+            "target_rate_ratio": TARGET_RATE_RATIO,
+            "rate_ratio_target_met": loaded["daemon_over_direct_rate"] >= TARGET_RATE_RATIO,
+        }
+    if single is not None:
+        verdict |= {
+            "added_p99_ms_one_at_a_time": single["added_p99_ms"],
             "target_added_p99_ms": TARGET_ADDED_P99_MS,
-            "added_p99_target_met": loaded["added_p99_ms"] <= TARGET_ADDED_P99_MS,
+            "added_p99_target_met": single["added_p99_ms"] <= TARGET_ADDED_P99_MS,
         }
     report.emit(
         "send",

@@ -1,0 +1,249 @@
+"""Every performance target in one command: each benchmark in turn, then one table.
+
+    .venv/bin/python bench/all.py [--quick] [--only receive,pipeline,...] [--profile]
+
+Runs bench/receive.py, pipeline.py, send.py, memory.py, recovery.py and sinks.py, each
+in a process of its own, one after the other (they would compete for the two cores),
+with `--quick` and `--profile` passed on where given. Each writes its own
+bench/results/<name>.json; this script then reads their verdicts and prints every
+target beside the reference it is measured against in the same run, and writes
+bench/results/all.json. A script that fails is reported, and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import report
+from basics import BENCH_DIR, PYTHON, RESULTS_DIR, ROOT
+
+# Each script, and whether it takes --profile.
+SCRIPTS: dict[str, bool] = {
+    "receive": False,
+    "pipeline": True,
+    "send": True,
+    "memory": False,
+    "recovery": False,
+    "sinks": True,
+}
+
+Row = tuple[str, str, str, str, bool | None]  # what, measured, reference, target, met
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only", default=",".join(SCRIPTS), help="comma-separated subset of " + ", ".join(SCRIPTS)
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the daemon where a script can (pipeline, send, sinks)",
+    )
+
+
+def _receive(result: dict[str, Any]) -> list[Row]:
+    live = result["modes"].get("live", {}).get("verdict", {})
+    runs = {r["client"]: r for r in result["modes"].get("live", {}).get("runs", [])}
+    js = runs.get("cometd-js", {}).get("msg_per_s")
+    noloop = runs.get("aiocometd-noloop", {}).get("msg_per_s")
+    return [
+        (
+            "receive, live: our Bayeux client",
+            f"{live.get('ours_msg_per_s', 0):,} msg/s = {live.get('ratio_to_cometd_js')}x",
+            f"CometD JS client {js:,} msg/s" if js else "-",
+            ">= 0.9x",
+            live.get("ratio_to_cometd_js_target_met"),
+        ),
+        (
+            "receive, live: our Bayeux client",
+            f"{live.get('ratio_to_aiocometd_noloop')}x",
+            f"aiocometd-noloop {noloop:,} msg/s" if noloop else "-",
+            ">= 2.8x",
+            live.get("ratio_target_met"),
+        ),
+    ]
+
+
+def _pipeline(result: dict[str, Any]) -> list[Row]:
+    verdict = result["verdict"]
+    noloop = result.get("bare", {}).get("aiocometd-noloop", {}).get("msg_per_s")
+    steady = result["steady"]
+    return [
+        (
+            "burst, durable end to end",
+            f"{verdict['pipeline_events_per_s']:,} events/s = "
+            f"{verdict.get('ratio_to_bare_aiocometd-noloop')}x",
+            f"aiocometd-noloop bare {noloop:,} msg/s" if noloop else "-",
+            ">= 2.0x",
+            verdict["ratio_target_met"],
+        ),
+        (
+            f"steady {steady['rate']:,.0f}/s: daemon CPU per notification",
+            f"{verdict['steady_cpu_us_per_notification']} us "
+            f"({verdict['steady_cpu_percent']} %) = {verdict.get('steady_cpu_ratio_to_noloop')}x",
+            f"aiocometd-noloop receiving it: {verdict.get('steady_noloop_cpu_us_per_notification')}"
+            f" us ({verdict.get('steady_noloop_cpu_percent')} %)",
+            "<= 0.5x",
+            verdict.get("steady_cpu_ratio_target_met"),
+        ),
+        (
+            "steady: receipt -> sink-written",
+            f"p99 {verdict['steady_p99_ms']} / max {verdict['steady_max_ms']} ms",
+            "-",
+            "p99 <= 10, max <= 50 ms",
+            bool(verdict["steady_p99_target_met"] and verdict["steady_max_target_met"]),
+        ),
+    ]
+
+
+def _send(result: dict[str, Any]) -> list[Row]:
+    verdict = result["verdict"]
+    phases = {(p["path"], p["concurrency"]): p for p in result["phases"]}
+    single = phases.get(("direct", 1), {}).get("latency_ms", {}).get("p99")
+    width = max((c for _, c in phases), default=0)
+    direct = phases.get(("direct", width), {}).get("sends_per_s")
+    through = phases.get(("daemon", width), {}).get("sends_per_s")
+    return [
+        (
+            "Sends one at a time: added p99",
+            f"{verdict.get('added_p99_ms_one_at_a_time')} ms",
+            f"direct p99 {single} ms",
+            "<= 1.5 ms",
+            verdict.get("added_p99_target_met"),
+        ),
+        (
+            f"Sends, {width} in flight, through the daemon",
+            f"{through:,}/s = {verdict.get('daemon_over_direct_rate')}x" if through else "-",
+            f"direct {direct:,}/s" if direct else "-",
+            ">= 0.6x",
+            verdict.get("rate_ratio_target_met"),
+        ),
+    ]
+
+
+def _memory(result: dict[str, Any]) -> list[Row]:
+    verdict = result["verdict"]
+    return [
+        (
+            "RSS with 100,000 pending sends",
+            f"{verdict['pending_held_mb']} MB",
+            "-",
+            "<= 150 MB",
+            verdict["pending_target_met"],
+        ),
+        (
+            "RSS over 1,000,000 events",
+            f"{verdict['change_over_run_percent']:+} %",
+            "after warm-up",
+            "+/- 10 %",
+            verdict["change_target_met"],
+        ),
+    ]
+
+
+def _recovery(result: dict[str, Any]) -> list[Row]:
+    verdict = result["verdict"]
+    return [
+        (
+            "server back -> resubscribed",
+            f"max {verdict['resubscribed_max_s']} s (median {verdict['resubscribed_median_s']})",
+            "-",
+            "<= 1 s",
+            verdict["resubscribed_target_met_every_time"],
+        ),
+        (
+            "reconcile 1,000 pending sends",
+            f"{verdict['reconcile_max_s']} s",
+            "-",
+            "<= 2 s",
+            verdict["reconcile_target_met"],
+        ),
+    ]
+
+
+def _sinks(result: dict[str, Any]) -> list[Row]:
+    verdict = result["verdict"]
+    jsonl = verdict.get("jsonl", {}).get("events_per_s")
+    rows: list[Row] = []
+    for bus in ("redis", "nats"):
+        if bus in verdict:
+            figures = verdict[bus]
+            rows.append(
+                (
+                    f"bus sink {bus}, burst end to end",
+                    f"{figures['events_per_s']:,} events/s = {figures.get('to_jsonl')}x",
+                    f"jsonl sink {jsonl:,} events/s" if jsonl else "-",
+                    ">= 15,000/s and >= 0.7x",
+                    figures.get("target_met"),
+                )
+            )
+    return rows
+
+
+SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "receive": _receive,
+    "pipeline": _pipeline,
+    "send": _send,
+    "memory": _memory,
+    "recovery": _recovery,
+    "sinks": _sinks,
+}
+
+
+def run_script(name: str, args: argparse.Namespace) -> tuple[int, float]:
+    """One benchmark as a process of its own; its exit status and wall time."""
+    command = [PYTHON, str(BENCH_DIR / f"{name}.py")]
+    if args.quick:
+        command.append("--quick")
+    if args.profile and SCRIPTS[name]:
+        command.append("--profile")
+    report.note(f"all: {' '.join(command[1:])}")
+    began = time.monotonic()
+    # Its tables and JSON go to our stdout as they come; progress to stderr.
+    status = subprocess.run(command, cwd=ROOT, check=False).returncode
+    return status, time.monotonic() - began
+
+
+async def main() -> None:
+    args = report.parse_args(__doc__ or "", _options)
+    names = [n for n in args.only.split(",") if n]
+    unknown = set(names) - set(SCRIPTS)
+    if unknown:
+        raise SystemExit(f"--only: unknown {sorted(unknown)}; choose from {', '.join(SCRIPTS)}")
+    table = report.Table(
+        "every target, each beside its reference from the same run",
+        ["what", "measured", "reference", "target", "met"],
+    )
+    scripts: dict[str, Any] = {}
+    for name in names:
+        path = RESULTS_DIR / f"{name}.json"
+        path.unlink(missing_ok=True)
+        status, seconds = run_script(name, args)
+        scripts[name] = {"exit_status": status, "seconds": round(seconds, 1)}
+        if status != 0 or not path.exists():
+            table.add(f"{name}.py", f"FAILED (exit {status})", "-", "-", False)
+            continue
+        for row in SUMMARIES[name](json.loads(path.read_text())):
+            table.add(*row)
+    rows = [dict(zip(table.columns, row, strict=True)) for row in table.rows]
+    report.emit(
+        "all",
+        {
+            "quick": args.quick,
+            "scripts": scripts,
+            "targets": rows,
+            "met": sum(1 for r in rows if r["met"] is True),
+            "missed": sum(1 for r in rows if r["met"] is False),
+        },
+        [table],
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
