@@ -26,7 +26,14 @@ import orjson
 
 from daemon import eventloop, exitcodes
 from daemon.backoff import BackoffPolicy
-from daemon.cometd import BayeuxClient, ClientSettings, ConnectionState, Message, Subscribed
+from daemon.cometd import (
+    BayeuxClient,
+    ClientSettings,
+    ConnectionState,
+    Message,
+    Subscribed,
+    payload,
+)
 from daemon.config import GwsSettings
 from daemon.errors import GwsError
 from daemon.events import notification_type_of
@@ -64,7 +71,7 @@ class _Listening:
 
 def _shape(message: Message) -> dict[str, Any]:
     """One notification's shape: never its values (ids and addresses stay out)."""
-    data = message.data
+    data = payload(message.data)
     fields = data if isinstance(data, dict) else {}
     email = fields.get("email")
     parsed = parse_message(message.channel, data)

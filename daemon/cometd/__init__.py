@@ -48,7 +48,7 @@ from daemon.cometd.interface import (
     Subscribed,
     SubscribedHandler,
 )
-from daemon.cometd.messages import BatchHandler, Message
+from daemon.cometd.messages import BatchHandler, Message, payload
 from daemon.cometd.messages import parse_body as _parse_body
 from daemon.cometd.meta import is_unknown_client as _is_unknown_client
 from daemon.cometd.transports import (
@@ -81,4 +81,5 @@ __all__ = [
     "WebSocketTransport",
     "_is_unknown_client",
     "_parse_body",
+    "payload",
 ]

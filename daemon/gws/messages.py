@@ -11,6 +11,13 @@ and knows nothing of the events made of what it parses.
 An email `Error` may come without an `email` object (its shape is not
 documented): it is kept as an `EmailStateChange` whose `email_id` is None,
 for the correlator to tie by `referenceId` alone.
+
+A payload arrives as JSON text (`msgspec.Raw`, see `daemon.cometd.messages`).
+An email state change, the per-notification hot path, is read with msgspec
+for the few fields that decide it (the rest is skipped in C) and keeps its
+text as it came: no parse of the whole object, no serialising it again. The
+same checks then run on those fields as on a parsed object. Any other message
+is parsed whole (its subject may be under several keys).
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
-from daemon.cometd import Message
+from daemon.cometd import Message, payload
 
 EMAIL_STATE_CHANGE = "EmailStateChangeMessage"
 # Email states and notification types as GWS documents them (GWS API v2, EmailMessageType).
@@ -163,10 +171,30 @@ def _dump(data: object) -> tuple[bytes, bool]:
         return repr(data).encode("utf-8", "replace"), False
 
 
+class _Head(msgspec.Struct):
+    """The fields of a GWS message that decide what it is (GWS's names)."""
+
+    messageType: Any = None
+    notificationType: Any = None
+    referenceId: Any = None
+    email: msgspec.Raw = msgspec.Raw()
+
+
+class _EmailHead(msgspec.Struct):
+    id: Any = None
+    state: Any = None
+
+
+_HEAD = msgspec.json.Decoder(_Head)
+_EMAIL_HEAD = msgspec.json.Decoder(_EmailHead)
+
+
 def parse_message(
     channel: str, data: object, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> EmailStateChange | Notification | Malformed:
-    """Classify one Bayeux data payload."""
+    """Classify one Bayeux data payload: its JSON text, or a value."""
+    if isinstance(data, msgspec.Raw):
+        return _parse_text(channel, data, max_bytes)
     raw, is_json = _dump(data)
     problem = _problem(data, len(raw), max_bytes, is_json)
     if problem is not None:
@@ -175,6 +203,69 @@ def parse_message(
     assert isinstance(data, dict)
     if data["messageType"] != EMAIL_STATE_CHANGE:
         return _notification(channel, data, raw)
+    return _email_state_change(channel, data, raw)
+
+
+def _parse_text(
+    channel: str, text: msgspec.Raw, max_bytes: int
+) -> EmailStateChange | Notification | Malformed:
+    """`parse_message` for a payload's JSON text (see the module docstring)."""
+    size = len(text)
+    if size > max_bytes:
+        kept = memoryview(text)[:KEPT_BYTES].tobytes()
+        return Malformed(channel, "oversized", f"{size} bytes, limit {max_bytes}", kept)
+    try:
+        head = _HEAD.decode(text)
+    except msgspec.ValidationError:  # not an object: the general path says why
+        head = None
+    if head is None or head.messageType != EMAIL_STATE_CHANGE:
+        return parse_message(channel, payload(text), max_bytes=max_bytes)
+    email = _email_head(head.email)
+    kind, reference_id = head.notificationType, head.referenceId
+    plain_reference = reference_id is None or (
+        type(reference_id) is int and -_INT64 <= reference_id < _INT64
+    )
+    if (
+        type(kind) is str
+        and kind
+        and type(email) is _EmailHead
+        and type(email.id) is str
+        and email.id
+        and (email.state is None or type(email.state) is str)
+        and plain_reference
+    ):  # the shape GWS sends: nothing to look at further
+        return EmailStateChange(channel, kind, reference_id, email.id, email.state, _one_line(text))
+    # Anything else: the checks of a parsed object, on the fields that decide it.
+    if type(email) is _EmailHead:
+        email = {"id": email.id, "state": email.state}
+    fields = {"notificationType": kind, "referenceId": reference_id, "email": email}
+    problem = _email_problem(fields)
+    if problem is not None:
+        reason, detail = problem
+        return Malformed(channel, reason, detail, memoryview(text)[:KEPT_BYTES].tobytes())
+    return _email_state_change(channel, fields, _one_line(text))
+
+
+def _email_head(text: msgspec.Raw) -> object:
+    """An `email`'s id and state, or whatever else it is (None when absent)."""
+    if not len(text):
+        return None
+    try:
+        return _EMAIL_HEAD.decode(text)
+    except msgspec.ValidationError:
+        return payload(text)
+
+
+def _one_line(text: msgspec.Raw) -> bytes:
+    """The text as it came, on one line: JSON-lines sinks write an event a line."""
+    raw = bytes(text)
+    if b"\n" in raw or b"\r" in raw:
+        return orjson.dumps(orjson.loads(raw))
+    return raw
+
+
+def _email_state_change(channel: str, data: dict[str, Any], raw: bytes) -> EmailStateChange:
+    """A well-formed EmailStateChangeMessage (checked by `_email_problem`)."""
     email = data.get("email")
     reference_id = data.get("referenceId")
     if isinstance(reference_id, str):

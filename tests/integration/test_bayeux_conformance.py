@@ -25,6 +25,7 @@ from daemon.cometd import (
     ConnectionState,
     Message,
     Subscribed,
+    payload,
 )
 from tests.harness.bayeux_peers import BayeuxPeer, PeerKind, start_peer
 from tests.harness.waiting import wait_until
@@ -99,7 +100,8 @@ class Recorder:
     async def on_batch(self, batch: list[Message]) -> None:
         assert isinstance(batch, list), f"a batch must be a list, got {type(batch).__name__}"
         assert batch, "an empty batch was handed over"
-        self.batches.append(list(batch))
+        # Payloads come as JSON text; recorded as their values.
+        self.batches.append([Message(m.channel, payload(m.data)) for m in batch])
 
     async def on_subscribed(self, info: Subscribed) -> None:
         self.subscribed.append(info)

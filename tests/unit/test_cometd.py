@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 import pytest
 from aiohttp import web
@@ -27,7 +28,7 @@ import daemon.cometd
 from daemon.cometd import BayeuxClient, ClientSettings, Message, Subscribed, TransportError
 from daemon.cometd.advice import Advice
 from daemon.cometd.errors import OversizedResponseError, SessionRefusedError, UnknownClientError
-from daemon.cometd.messages import parse_body, split_replies
+from daemon.cometd.messages import parse_answer, parse_body, payload, split_replies
 from daemon.cometd.meta import (
     connect_refusal,
     handshake_refusal,
@@ -200,6 +201,54 @@ def test_the_collector_is_paused_while_a_large_answer_is_parsed(
     assert gc.isenabled()
 
 
+def test_an_answer_hands_each_payload_over_as_its_json_text() -> None:
+    body = (
+        b'[{"channel":"/a","data":{"messageType":"X","n":[1,2]},"id":"7"},'
+        b'{"channel":"/meta/connect","successful":true,"advice":{"timeout":0},"ext":{}},'
+        b'{"channel":"/b"},{"channel":"/c","data":null}]'
+    )
+    meta, data = parse_answer(body)
+    assert meta == [{"channel": "/meta/connect", "successful": True, "advice": {"timeout": 0}}]
+    assert [m.channel for m in data] == ["/a", "/b", "/c"]
+    first = data[0].data
+    assert isinstance(first, msgspec.Raw)
+    assert bytes(first) == b'{"messageType":"X","n":[1,2]}'
+    assert data[1].data is None
+    assert payload(data[2].data) is None
+
+
+def test_an_answer_the_typed_decoder_refuses_drops_only_what_cannot_be_used() -> None:
+    body = orjson.dumps(
+        [
+            {"channel": "/a", "data": 1},
+            7,
+            {"channel": 5, "data": "bad channel"},
+            {"channel": "/meta/connect", "successful": True},
+        ]
+    )
+    meta, data = parse_answer(body)
+    assert meta == [{"channel": "/meta/connect", "successful": True}]
+    assert [(m.channel, payload(m.data)) for m in data] == [("/a", 1)]
+    _, alone = parse_answer(b'{"channel":"/a","data":2}')  # one object: a batch of one
+    assert [(m.channel, payload(m.data)) for m in alone] == [("/a", 2)]
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'[{"channel":"/a","data":"\xff"}]', "not JSON"),
+        (b'[{"channel":"/a","data":{"x":"\xc3"}}]', "not JSON"),
+        (b'[{"channel":"/a",', "not JSON"),
+        (b"5", "not a JSON array"),
+    ],
+)
+def test_an_answer_that_is_not_json_text_is_a_transport_error(body: bytes, error: str) -> None:
+    # Bytes that are not UTF-8 inside a payload: msgspec skips payloads without
+    # reading them, and an event must never carry them.
+    with pytest.raises(TransportError, match=error):
+        parse_answer(body)
+
+
 # -- transports ---------------------------------------------------------------------
 
 
@@ -280,7 +329,7 @@ async def test_websocket_data_goes_to_the_handler_and_replies_to_their_request()
     batches: list[list[Message]] = []
 
     async def on_batch(batch: list[Message]) -> None:
-        batches.append(batch)
+        batches.append([Message(m.channel, payload(m.data)) for m in batch])
 
     async with serving(app) as url, aiohttp.ClientSession() as session:
         transport = await WebSocketTransport.open(
@@ -412,7 +461,7 @@ class Caller:
 
     async def on_batch(self, batch: list[Message]) -> None:
         self.batch_times.append(time.monotonic())
-        self.batches.append(batch)
+        self.batches.append([Message(m.channel, payload(m.data)) for m in batch])
         if self.hold_batches is not None:
             await self.hold_batches()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given
@@ -520,3 +521,82 @@ def test_near_valid_notifications_never_raise(
         assert parsed.email_id == (email_id if email_id else None)
         assert parsed.reference_id is None or isinstance(parsed.reference_id, int)
         assert parsed.state is None or isinstance(parsed.state, str)
+
+
+# -- a payload as JSON text (what the Bayeux client hands over) ------------------------
+
+
+def _by_text_and_by_value(data: object) -> None:
+    """Parsing a payload's JSON text gives what parsing its value gives."""
+    try:
+        text = orjson.dumps(data)  # as the wire carries it
+    except TypeError:
+        return  # not JSON (NaN and the like are made null; a 65-bit integer refused)
+    by_value = parse_message(CHANNEL, orjson.loads(text))
+    by_text = parse_message(CHANNEL, msgspec.Raw(text))
+    assert type(by_text) is type(by_value)
+    if isinstance(by_value, Malformed):
+        assert isinstance(by_text, Malformed)
+        assert (by_text.reason, by_text.detail) == (by_value.reason, by_value.detail)
+    else:
+        assert by_text == by_value
+
+
+@pytest.mark.parametrize(("reason", "data"), MALFORMED_CASES)
+def test_json_text_is_malformed_for_the_same_reason_as_its_value(reason: str, data: object) -> None:
+    parsed = parse_message(CHANNEL, msgspec.Raw(orjson.dumps(data)))
+    assert isinstance(parsed, Malformed)
+    assert parsed.reason == reason
+    _by_text_and_by_value(data)
+
+
+def test_json_text_of_an_email_state_change_is_kept_byte_for_byte() -> None:
+    text = b'{"messageType":"EmailStateChangeMessage","notificationType":"StatusChange",'
+    text += b'"referenceId":"26","email":{"state":"Sent","id":"E1","body":"caf\\u00e9"}}'
+    parsed = parse_message(CHANNEL, msgspec.Raw(text))
+    assert parsed == EmailStateChange(CHANNEL, "StatusChange", 26, "E1", "Sent", text)
+
+
+def test_json_text_on_several_lines_is_kept_on_one() -> None:
+    text = orjson.dumps(GWS_SEND_NOTIFICATION, option=orjson.OPT_INDENT_2)
+    parsed = parse_message(CHANNEL, msgspec.Raw(text))
+    assert isinstance(parsed, EmailStateChange)
+    assert b"\n" not in parsed.raw
+    assert orjson.loads(parsed.raw) == GWS_SEND_NOTIFICATION
+
+
+def test_oversized_json_text_keeps_only_its_head() -> None:
+    text = orjson.dumps(with_email(body="x" * 5000))
+    parsed = parse_message(CHANNEL, msgspec.Raw(text), max_bytes=1000)
+    assert isinstance(parsed, Malformed)
+    assert parsed.reason == "oversized"
+    assert parsed.detail == f"{len(text)} bytes, limit 1000"
+
+
+@given(st.text(max_size=20), json_values)
+def test_json_text_of_any_value_parses_as_the_value_does(channel: str, data: object) -> None:
+    _by_text_and_by_value(data)
+
+
+@given(
+    message_type=st.sampled_from(["EmailStateChangeMessage", "CallStateChangeMessage"]) | fields,
+    notification_type=st.sampled_from(["StatusChange", "Error", "EmailSaved"]) | fields,
+    reference_id=st.integers(0, 2**31) | st.integers(0, 999).map(str) | fields,
+    email=st.builds(
+        lambda i, s: {"id": i, "state": s, "body": "b"},
+        st.text(min_size=1, max_size=16) | fields,
+        st.sampled_from(["Sent", "Composing"]) | fields,
+    )
+    | fields,
+)
+def test_json_text_of_near_valid_notifications_parses_as_the_value_does(
+    message_type: object, notification_type: object, reference_id: object, email: object
+) -> None:
+    _by_text_and_by_value(
+        {
+            "messageType": message_type,
+            "notificationType": notification_type,
+            "referenceId": reference_id,
+            "email": email,
+        }
+    )

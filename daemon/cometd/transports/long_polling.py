@@ -21,7 +21,7 @@ from daemon.cometd.errors import (
     TransportError,
     UnknownClientError,
 )
-from daemon.cometd.messages import Answer, parse_body, split_replies
+from daemon.cometd.messages import Answer, parse_answer
 from daemon.cometd.transports.base import LONG_POLLING, HeaderSource, Transport, no_headers
 
 _CONTENT_TYPE = {"Content-Type": "application/json;charset=UTF-8"}
@@ -58,7 +58,7 @@ class LongPollingTransport(Transport):
                 body = await _read_bounded(response, self._max)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransportError(f"{type(exc).__name__} on {self._url}: {exc}") from None
-        return split_replies(parse_body(body))
+        return parse_answer(body)
 
 
 def _refusal(status: int, url: URL) -> TransportError | UnknownClientError:

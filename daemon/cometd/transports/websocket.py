@@ -22,7 +22,7 @@ import structlog
 from yarl import URL
 
 from daemon.cometd.errors import TransportError
-from daemon.cometd.messages import Answer, BatchHandler, parse_body, split_replies
+from daemon.cometd.messages import Answer, BatchHandler, parse_answer
 from daemon.cometd.transports.base import WEBSOCKET, HeaderSource, Transport, no_headers
 from daemon.errors import CometdError
 
@@ -111,7 +111,7 @@ class WebSocketTransport(Transport):
                 body = _frame_body(frame)
                 if body is None:
                     break
-                meta, data = split_replies(parse_body(body))
+                meta, data = parse_answer(body)
                 if data:
                     await self._on_batch(data)
                 if meta:
