@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/all.py [--quick] [--only receive,pipeline,...] [--profile]
 
-Runs bench/receive.py, pipeline.py, send.py, memory.py, recovery.py and sinks.py, each
-in a process of its own, one after the other (they would compete for the two cores),
-with `--quick` and `--profile` passed on where given. Each writes its own
+Runs bench/receive.py (`--repeat 3`), pipeline.py, send.py, memory.py, recovery.py and
+sinks.py, each in a process of its own, one after the other (they would compete for the
+two cores), with `--quick` and `--profile` passed on where given. Each writes its own
 bench/results/<name>.json; this script then reads their verdicts and prints every
 target beside the reference it is measured against in the same run, and writes
 bench/results/all.json. A script that fails is reported, and the others still run.
@@ -23,14 +23,15 @@ from typing import Any
 import report
 from basics import BENCH_DIR, PYTHON, RESULTS_DIR, ROOT
 
-# Each script, and whether it takes --profile.
-SCRIPTS: dict[str, bool] = {
-    "receive": False,
-    "pipeline": True,
-    "send": True,
-    "memory": False,
-    "recovery": False,
-    "sinks": True,
+# Each script: whether it takes --profile, and its options here. receive.py runs each
+# client three times and keeps the median: a single live run of a client swings by 20 %.
+SCRIPTS: dict[str, tuple[bool, tuple[str, ...]]] = {
+    "receive": (False, ("--repeat", "3")),
+    "pipeline": (True, ()),
+    "send": (True, ()),
+    "memory": (False, ()),
+    "recovery": (False, ()),
+    "sinks": (True, ()),
 }
 
 Row = tuple[str, str, str, str, bool | None]  # what, measured, reference, target, met
@@ -198,10 +199,11 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
 
 def run_script(name: str, args: argparse.Namespace) -> tuple[int, float]:
     """One benchmark as a process of its own; its exit status and wall time."""
-    command = [PYTHON, str(BENCH_DIR / f"{name}.py")]
+    profiled, options = SCRIPTS[name]
+    command = [PYTHON, str(BENCH_DIR / f"{name}.py"), *options]
     if args.quick:
         command.append("--quick")
-    if args.profile and SCRIPTS[name]:
+    if args.profile and profiled:
         command.append("--profile")
     report.note(f"all: {' '.join(command[1:])}")
     began = time.monotonic()
