@@ -13,36 +13,17 @@ reported by `wait_broken()`. A reload keeps unchanged sinks' workers; a changed
 one finishes the batch in its hands (never handed out twice) and its successor
 starts where it stood, even if that cursor could not be saved.
 
-Routing: a sink with `types` or `accounts` (its `Route`) takes only the events
-they match. The others never enter its `fresh` queue, never wake it and are
-not in its backlog, and its cursor passes them, so that it never holds the
-outbox back. One rule keeps a crash from losing events: a cursor never moves
-past an event the sink takes but has not taken yet (a batch in its hands,
-events waiting in `fresh`, events in the store it has not read). So a cursor
-moves only to what the sink took, to the horizon of a store read whose rows it
-took, or, when it is caught up (nothing in its hands, `fresh` empty, the store
-read up to where `fresh` begins), to the last seq it was told of. Such a
-sink's backlog is the number of events it takes after its cursor: counted in
-the store at start and after a gap in what it was told, and kept up to date
-by `notify` and by what it takes. A sink without a route takes everything:
-its backlog is the head minus its cursor, and `notify` does no work per event
-for it.
-
-Memory: per sink, `fresh` holds at most MAX_FRESH batches (20 x `batch_size`:
-10,000 events by default; ~1.05 KB each with a 0.7 KB body, 10.6 MB at the
-bound), emptied when the sink lags further.
+Each worker's state, the events handed to it in memory and the rules for
+moving its cursor past what it does not take are `daemon.sink_worker`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import functools
 import time
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import structlog
 
@@ -50,9 +31,9 @@ from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import Route, SinkSettings
 from daemon.errors import SinkError, StoreError
 from daemon.metrics import Metrics
+from daemon.sink_worker import SinkStatus, SinkWorker
 from daemon.sinks.base import Sink
 from daemon.store import AsyncStore
-from daemon.store.bridge import RETRY_POLICY
 from daemon.store.rows import OutboxRow, StoredEvent
 
 log = structlog.get_logger(logger_name="daemon.dispatcher")
@@ -60,8 +41,6 @@ log = structlog.get_logger(logger_name="daemon.dispatcher")
 # An idle worker still looks at the store this often, to see dead letters
 # replayed by `gws-notifyd dead-letters replay` from another process.
 IDLE_POLL_SECONDS = 1.0
-# How many batches a sink may have waiting in memory before it reads from the store.
-MAX_FRESH = 20
 # Shutdown: a batch in a sink's hands may finish this long, then it is cancelled
 # (its events are delivered again after the restart: at least once).
 STOP_SECONDS = 2.0
@@ -70,54 +49,12 @@ STOP_SECONDS = 2.0
 HANDOVER_SECONDS = 30.0
 
 
-@dataclass(slots=True)
-class SinkStatus:
-    name: str
-    kind: str
-    cursor: int = 0
-    delivered: int = 0
-    retries: int = 0
-    dead_lettered: int = 0
-    failing_since: float | None = None
-    last_error: str | None = None
-
-
-@dataclass(slots=True)
-class _Worker:
-    sink: Sink
-    settings: SinkSettings
-    status: SinkStatus
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-    route: Route | None = None  # None: it takes every event
-    # Events just committed, handed over in memory so that a sink that keeps
-    # up never reads them back from SQLite. Dropped when the sink falls behind.
-    # It holds every event the sink takes with a seq in (fresh_start,
-    # fresh_upto] that was not handed over yet; those at or before
-    # `fresh_start` are read from the store.
-    fresh: deque[OutboxRow] = field(default_factory=deque)
-    fresh_start: int = 0
-    fresh_upto: int = 0
-    # True while the store may hold events for this sink that `fresh` lacks
-    # (at start, after `fresh` overflowed, on the idle poll, after a store failure).
-    behind: bool = True
-    # Waiting for events with nothing in its hands (`notify` may pass its cursor on).
-    idle: bool = False
-    # With a route: the events it takes after its cursor, up to `fresh_upto`
-    # (to be counted in the store again when `recount`).
-    pending: int = 0
-    recount: bool = False
-    store_failures: Backoff = field(default_factory=lambda: Backoff(RETRY_POLICY))
-    duplicates_counted: int = 0  # of sink.duplicates_dropped, already in the metric
-
-
 class Dispatcher:
     def __init__(self, *, store: AsyncStore, metrics: Metrics, max_outbox_events: int) -> None:
         self._store = store
         self._metrics = metrics
         self._max_outbox = max_outbox_events
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, SinkWorker] = {}
         self._head = 0
         self._saved_cursors: dict[str, int] = {}
         self._dead_letter_counts: dict[str, int] = {}
@@ -148,7 +85,7 @@ class Dispatcher:
             self._saved_cursors[name] = stored[name]
             self._metrics.track_sink(name)
             route = Route.of(settings.types, settings.accounts)
-            worker = _Worker(
+            worker = SinkWorker(
                 sink,
                 settings,
                 SinkStatus(name, sink.kind, cursor),
@@ -162,7 +99,7 @@ class Dispatcher:
             self._workers[name] = worker
         self._update_backlog()
 
-    def _ended(self, worker: _Worker, task: asyncio.Task[None]) -> None:
+    def _ended(self, worker: SinkWorker, task: asyncio.Task[None]) -> None:
         if not worker.stop.is_set() and self._broken is None:
             error = "cancelled" if task.cancelled() else repr(task.exception() or "returned")
             self._broken = f"sink worker {worker.sink.name} stopped on its own: {error}"
@@ -215,7 +152,7 @@ class Dispatcher:
             self._workers.clear()
             await self._stop(workers, patience=STOP_SECONDS)
 
-    async def _stop(self, workers: list[_Worker], *, patience: float) -> dict[str, int]:
+    async def _stop(self, workers: list[SinkWorker], *, patience: float) -> dict[str, int]:
         """Stop `workers` (a batch in a sink's hands may finish within `patience`),
         close their sinks and save where they stopped; returns those cursors."""
         for worker in workers:
@@ -230,7 +167,7 @@ class Dispatcher:
         return cursors
 
     @staticmethod
-    async def _finish(worker: _Worker, patience: float) -> None:
+    async def _finish(worker: SinkWorker, patience: float) -> None:
         # asyncio.wait never raises the worker's own error: that was reported when it ended.
         task = worker.task
         if task is not None and not (await asyncio.wait({task}, timeout=patience))[0]:
@@ -252,80 +189,25 @@ class Dispatcher:
             for i, e in enumerate(events)
         ]
         for worker in self._workers.values():
-            self._offer(worker, rows, first_seq, head)
+            worker.offer(rows, first_seq, head)
         self._update_backlog()
 
-    def _offer(self, worker: _Worker, rows: list[OutboxRow], first_seq: int, head: int) -> None:
-        """Hand `worker` the events it takes of `rows` (seqs first_seq ... head)."""
-        if not rows or first_seq > worker.fresh_upto + 1:
-            self._missed(worker, rows, head)
-            return
-        if first_seq <= worker.fresh_upto:  # told of some already (it started meanwhile)
-            rows = rows[worker.fresh_upto - first_seq + 1 :]
-        worker.fresh_upto = max(worker.fresh_upto, head)
-        if worker.route is not None:
-            rows = self._routed(worker, worker.route, rows)
-            if not rows:  # nothing to wake it for
-                if worker.idle and self._caught_up(worker):
-                    self._advance(worker, worker.fresh_upto)
-                return
-        fresh = worker.fresh
-        if len(fresh) < MAX_FRESH * worker.settings.batch_size:
-            fresh.extend(rows)
-        else:
-            fresh.clear()
-            worker.fresh_start = worker.fresh_upto  # it reads these from the store
-            worker.behind = True
-        worker.wake.set()
-
-    def _missed(self, worker: _Worker, rows: list[OutboxRow], head: int) -> None:
-        """Not told of every event up to `head` (a replay by the CLI, or no rows
-        given): it reads them from the store, and counts them there when it can."""
-        if worker.route is not None:
-            self._routed(worker, worker.route, rows)  # counted meanwhile
-        if head > worker.fresh_upto:
-            worker.fresh.clear()
-            worker.fresh_start = worker.fresh_upto = head
-            worker.recount = worker.route is not None
-        worker.behind = True
-        worker.wake.set()
-
-    @staticmethod
-    def _routed(worker: _Worker, route: Route, rows: list[OutboxRow]) -> list[OutboxRow]:
-        """The rows `route` takes that are still before the worker, counted in its backlog."""
-        cursor = worker.status.cursor
-        taken = [r for r in rows if r.seq > cursor and route.takes(r.type, r.account)]
-        worker.pending += len(taken)
-        return taken
-
-    @staticmethod
-    def _caught_up(worker: _Worker) -> bool:
-        """Nothing it takes lies between its cursor and `fresh_upto`: not in the store
-        (it read up to where `fresh` begins), not in `fresh` (events told but not yet
-        taken: an idle worker woken for them may not have run yet)."""
-        return not worker.behind and not worker.fresh and worker.status.cursor >= worker.fresh_start
-
-    def _backlog(self, worker: _Worker) -> int:
-        if worker.route is None:
-            return max(0, self._head - worker.status.cursor)
-        return worker.pending
-
-    def _show_backlog(self, worker: _Worker) -> None:
-        self._metrics.outbox_backlog.labels(worker.sink.name).set(self._backlog(worker))
+    def _show_backlog(self, worker: SinkWorker) -> None:
+        self._metrics.outbox_backlog.labels(worker.sink.name).set(worker.backlog(self._head))
 
     def _update_backlog(self) -> None:
         for worker in self._workers.values():
             self._show_backlog(worker)
 
     def backlog(self) -> dict[str, int]:
-        return {name: self._backlog(w) for name, w in self._workers.items()}
+        return {name: w.backlog(self._head) for name, w in self._workers.items()}
 
     def statuses(self) -> list[SinkStatus]:
         return [w.status for w in self._workers.values()]
 
     # -- one sink ---------------------------------------------------------------------
 
-    async def _run(self, worker: _Worker) -> None:
+    async def _run(self, worker: SinkWorker) -> None:
         while not worker.stop.is_set():
             worker.wake.clear()
             try:
@@ -333,15 +215,15 @@ class Dispatcher:
             except StoreError as exc:
                 await self._store_failed(worker, exc)
 
-    async def _step(self, worker: _Worker) -> None:
+    async def _step(self, worker: SinkWorker) -> None:
         """One batch: from memory if it follows the cursor, else from the store."""
         if worker.recount:
             await self._recount(worker)
-        rows = self._take_fresh(worker)
+        rows = worker.take_fresh()
         if rows:
             await self._deliver(worker, rows)
             return
-        if self._caught_up(worker):
+        if worker.caught_up():
             # Whatever else it was told of, it does not take.
             self._advance(worker, worker.fresh_upto)
             await self._idle(worker)
@@ -356,7 +238,7 @@ class Dispatcher:
             self._advance(worker, horizon)
 
     @staticmethod
-    async def _idle(worker: _Worker) -> None:
+    async def _idle(worker: SinkWorker) -> None:
         """Wait for new events, which arrive in memory. The timeout is a poll for
         what only the store knows (dead letters replayed by the CLI)."""
         worker.idle = True
@@ -367,7 +249,7 @@ class Dispatcher:
         finally:
             worker.idle = False
 
-    async def _recount(self, worker: _Worker) -> None:
+    async def _recount(self, worker: SinkWorker) -> None:
         """Count the events a routed sink takes after its cursor, in the store."""
         worker.recount = False
         upto, before = worker.fresh_upto, worker.pending
@@ -382,7 +264,7 @@ class Dispatcher:
         worker.pending = count + worker.pending - before
         self._show_backlog(worker)
 
-    async def _store_failed(self, worker: _Worker, error: StoreError) -> None:
+    async def _store_failed(self, worker: SinkWorker, error: StoreError) -> None:
         """Log, report, back off; then read again from the cursor (what was in hand is re-read)."""
         delay = worker.store_failures.next_delay()
         self._store.report_failure(f"sink {worker.sink.name}", error, retry_in=delay)
@@ -390,44 +272,15 @@ class Dispatcher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(worker.stop.wait(), delay)
 
-    def _store_ok(self, worker: _Worker) -> None:
+    def _store_ok(self, worker: SinkWorker) -> None:
         if worker.store_failures.attempt:
             worker.store_failures.reset()
             self._store.report_recovery(f"sink {worker.sink.name}")
 
-    @staticmethod
-    def _take_fresh(worker: _Worker) -> list[OutboxRow]:
-        """The next batch from memory, if nothing the sink takes lies before it."""
-        fresh, cursor = worker.fresh, worker.status.cursor
-        while fresh and fresh[0].seq <= cursor:
-            fresh.popleft()
-        if not fresh or cursor < worker.fresh_start:
-            return []  # events from before (or a replay): the store has them
-        count = min(len(fresh), worker.settings.batch_size)
-        return [fresh.popleft() for _ in range(count)]
-
-    def _advance(self, worker: _Worker, seq: int) -> None:
-        """Move the cursor on to `seq` (never back): every event up to it that the
-        sink takes, it has taken."""
-        # Saved with the next notification transaction (`unsaved_cursors`) or
-        # housekeeping round, not by a transaction per batch (dearer than the
-        # batch). After a crash a sink may get its last events again (same ids).
-        if seq > worker.status.cursor:
-            worker.status.cursor = seq
+    def _advance(self, worker: SinkWorker, seq: int) -> None:
+        """Move the cursor on to `seq` (see `SinkWorker.advance`), and show the backlog."""
+        worker.advance(seq)
         self._show_backlog(worker)
-
-    @staticmethod
-    def _settled(worker: _Worker, rows: list[OutboxRow]) -> None:
-        """`rows` (in seq order) left a routed sink's backlog: taken or dead-lettered."""
-        if worker.route is None:
-            return
-        upto = worker.fresh_upto  # those after it were never counted
-        counted = (
-            len(rows)
-            if rows[-1].seq <= upto
-            else bisect.bisect_right(rows, upto, key=lambda row: row.seq)
-        )
-        worker.pending = max(0, worker.pending - counted)
 
     def unsaved_cursors(self) -> dict[str, int] | None:
         """Cursors that moved since last handed out to be saved (then taken as saved: a
@@ -451,7 +304,7 @@ class Dispatcher:
                 self._saved_cursors.pop(name, None)
             raise
 
-    async def _deliver(self, worker: _Worker, rows: list[OutboxRow]) -> bool:
+    async def _deliver(self, worker: SinkWorker, rows: list[OutboxRow]) -> bool:
         """Hand `rows` to the sink until it has taken (or dead-lettered) every one;
         False if it was stopped first."""
         backoff = Backoff(BackoffPolicy(initial=0.5, maximum=worker.settings.backoff_max_seconds))
@@ -471,7 +324,7 @@ class Dispatcher:
         return not rows
 
     async def _after_failure(
-        self, worker: _Worker, rows: list[OutboxRow], error: SinkError, backoff: Backoff
+        self, worker: SinkWorker, rows: list[OutboxRow], error: SinkError, backoff: Backoff
     ) -> list[OutboxRow]:
         """What is left to deliver after a failed attempt (and the wait before the next)."""
         status, settings = worker.status, worker.settings
@@ -519,8 +372,8 @@ class Dispatcher:
         status.failing_since = None
         status.last_error = None
 
-    def _taken(self, worker: _Worker, rows: list[OutboxRow]) -> None:
-        self._settled(worker, rows)
+    def _taken(self, worker: SinkWorker, rows: list[OutboxRow]) -> None:
+        worker.settled(rows)
         self._advance(worker, rows[-1].seq)
         worker.status.delivered += len(rows)
         self._metrics.sink_deliveries.labels(worker.sink.name, "delivered").inc(len(rows))
@@ -530,7 +383,7 @@ class Dispatcher:
             worker.duplicates_counted += dropped
 
     async def _dead_letter(
-        self, worker: _Worker, row: OutboxRow, error: SinkError, attempts: int
+        self, worker: SinkWorker, row: OutboxRow, error: SinkError, attempts: int
     ) -> None:
         name = worker.sink.name
         await self._store.dead_letter(
@@ -541,7 +394,7 @@ class Dispatcher:
             attempts=attempts,
         )
         self._store_ok(worker)
-        self._settled(worker, [row])
+        worker.settled([row])
         self._advance(worker, row.seq)
         worker.status.dead_lettered += 1
         self._metrics.sink_deliveries.labels(name, "dead_lettered").inc()

@@ -3,7 +3,7 @@
     edges        cli, admin, probe, demo, service, app, api,
                  http_server                                   (may import anything)
     application  tracker, correlator, events, notifications,
-                 sending, dispatcher, housekeeping
+                 sending, dispatcher, sink_worker, housekeeping
     adapters     gws/ (GWS)       -> bayeux client, foundation
                  cometd (Bayeux)  -> foundation
                  store/           -> foundation
@@ -54,6 +54,7 @@ _APPLICATION_MODULES = {
     "daemon.notifications",
     "daemon.sending",
     "daemon.dispatcher",
+    "daemon.sink_worker",
     "daemon.housekeeping",
     "daemon.accounts",
 }

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from daemon.correlator import Correlator
-from daemon.dispatcher import MAX_FRESH, Dispatcher
+from daemon.dispatcher import Dispatcher
 from daemon.events import EventFactory
 from daemon.gws.messages import EmailStateChange
 from daemon.metrics import Metrics
 from daemon.sends import SendRecord
+from daemon.sink_worker import MAX_FRESH
 from daemon.store import AsyncStore, Store
 from tests.harness.fake_sink import FakeSink, sink_settings
 
