@@ -233,6 +233,13 @@ def test_an_answer_the_typed_decoder_refuses_drops_only_what_cannot_be_used() ->
     assert [(m.channel, payload(m.data)) for m in alone] == [("/a", 2)]
 
 
+def test_an_answer_in_utf8_keeps_its_text_as_it_came() -> None:
+    body = '[{"channel":"/a","data":{"subject":"Café ✓"}}]'.encode()
+    _, data = parse_answer(body)
+    assert bytes(data[0].data) == '{"subject":"Café ✓"}'.encode()
+    assert payload(data[0].data) == {"subject": "Café ✓"}
+
+
 @pytest.mark.parametrize(
     ("body", "error"),
     [
