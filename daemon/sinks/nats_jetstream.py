@@ -64,10 +64,11 @@ def _auth_options(
 
 
 class _BatchAcks:
-    """The replies to one batch's messages, by position, as they arrive."""
+    """The replies to one batch's messages, by position, as they arrive: message i
+    asks for its ack on `reply + str(i)` (`reply`: the sink's inbox, the batch's number)."""
 
-    def __init__(self, number: int, size: int) -> None:
-        self.number = number
+    def __init__(self, reply: str, size: int) -> None:
+        self.reply = reply
         self.replies: list[Any] = [None] * size
         self._missing = size
         self.complete: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -137,9 +138,9 @@ class NatsJetStreamSink(Sink):
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         connection, inbox = await self._ready()
         self._batch += 1
-        acks = self._acks = _BatchAcks(self._batch, len(batch))
+        acks = self._acks = _BatchAcks(f"{inbox}.{self._batch}.", len(batch))
         headers = {MSG_ID: "", EXPECTED_STREAM: self._stream}
-        reply = f"{inbox}.{acks.number}."
+        reply = acks.reply
         try:
             for index, row in enumerate(batch):
                 headers[MSG_ID] = row.event_id
@@ -155,14 +156,14 @@ class NatsJetStreamSink(Sink):
             self._acks = None
         self._check(acks)
 
-    def _on_ack(self, msg: Any) -> None:
+    async def _on_ack(self, msg: Any) -> None:
         """A PubAck (or an error, or no responders) for one message of the batch
         in flight; those of a batch given up (timed out) are dropped."""
         acks = self._acks
-        if acks is None:
+        if acks is None or not msg.subject.startswith(acks.reply):
             return
-        head, _, index = msg.subject.rpartition(".")
-        if head.endswith(f".{acks.number}") and index.isdigit():
+        index = msg.subject[len(acks.reply) :]
+        if index.isdigit():
             acks.arrived(int(index), msg)
 
     def _check(self, acks: _BatchAcks) -> None:
@@ -216,12 +217,9 @@ class NatsJetStreamSink(Sink):
         if self._inbox is None:
             # One subscription for every ack (the client renews it after a reconnect).
             inbox = connection.new_inbox()
-            await connection.subscribe(inbox + ".>", cb=self._on_ack_async)
+            await connection.subscribe(inbox + ".>", cb=self._on_ack)
             self._inbox = inbox
         return connection, self._inbox
-
-    async def _on_ack_async(self, msg: Any) -> None:
-        self._on_ack(msg)
 
     async def _connect(self) -> Any:
         # Bounded: the client keeps trying its servers (once connected, it
