@@ -233,7 +233,9 @@ def _parse_text(
         and email.id
         and (email.state is None or type(email.state) is str)
         and plain_reference
-    ):  # the shape GWS sends: nothing to look at further
+    ):  # the shape GWS sends: what `_email_problem` would find nothing wrong with
+        # (checked inline on this per-notification path; tests/unit/test_messages.py
+        # holds both paths to the same answer for any JSON value)
         return EmailStateChange(channel, kind, reference_id, email.id, email.state, _one_line(text))
     # Anything else: the checks of a parsed object, on the fields that decide it.
     if type(email) is _EmailHead:
