@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,17 @@ import report
 import seeding
 from aiohttp import web
 from basics import EMAILS_CHANNEL, BenchError
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.bus_servers import NatsServer, RedisServer
+from tests.harness.daemon_process import DaemonProcess
 from tests.harness.webhook_receiver import free_port
 
 KINDS = ("jsonl", "webhook", "redis", "nats")
 TARGET_BUS_RATE = 15_000.0
 TARGET_TO_JSONL = 0.7
 POLL_SECONDS = 0.005
+METRICS_SECONDS = 0.25
 Counter = Callable[[], Awaitable[int]]
 
 
@@ -117,6 +121,62 @@ async def _wait_count(count: Counter, expected: int, *, idle: float = 60.0) -> f
         await asyncio.sleep(POLL_SECONDS)
 
 
+@dataclass(frozen=True)
+class KindResult:
+    """One kind's burst: the rate end to end, and where the time went — until the daemon
+    had correlated every notification, and the sink's drain after that."""
+
+    rate: float
+    seconds: float
+    correlated_seconds: float | None  # publish -> every notification correlated
+    taken_by_then: int | None  # events the sink had taken at that moment
+
+    def drain_rate(self, count: int) -> float | None:
+        if self.correlated_seconds is None or self.taken_by_then is None:
+            return None
+        left, after = count - self.taken_by_then, self.seconds - self.correlated_seconds
+        return left / after if after > 0 else None
+
+
+class _Phases:
+    """Watches the daemon's /metrics (every METRICS_SECONDS: cheap beside the burst) for
+    the moment every notification is correlated, and what the sink had taken then."""
+
+    def __init__(self, daemon: DaemonProcess, count: int) -> None:
+        self._daemon = daemon
+        self._count = count
+        self._before = (0, 0)
+        self.correlated_at: float | None = None
+        self.taken: int | None = None
+
+    async def start(self) -> None:
+        """Counts before the burst (the start-up's reconciliation correlates too)."""
+        self._before = _counts(await self._daemon.metrics())
+
+    async def watch(self) -> None:
+        while self.correlated_at is None:
+            correlated, taken = _counts(await self._daemon.metrics())
+            if correlated - self._before[0] >= self._count:
+                self.correlated_at, self.taken = time.time(), taken - self._before[1]
+                return
+            await asyncio.sleep(METRICS_SECONDS)
+
+
+def _counts(text: str) -> tuple[int, int]:
+    """(notifications correlated, events the sink delivered) from a /metrics page."""
+    correlated = delivered = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "gws_notifyd_correlations_total":
+                correlated += sample.value
+            elif (
+                sample.name == "gws_notifyd_sink_deliveries_total"
+                and sample.labels.get("outcome") == "delivered"
+            ):
+                delivered += sample.value
+    return int(correlated), int(delivered)
+
+
 async def _run_kind(
     kind: str,
     count: int,
@@ -124,8 +184,8 @@ async def _run_kind(
     counter: Counter,
     *,
     profiles: dict[str, dict[str, Any]] | None,
-) -> float:
-    """The kind's rate; with `profiles`, the daemon py-spied during the burst (its summary
+) -> KindResult:
+    """The kind's burst; with `profiles`, the daemon py-spied during it (its summary
     put there under `kind`)."""
     with notifyd.workdir(f"sinks-{kind}") as work:
         if kind == "jsonl":
@@ -140,18 +200,35 @@ async def _run_kind(
                 profiler = profiling.start_profiler(
                     daemon.pid if profiles is not None else None, f"sinks-{kind}"
                 )
+                phases = _Phases(daemon, count)
+                await phases.start()
                 published_at = time.time()
                 await peer.order_publish(EMAILS_CHANNEL, count, start=1)
-                done_at = await _wait_count(counter, count)
+                watching = asyncio.create_task(phases.watch())
+                try:
+                    done_at = await _wait_count(counter, count)
+                    # The last look may come after the last event: it then counts all.
+                    await asyncio.wait_for(watching, 60)
+                finally:
+                    watching.cancel()
                 if (
                     found := profiling.stop_profiler(profiler)
                 ) is not None and profiles is not None:
                     profiles[kind] = found
-    rate = count / (done_at - published_at)
-    report.note(
-        f"sinks: {kind}: {count:,} events in {done_at - published_at:.2f} s = {rate:,.0f}/s"
+    seconds = done_at - published_at
+    correlated = phases.correlated_at
+    result = KindResult(
+        count / seconds,
+        seconds,
+        min(correlated, done_at) - published_at if correlated is not None else None,
+        phases.taken,
     )
-    return rate
+    report.note(
+        f"sinks: {kind}: {count:,} events in {seconds:.2f} s = {result.rate:,.0f}/s "
+        f"(all correlated after {result.correlated_seconds or 0:.2f} s, "
+        f"{phases.taken or 0:,} taken by then)"
+    )
+    return result
 
 
 @contextlib.asynccontextmanager
@@ -190,8 +267,8 @@ async def _jetstream_count(url: str) -> AsyncIterator[Counter]:
 
 async def run_all(
     kinds: list[str], count: int, *, profiles: dict[str, dict[str, Any]] | None = None
-) -> dict[str, float]:
-    rates: dict[str, float] = {}
+) -> dict[str, KindResult]:
+    rates: dict[str, KindResult] = {}
     base = {"name": "sink", "batch_size": 500}
     if "jsonl" in kinds:
         rates["jsonl"] = await _run_kind(
@@ -236,27 +313,53 @@ async def main() -> None:
     if unknown:
         raise BenchError(f"--kinds: unknown {sorted(unknown)}; choose from {', '.join(KINDS)}")
     profiles: dict[str, dict[str, Any]] | None = {} if args.profile else None
-    rates = await run_all(kinds, count, profiles=profiles)
-    jsonl = rates.get("jsonl")
+    results = await run_all(kinds, count, profiles=profiles)
+    jsonl = results["jsonl"].rate if "jsonl" in results else None
     table = report.Table(
         f"sinks: a burst of {count:,} outcomes, publish -> last event in the destination",
-        ["sink", "events/s", "vs jsonl", "target", "met"],
+        [
+            "sink",
+            "events/s",
+            "vs jsonl",
+            "target",
+            "met",
+            "all correlated",
+            "taken then",
+            "drain after, events/s",
+        ],
     )
     verdict: dict[str, Any] = {}
-    for kind, rate in rates.items():
+    for kind, result in results.items():
+        rate = result.rate
         ratio = rate / jsonl if jsonl else None
         bus = kind in ("redis", "nats")
         met = bus and rate >= TARGET_BUS_RATE and (ratio is None or ratio >= TARGET_TO_JSONL)
         target = f">= {TARGET_BUS_RATE:,.0f}/s, >= {TARGET_TO_JSONL}x jsonl" if bus else None
-        table.add(kind, rate, f"{ratio:.2f}x" if ratio else None, target, met if bus else None)
-        verdict[kind] = {"events_per_s": round(rate), "to_jsonl": ratio and round(ratio, 3)}
+        drain = result.drain_rate(count)
+        correlated = result.correlated_seconds
+        table.add(
+            kind,
+            rate,
+            f"{ratio:.2f}x" if ratio else None,
+            target,
+            met if bus else None,
+            f"{correlated:.2f} s" if correlated is not None else None,
+            result.taken_by_then,
+            drain,
+        )
+        verdict[kind] = {
+            "events_per_s": round(rate),
+            "to_jsonl": ratio and round(ratio, 3),
+            "all_correlated_s": correlated and round(correlated, 2),
+            "taken_when_all_correlated": result.taken_by_then,
+            "drain_events_per_s": drain and round(drain),
+        }
         if bus:
             verdict[kind] |= {
                 "target_events_per_s": TARGET_BUS_RATE,
                 "target_to_jsonl": TARGET_TO_JSONL,
+                "target_met": met,
             }
-        if bus:
-            verdict[kind]["target_met"] = met
     report.emit(
         "sinks",
         {
@@ -268,6 +371,9 @@ async def main() -> None:
                 "daemon": "python -m daemon run, one sink, batch_size 500, logging info (JSON) "
                 "to a file, store synchronous=normal",
                 "webhook": "batch_mode = array, an aiohttp receiver in the bench process",
+                "phases": "the daemon's /metrics every 0.25 s: when correlations_total first "
+                "reached the count, and sink_deliveries_total{outcome=delivered} then; the "
+                "drain is the events left / the time from then to the last event",
             },
             "verdict": verdict,
             "profiles": profiles,
