@@ -29,7 +29,7 @@ from daemon.store.rows import (
     StoredEvent,
 )
 from daemon.store.schema import SEND_COLUMNS, migrate, send_from_row, send_update
-from daemon.store.transaction import Transaction, corrupted, sql_errors
+from daemon.store.transaction import corrupted, sql_errors
 
 # A checkpoint fsyncs; on a busy disk that stalls the commits around it for
 # tens of milliseconds. Fewer, larger ones (measured: 4 MiB gave p99 19 ms at
@@ -113,9 +113,6 @@ class Store(DeadLetters):
     def _scalar(self, sql: str, params: Sequence[Any] = ()) -> int:
         row = self._db.execute(sql, params).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
-
-    def _transaction(self, *, write: bool = True) -> Transaction:
-        return Transaction(self._db, write=write)
 
     def close(self) -> None:
         try:

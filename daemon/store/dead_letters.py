@@ -6,28 +6,23 @@ the store's connection and transactions.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from daemon.config import DEFAULT_ACCOUNT
 from daemon.store.rows import MALFORMED_SINK, DeadLetter, OutboxRow
-from daemon.store.transaction import Transaction, sql_errors
+from daemon.store.transaction import Connected, sql_errors
 
 # Dead letters deleted per transaction, so that pruning a large backlog never
 # holds the write lock for long.
 PRUNE_CHUNK = 5000
 
 
-class DeadLetters:
-    """The dead-letter methods of `Store`, which provides what is declared here."""
+class DeadLetters(Connected):
+    """The dead-letter methods of `Store`, which keeps `_outbox_rows` (the outbox's size)."""
 
-    _db: sqlite3.Connection
     _outbox_rows: int
-
-    def _transaction(self, *, write: bool = True) -> Transaction:
-        raise NotImplementedError
 
     def dead_letter(
         self, sink: str, row: OutboxRow, *, reason: str, detail: str, attempts: int

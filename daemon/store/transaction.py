@@ -1,5 +1,8 @@
 """One SQLite transaction, and how sqlite3's errors become the project's own.
 
+`Connected` is what the store's parts share (`Store`, `DeadLetters`): one
+connection, and transactions on it.
+
 `Transaction` is BEGIN [IMMEDIATE] ... COMMIT, or ROLLBACK on error; it rolls
 back only a transaction that is still open (SQLite ends some on its own, and a
 ROLLBACK then fails with an error that would hide the real cause).
@@ -72,3 +75,12 @@ class Transaction:
         if self._db.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
+
+
+class Connected:
+    """A part of the store: its connection (set by `Store`), and transactions on it."""
+
+    _db: sqlite3.Connection
+
+    def _transaction(self, *, write: bool = True) -> Transaction:
+        return Transaction(self._db, write=write)
