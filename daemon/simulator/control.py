@@ -1,7 +1,8 @@
 """The simulator's control API: what tests, demos and benchmarks may ask of a running GWS.
 
-Each handler reads one JSON order, calls one public method of the `Simulator`
-and answers JSON; the endpoints, their bodies and answers are listed in the
+Each handler reads one JSON order, calls one public method of the simulator
+(`gws.Simulator`, seen here as `Controlled`: what this API may ask of it) and
+answers JSON; the endpoints, their bodies and answers are listed in the
 docstring of `gws.py`. No authentication: the control API is for loopback
 test rigs only. A bad order is answered 400 `{"error": ...}` and changes
 nothing; an unknown username 404 `{"error": "no user 'X'"}`.
@@ -12,18 +13,15 @@ clients) other than through the simulator's own methods.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeGuard
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol, TypeGuard
 
 import orjson
 from aiohttp import web
 
-from daemon.simulator.agents import Agent
+from daemon.simulator.agents import Agent, Agents
 from daemon.simulator.bodies import json_object, json_response
 from daemon.simulator.samples import EMAILS, KINDS, samples
-
-if TYPE_CHECKING:
-    from daemon.simulator.gws import Simulator
 
 __all__ = ["MAX_NOTIFY", "add_routes"]
 
@@ -41,6 +39,38 @@ _SEQ_BODY: Final = (
 _Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
+class _Settings(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+    def update(self, changes: dict[str, Any]) -> None: ...
+
+
+class Controlled(Protocol):
+    """What the control API asks of the simulator (`gws.Simulator` provides it)."""
+
+    @property
+    def settings(self) -> _Settings: ...
+
+    @property
+    def agents(self) -> Agents: ...
+
+    def forget_sessions(self, agent: Agent | None = None) -> None: ...
+
+    async def publish(
+        self, channel: str, data_items: Sequence[object], *, agent: Agent | None = None
+    ) -> int: ...
+
+    def publish_json(
+        self, channel: str, data_json: Sequence[bytes], *, agent: Agent | None = None
+    ) -> int: ...
+
+    def notify(self, agent: Agent, kind: str, count: int) -> tuple[str, list[str]]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def reset_handshake_stats(self) -> None: ...
+
+
 class _Refused(Exception):
     """A control order that cannot be carried out: answered `{"error": message}`."""
 
@@ -50,7 +80,7 @@ class _Refused(Exception):
         self.message = message
 
 
-def add_routes(app: web.Application, simulator: Simulator) -> None:
+def add_routes(app: web.Application, simulator: Controlled) -> None:
     """Serve the control API of `simulator` under /control/."""
     control = _Control(simulator)
     routes: list[tuple[str, str, _Handler]] = [
@@ -80,7 +110,7 @@ def _answering(handler: _Handler) -> _Handler:
 
 
 class _Control:
-    def __init__(self, simulator: Simulator) -> None:
+    def __init__(self, simulator: Controlled) -> None:
         self._simulator = simulator
 
     async def get_settings(self, _request: web.Request) -> web.Response:
