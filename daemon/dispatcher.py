@@ -23,7 +23,9 @@ import asyncio
 import contextlib
 import functools
 import time
+from collections import deque
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import structlog
 
@@ -47,6 +49,16 @@ STOP_SECONDS = 2.0
 # Reload: the old worker of a changed sink finishes its batch, up to this long,
 # before the new one starts where it stopped.
 HANDOVER_SECONDS = 30.0
+
+
+class _InFlight(NamedTuple):
+    """A batch in a pipelined sink's hands (`horizon`: where its store read let the
+    cursor move, None for a batch from memory)."""
+
+    rows: list[OutboxRow]
+    horizon: int | None
+    task: asyncio.Task[None]
+    started: float
 
 
 class Dispatcher:
@@ -219,9 +231,9 @@ class Dispatcher:
         """One batch: from memory if it follows the cursor, else from the store."""
         if worker.recount:
             await self._recount(worker)
-        rows = worker.take_fresh()
+        rows = worker.take_fresh(worker.status.cursor)
         if rows:
-            await self._deliver(worker, rows)
+            await self._hand_over(worker, rows, None)
             return
         if worker.caught_up():
             # Whatever else it was told of, it does not take.
@@ -234,8 +246,109 @@ class Dispatcher:
         self._store_ok(worker)
         if len(rows) < worker.settings.batch_size:
             worker.behind = False
-        if not rows or await self._deliver(worker, rows):
+        if not rows:
             self._advance(worker, horizon)
+        else:
+            await self._hand_over(worker, rows, horizon)
+
+    async def _hand_over(
+        self, worker: SinkWorker, rows: list[OutboxRow], horizon: int | None
+    ) -> None:
+        """Deliver `rows` (then move the cursor on to `horizon`, for rows read from the store)."""
+        if worker.sink.pipeline_depth > 1:
+            await self._pipeline(worker, rows, horizon)
+        else:
+            await self._hand_over_alone(worker, rows, horizon)
+
+    async def _hand_over_alone(
+        self, worker: SinkWorker, rows: list[OutboxRow], horizon: int | None
+    ) -> bool:
+        """`rows` alone in the sink's hands until settled; False if stopped first."""
+        if not await self._deliver(worker, rows):
+            return False
+        if horizon is not None:
+            self._advance(worker, horizon)
+        return True
+
+    async def _pipeline(
+        self, worker: SinkWorker, rows: list[OutboxRow], horizon: int | None
+    ) -> None:
+        """Keep up to `pipeline_depth` batches in the sink's hands while further ones
+        are ready (in memory, or in the store), settling each in order."""
+        depth = worker.sink.pipeline_depth
+        flight: deque[_InFlight] = deque()
+        try:
+            while True:
+                task = asyncio.create_task(worker.sink.deliver(rows))
+                flight.append(_InFlight(rows, horizon, task, time.perf_counter()))
+                after = rows[-1].seq if horizon is None else horizon
+                try:
+                    ready = None if worker.stop.is_set() else await self._ready(worker, after)
+                except StoreError:
+                    await self._settle_all(worker, flight)
+                    raise
+                while flight and (ready is None or len(flight) >= depth):
+                    if not await self._settle(worker, flight):
+                        if ready is not None:  # taken from memory: only here now
+                            await self._hand_over_alone(worker, *ready)
+                        return
+                if ready is None:
+                    return
+                rows, horizon = ready
+        finally:
+            for left in flight:  # cancelled (a stop that took too long): never settled
+                left.task.cancel()
+
+    async def _ready(
+        self, worker: SinkWorker, after: int
+    ) -> tuple[list[OutboxRow], int | None] | None:
+        """The batch after seq `after`, if one is ready: from memory, or from the store
+        while the worker is behind; None otherwise."""
+        rows = worker.take_fresh(after)
+        if rows:
+            return rows, None
+        if not worker.behind and after >= worker.fresh_start:
+            return None
+        rows, horizon = await self._store.read_outbox(
+            worker.sink.name, after, worker.settings.batch_size, worker.route
+        )
+        self._store_ok(worker)
+        if len(rows) < worker.settings.batch_size:
+            worker.behind = False
+        return (rows, horizon) if rows else None
+
+    async def _settle_all(self, worker: SinkWorker, flight: deque[_InFlight]) -> None:
+        while flight and await self._settle(worker, flight):
+            pass
+
+    async def _settle(self, worker: SinkWorker, flight: deque[_InFlight]) -> bool:
+        """Wait for the oldest batch in flight and account for it. After a failure,
+        the later ones are waited for too (the sink took none of them), then every
+        one is delivered again one at a time, with the usual retries; False then."""
+        head = flight[0]
+        duration = self._metrics.sink_delivery_duration.labels(worker.sink.name)
+        try:
+            await head.task
+        except SinkError as exc:
+            duration.observe(time.perf_counter() - head.started)
+            await asyncio.wait([f.task for f in flight])
+            batches = list(flight)
+            flight.clear()
+            if await self._deliver(worker, head.rows, exc) and head.horizon is not None:
+                self._advance(worker, head.horizon)
+            for batch in batches[1:]:
+                if worker.stop.is_set() or not await self._hand_over_alone(
+                    worker, batch.rows, batch.horizon
+                ):
+                    break
+            return False
+        duration.observe(time.perf_counter() - head.started)
+        flight.popleft()
+        self._recovered(worker.status)
+        self._taken(worker, head.rows)
+        if head.horizon is not None:
+            self._advance(worker, head.horizon)
+        return True
 
     @staticmethod
     async def _idle(worker: SinkWorker) -> None:
@@ -304,11 +417,15 @@ class Dispatcher:
                 self._saved_cursors.pop(name, None)
             raise
 
-    async def _deliver(self, worker: SinkWorker, rows: list[OutboxRow]) -> bool:
+    async def _deliver(
+        self, worker: SinkWorker, rows: list[OutboxRow], failed: SinkError | None = None
+    ) -> bool:
         """Hand `rows` to the sink until it has taken (or dead-lettered) every one;
-        False if it was stopped first."""
+        False if it was stopped first. `failed`: how the attempt just made ended."""
         backoff = Backoff(BackoffPolicy(initial=0.5, maximum=worker.settings.backoff_max_seconds))
         duration = self._metrics.sink_delivery_duration.labels(worker.sink.name)
+        if failed is not None:
+            rows = await self._after_failure(worker, rows, failed, backoff)
         while rows and not worker.stop.is_set():
             started = time.perf_counter()
             try:

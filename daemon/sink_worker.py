@@ -132,12 +132,13 @@ class SinkWorker:
 
     # -- events out -----------------------------------------------------------------
 
-    def take_fresh(self) -> list[OutboxRow]:
-        """The next batch from memory, if nothing the sink takes lies before it."""
-        fresh, cursor = self.fresh, self.status.cursor
-        while fresh and fresh[0].seq <= cursor:
+    def take_fresh(self, after: int) -> list[OutboxRow]:
+        """The next batch from memory after seq `after` (the cursor, or the last event
+        handed over), if nothing the sink takes lies between them."""
+        fresh = self.fresh
+        while fresh and fresh[0].seq <= after:
             fresh.popleft()
-        if not fresh or cursor < self.fresh_start:
+        if not fresh or after < self.fresh_start:
             return []  # events from before (or a replay): the store has them
         count = min(len(fresh), self.settings.batch_size)
         return [fresh.popleft() for _ in range(count)]

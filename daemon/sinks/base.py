@@ -5,6 +5,12 @@ SinkError whose `delivered` says how many at the head of the batch it took
 (RetryableSinkError: try the rest again later; PermanentSinkError: the first
 event not taken will never be, dead-letter it). Sinks do not retry, sleep or
 dead-letter themselves: the dispatcher does, the same way for every sink.
+
+`pipeline_depth` > 1 lets the dispatcher hand over the next batch before the
+previous `deliver` returned (up to that many at once), which hides the round
+trip to a server. Such a sink must apply its batches in the order of the calls
+and never apply a batch after an earlier one failed (it fails that one too,
+taking none of it), so that a retry keeps the order.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ class Sink(ABC):
     # Events the destination itself dropped as duplicates (a bus that deduplicates
     # by event id says so); they count as delivered.
     duplicates_dropped: int = 0
+    # Batches the dispatcher may have in the sink's hands at once (see the module doc).
+    pipeline_depth: int = 1
 
     @abstractmethod
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:

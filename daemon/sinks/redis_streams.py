@@ -15,12 +15,25 @@ delivery; a connection error, a timeout, or a LOADING/BUSY/TRYAGAIN/OOM/
 READONLY reply is retried with the sink's backoff (a refused AUTH too: the
 operator mends the password and nothing was lost meanwhile); a reply that
 can never succeed (WRONGTYPE, NOPERM, a script error) dead-letters the event.
+
+Batches are pipelined (`pipeline_depth`): sent back to back on one connection
+of the sink's own and their replies read in the same order, so that the
+server works on one batch while the next is being prepared. redis-py's
+client waits for each reply before the next command on a connection, and two
+connections would not keep the order. Order across a failure: each batch
+sent while its predecessor is still unanswered names it, and the script
+refuses it (taking none of it) unless the predecessor was taken whole; the
+number of the last batch taken whole is kept in a chain key of this sink's
+own (`gws-notifyd:chain:<sink>:<random>`, expiring with the dedup window).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -49,15 +62,20 @@ _TRANSIENT_PREFIXES = (
     "CLUSTERDOWN",
 )
 
-# KEYS: the batch's streams. ARGV: window, maxlen, the events' fields as one
-# JSON array of [stream index, id, type, account, subject, time], then each
-# event's body. (One argument per event, not six: the client packs every
-# argument in Python, which cost more than the whole script.) An event's
-# marker is "<stream>:seen:<id>". Returns {appended, dropped, index of the
-# failed event (0-based; -1: none), its error}: events before it are in.
+# KEYS: the batch's streams. ARGV: window, maxlen, the chain key, the number of
+# the batch that must have been taken whole first ('' for none), this batch's
+# number, the events' fields as one JSON array of [stream index, id, type,
+# account, subject, time], then each event's body. (One argument per event,
+# not six: the client packs every argument in Python, which cost more than the
+# whole script.) An event's marker is "<stream>:seen:<id>". Returns {appended,
+# dropped, index of the failed event (0-based; -1: none), its error}: events
+# before it are in; FENCED (index 0) when the named batch was not taken whole.
 _APPEND_NEW = """
-local window, maxlen = tonumber(ARGV[1]), tonumber(ARGV[2])
-local events = cjson.decode(ARGV[3])
+local window, maxlen, chain = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+if ARGV[4] ~= '' and redis.call('GET', chain) ~= ARGV[4] then
+  return {0, 0, 0, 'FENCED'}
+end
+local events = cjson.decode(ARGV[6])
 local appended, dropped = 0, 0
 for i, e in ipairs(events) do
   local stream = KEYS[e[1]]
@@ -67,7 +85,7 @@ for i, e in ipairs(events) do
   end
   if fresh then
     local entry = {'id', e[2], 'type', e[3], 'account', e[4], 'subject', e[5],
-                   'time', e[6], 'event', ARGV[3 + i]}
+                   'time', e[6], 'event', ARGV[6 + i]}
     local added
     if maxlen > 0 then
       added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
@@ -83,8 +101,12 @@ for i, e in ipairs(events) do
     dropped = dropped + 1
   end
 end
+redis.call('SET', chain, ARGV[5], 'EX', window)
 return {appended, dropped, -1, ''}
 """
+FENCED = "FENCED"
+# Batches in flight on the connection.
+PIPELINE_DEPTH = 4
 
 
 def classify_reply(message: str) -> bool:
@@ -92,8 +114,18 @@ def classify_reply(message: str) -> bool:
     return message.upper().startswith(_TRANSIENT_PREFIXES)
 
 
+class _Sent(NamedTuple):
+    """A batch sent: on which connection, in which epoch, and the reads to wait for."""
+
+    connection: Any
+    epoch: int
+    before: asyncio.Future[None] | None  # done once the previous batch's reply was read
+    done: asyncio.Future[None]  # set once this batch's reply was read (or never will be)
+
+
 class RedisStreamSink(Sink):
     kind = "redis"
+    pipeline_depth = PIPELINE_DEPTH
 
     def __init__(
         self,
@@ -113,6 +145,7 @@ class RedisStreamSink(Sink):
         self._stream = stream
         self._maxlen = maxlen
         self._window = dedup_window_seconds
+        self._chain = f"gws-notifyd:chain:{name}:{secrets.token_hex(8)}"
         self.duplicates_dropped = 0
         self._client = aioredis.Redis.from_url(
             url,
@@ -120,12 +153,21 @@ class RedisStreamSink(Sink):
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
         )
-        self._script = self._client.register_script(_APPEND_NEW)
+        self._connection: Any = None
+        self._sending = asyncio.Lock()
+        # Replies are read in the order the batches were sent: each reader waits
+        # for the one before it. `_epoch` changes when the connection is lost (or
+        # a reply is left unread): a batch sent before that has no reply to read.
+        self._reader_done: asyncio.Future[None] | None = None
+        self._epoch = 0
+        self._sent = 0
+        self._unanswered = 0
 
     def stream_of(self, row: OutboxRow) -> str:
         return self._stream.format(account=row.account, type=row.type)
 
-    async def deliver(self, batch: Sequence[OutboxRow]) -> None:
+    def _arguments(self, batch: Sequence[OutboxRow]) -> tuple[list[str], list[Any]]:
+        """The script's keys, and its arguments after the chain's three."""
         streams: dict[str, int] = {}
         fields = []
         for row in batch:
@@ -141,21 +183,106 @@ class RedisStreamSink(Sink):
                     iso_time(row.created_at, digits=6),
                 )
             )
-        keys = list(streams)
-        args: list[Any] = [self._window, self._maxlen, orjson.dumps(fields)]
+        args: list[Any] = [orjson.dumps(fields)]
         args.extend(row.body for row in batch)
-        try:
-            reply = await self._script(keys=keys, args=args)
-        except redis_errors.ResponseError as exc:
-            raise self._refusal(str(exc), delivered=0) from None
-        except (redis_errors.RedisError, OSError, TimeoutError) as exc:
-            raise RetryableSinkError(
-                f"sink {self.name}: {self._shown_url} unreachable: {type(exc).__name__}: {exc}"
-            ) from None
+        return list(streams), args
+
+    async def deliver(self, batch: Sequence[OutboxRow]) -> None:
+        keys, args = self._arguments(batch)
+        sent = await self._send(keys, args)
+        reply = await self._receive(sent)
         _appended, dropped, failed_at, error = reply
         self.duplicates_dropped += int(dropped)
         if int(failed_at) >= 0:
-            raise self._refusal(_text(error), delivered=int(failed_at))
+            message = _text(error)
+            if message == FENCED:
+                raise RetryableSinkError(
+                    f"sink {self.name}: not taken, an earlier batch failed", delivered=0
+                )
+            raise self._refusal(message, delivered=int(failed_at))
+
+    async def _send(self, keys: list[str], args: list[Any]) -> _Sent:
+        """Send the script for one batch, behind those sent before it."""
+        async with self._sending:
+            connection = await self._connected()
+            number = self._sent + 1
+            # Named only while unanswered: one answered was taken whole, or its
+            # failure is the caller's to act on before it sends more.
+            previous = str(self._sent) if self._unanswered else ""
+            command = connection.pack_command(
+                "EVAL",
+                _APPEND_NEW,
+                len(keys),
+                *keys,
+                self._window,
+                self._maxlen,
+                self._chain,
+                previous,
+                number,
+                *args,
+            )
+            try:
+                await connection.send_packed_command(command, check_health=False)
+            except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+                await self._lost(connection)
+                raise self._unreachable(exc) from None
+            self._sent = number
+            self._unanswered += 1
+            before = self._reader_done
+            self._reader_done = asyncio.get_running_loop().create_future()
+            return _Sent(connection, self._epoch, before, self._reader_done)
+
+    async def _receive(self, sent: _Sent) -> Any:
+        """The reply to `sent`, read after the replies to every batch sent before it."""
+        read = False
+        try:
+            if sent.before is not None:
+                await sent.before
+            if sent.epoch != self._epoch:
+                raise RetryableSinkError(
+                    f"sink {self.name}: {self._shown_url}: connection lost with an earlier batch"
+                )
+            try:
+                reply = await sent.connection.read_response()
+            except redis_errors.ResponseError as exc:
+                read = True
+                raise self._refusal(str(exc), delivered=0) from None
+            except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+                raise self._unreachable(exc) from None
+            read = True
+            return reply
+        finally:
+            self._unanswered -= 1
+            sent.done.set_result(None)
+            if not read and sent.epoch == self._epoch:
+                # Its reply, left unread, would be taken for the next batch's.
+                await self._lost(sent.connection)
+
+    async def _connected(self) -> Any:
+        """The sink's own connection, out of the client's pool (redis-py's
+        `send_packed_command` connects it again after a loss)."""
+        if self._connection is None:
+            try:
+                pool: Any = self._client.connection_pool  # its methods are untyped
+                self._connection = await pool.get_connection()
+            except (redis_errors.RedisError, OSError, TimeoutError) as exc:
+                raise self._unreachable(exc) from None
+        return self._connection
+
+    async def _lost(self, connection: Any) -> None:
+        """Replies still due on `connection` will never be read: fail the batches
+        waiting for them, and let the next batch go out on a fresh connection."""
+        self._epoch += 1
+        if self._connection is connection:
+            self._connection = None
+        with contextlib.suppress(redis_errors.RedisError, OSError):
+            await connection.disconnect(nowait=True)
+        await self._client.connection_pool.release(connection)
+
+    def _unreachable(self, exc: BaseException) -> RetryableSinkError:
+        return RetryableSinkError(
+            f"sink {self.name}: {self._shown_url} unreachable: {type(exc).__name__}: {exc}"
+        )
 
     def _refusal(self, message: str, *, delivered: int) -> SinkError:
         text = f"sink {self.name}: redis refused: {message[:300]}"
@@ -164,6 +291,8 @@ class RedisStreamSink(Sink):
         return PermanentSinkError(text, delivered=delivered)
 
     async def close(self) -> None:
+        if self._connection is not None:
+            await self._client.connection_pool.release(self._connection)
         await self._client.aclose()
 
 
