@@ -334,6 +334,8 @@ class Dispatcher:
             await asyncio.wait([f.task for f in flight])
             batches = list(flight)
             flight.clear()
+            for batch in batches[1:]:  # refused (the sink took none of them), or taken:
+                batch.task.exception()  # either way they go again, after the failed one
             if await self._deliver(worker, head.rows, exc) and head.horizon is not None:
                 self._advance(worker, head.horizon)
             for batch in batches[1:]:
@@ -428,6 +430,7 @@ class Dispatcher:
             rows = await self._after_failure(worker, rows, failed, backoff)
         while rows and not worker.stop.is_set():
             started = time.perf_counter()
+            worker.sink.resume()  # nothing else is in its hands
             try:
                 await worker.sink.deliver(rows)
             except SinkError as exc:

@@ -9,8 +9,9 @@ dead-letter themselves: the dispatcher does, the same way for every sink.
 `pipeline_depth` > 1 lets the dispatcher hand over the next batch before the
 previous `deliver` returned (up to that many at once), which hides the round
 trip to a server. Such a sink must apply its batches in the order of the calls
-and never apply a batch after an earlier one failed (it fails that one too,
-taking none of it), so that a retry keeps the order.
+and, once one has failed, take nothing more (failing each later call, taking
+none of it) until `resume()`: the dispatcher calls it before it tries again,
+one batch at a time, from the failed one on, so that a retry keeps the order.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class Sink(ABC):
     @abstractmethod
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         """Take every event of `batch`, or raise SinkError (see the module doc)."""
+
+    def resume(self) -> None:  # noqa: B027 - only pipelined sinks stop after a failure
+        """Take batches again after a failure (see the module doc)."""
 
     async def close(self) -> None:  # noqa: B027 - most sinks hold nothing
         """Release files and connections."""

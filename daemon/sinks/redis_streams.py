@@ -22,9 +22,11 @@ server works on one batch while the next is being prepared. redis-py's
 client waits for each reply before the next command on a connection, and two
 connections would not keep the order. Order across a failure: each batch
 sent while its predecessor is still unanswered names it, and the script
-refuses it (taking none of it) unless the predecessor was taken whole; the
+refuses it (taking none of it) unless the predecessor was taken whole (the
 number of the last batch taken whole is kept in a chain key of this sink's
-own (`gws-notifyd:chain:<sink>:<random>`, expiring with the dedup window).
+own, `gws-notifyd:chain:<sink>:<random>`, expiring with the dedup window);
+a batch handed over once a failure is known is refused here, until
+`resume()`.
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ class RedisStreamSink(Sink):
         # a reply is left unread): a batch sent before that has no reply to read.
         self._reader_done: asyncio.Future[None] | None = None
         self._epoch = 0
+        self._halted = False
         self._sent = 0
         self._unanswered = 0
 
@@ -188,18 +191,28 @@ class RedisStreamSink(Sink):
         return list(streams), args
 
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
-        keys, args = self._arguments(batch)
-        sent = await self._send(keys, args)
-        reply = await self._receive(sent)
-        _appended, dropped, failed_at, error = reply
-        self.duplicates_dropped += int(dropped)
-        if int(failed_at) >= 0:
-            message = _text(error)
-            if message == FENCED:
-                raise RetryableSinkError(
-                    f"sink {self.name}: not taken, an earlier batch failed", delivered=0
-                )
-            raise self._refusal(message, delivered=int(failed_at))
+        if self._halted:
+            raise self._behind_a_failure()
+        try:
+            keys, args = self._arguments(batch)
+            sent = await self._send(keys, args)
+            reply = await self._receive(sent)
+            _appended, dropped, failed_at, error = reply
+            self.duplicates_dropped += int(dropped)
+            if int(failed_at) >= 0:
+                message = _text(error)
+                if message == FENCED:
+                    raise self._behind_a_failure()
+                raise self._refusal(message, delivered=int(failed_at))
+        except SinkError:
+            self._halted = True  # batches handed over after this one wait for resume()
+            raise
+
+    def resume(self) -> None:
+        self._halted = False
+
+    def _behind_a_failure(self) -> RetryableSinkError:
+        return RetryableSinkError(f"sink {self.name}: not taken, an earlier batch failed")
 
     async def _send(self, keys: list[str], args: list[Any]) -> _Sent:
         """Send the script for one batch, behind those sent before it."""

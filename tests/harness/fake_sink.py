@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 from daemon.config import SinkSettings
-from daemon.errors import SinkError
+from daemon.errors import RetryableSinkError, SinkError
 from daemon.events import Event
 from daemon.sinks.base import Sink
 from daemon.store import AsyncStore, OutboxRow
@@ -36,6 +37,54 @@ class FakeSink(Sink):
 
     async def close(self) -> None:
         self.closed = True
+
+
+class PipelinedFakeSink(FakeSink):
+    """A FakeSink that keeps the pipelined sinks' contract (`daemon.sinks.base`): each
+    call is answered once `gate` is open, in the order of the calls; a call made while
+    an earlier one was unanswered is refused whole if that one failed, and so is every
+    call made after a failure until `resume()`."""
+
+    def __init__(self, name: str, verdict: Verdict | None = None, *, depth: int) -> None:
+        super().__init__(name, verdict)
+        self.pipeline_depth = depth
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.refused = 0
+        self.halted = False
+        self._last: asyncio.Future[bool] | None = None  # the previous call: did it fail?
+
+    def resume(self) -> None:
+        self.halted = False
+
+    async def deliver(self, batch: Sequence[OutboxRow]) -> None:
+        if self.halted:
+            self.refused += 1
+            raise RetryableSinkError("not resumed after a failure")
+        before = self._last if self._last is not None and not self._last.done() else None
+        failed = self._last = asyncio.get_running_loop().create_future()
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await self.gate.wait()
+            if before is not None and await asyncio.shield(before):
+                self.refused += 1
+                failed.set_result(True)
+                raise RetryableSinkError("an earlier batch failed")
+            try:
+                await super().deliver(batch)
+            except SinkError:
+                failed.set_result(True)
+                raise
+            failed.set_result(False)
+        finally:
+            self.in_flight -= 1
+            if not failed.done():
+                failed.set_result(True)
+            if failed.result():
+                self.halted = True
 
 
 def sink_settings(name: str, **overrides: object) -> SinkSettings:

@@ -189,6 +189,9 @@ async def test_redis_wrong_type_is_permanent_and_says_how_many_went_in(
         with pytest.raises(PermanentSinkError, match="WRONGTYPE") as caught:
             await sink.deliver(batch)
         assert caught.value.delivered == 2
+        with pytest.raises(RetryableSinkError, match="an earlier batch failed"):
+            await sink.deliver(batch[3:])  # not before the dispatcher says it retries
+        sink.resume()
         await sink.deliver(batch[3:])  # the rest goes on
     finally:
         await sink.close()
@@ -198,6 +201,38 @@ async def test_redis_wrong_type_is_permanent_and_says_how_many_went_in(
         "event-2",
         "event-4",
     ]
+
+
+async def test_redis_batches_sent_behind_a_failed_one_take_nothing(
+    redis_server: RedisServer,
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.set("gws:broken:events", "not a stream")
+    await client.aclose()
+    sink = redis_sink(redis_server)
+    failing = [call_row(1, "broken"), call_row(2, "broken")]
+    try:
+        # Sent back to back on one connection: the second and third go out before
+        # the first one's answer comes back.
+        first, second, third = await asyncio.gather(
+            sink.deliver(failing),
+            sink.deliver([call_row(3, "fine")]),
+            sink.deliver([call_row(4, "fine")]),
+            return_exceptions=True,
+        )
+        assert isinstance(first, PermanentSinkError)
+        assert "WRONGTYPE" in str(first)
+        for behind in (second, third):
+            assert isinstance(behind, RetryableSinkError)
+            assert behind.delivered == 0
+        assert await redis_ids(redis_server.url, "gws:fine:events") == []
+
+        sink.resume()  # the dispatcher dead-letters the failed events, then goes on
+        await sink.deliver([call_row(3, "fine")])
+        await sink.deliver([call_row(4, "fine")])
+    finally:
+        await sink.close()
+    assert await redis_ids(redis_server.url, "gws:fine:events") == ["event-3", "event-4"]
 
 
 async def test_redis_down_is_retryable_and_never_shows_the_password(
@@ -224,6 +259,7 @@ async def test_redis_down_is_retryable_and_never_shows_the_password(
 
 
 async def _delivers(sink: RedisStreamSink | NatsJetStreamSink, batch: list[OutboxRow]) -> bool:
+    sink.resume()  # as the dispatcher does before each retry
     try:
         await sink.deliver(batch)
     except RetryableSinkError:

@@ -14,7 +14,13 @@ from daemon.errors import PermanentSinkError, RetryableSinkError, SinkError
 from daemon.events import Event
 from daemon.metrics import Metrics
 from daemon.store import AsyncStore, Store
-from tests.harness.fake_sink import FakeSink, event_ids, sink_settings, write
+from tests.harness.fake_sink import (
+    FakeSink,
+    PipelinedFakeSink,
+    event_ids,
+    sink_settings,
+    write,
+)
 from tests.harness.waiting import wait_until
 
 DEADLINE = 5.0
@@ -100,6 +106,72 @@ async def test_stop_closes_the_sinks(store: AsyncStore, metrics: Metrics) -> Non
     async with running(store, metrics, sink):
         pass
     assert sink.closed
+
+
+# -- pipelined sinks --------
+
+
+async def test_a_pipelined_sink_gets_up_to_its_depth_of_batches_at_once_and_takes_them_in_order(
+    store: AsyncStore, metrics: Metrics, inspector: Store
+) -> None:
+    sink = PipelinedFakeSink("bus", depth=3)
+    sink.gate.clear()
+    await write(store, *range(1, 11))  # from the store
+    async with running(store, metrics, (sink, sink_settings("bus", batch_size=2))) as dispatcher:
+        await wait_until(lambda: sink.in_flight == 3, timeout=DEADLINE, what="3 batches in hand")
+        assert dispatcher.backlog() == {"bus": 10}  # nothing taken before its answer
+        dispatcher.notify(await write(store, *range(11, 16)))  # and from memory
+        sink.gate.set()
+
+        assert await dispatcher.drain(DEADLINE)
+        assert sink.taken == event_ids(*range(1, 16))
+        assert sink.most_in_flight == 3
+        assert all(len(batch) <= 2 for batch in sink.batches)
+        assert await saved_cursors(dispatcher, inspector) == {"bus": 15}
+        assert delivered_metric(metrics, "bus", "delivered") == 15
+
+
+async def test_a_pipelined_sinks_failure_has_every_batch_in_hand_delivered_again_in_order(
+    store: AsyncStore, metrics: Metrics
+) -> None:
+    calls = 0
+
+    def first_fails_after_one(ids: list[str]) -> SinkError | None:
+        nonlocal calls
+        calls += 1
+        return RetryableSinkError("connection reset", delivered=1) if calls == 1 else None
+
+    sink = PipelinedFakeSink("bus", first_fails_after_one, depth=3)
+    sink.gate.clear()
+    await write(store, *range(1, 9))
+    async with running(store, metrics, (sink, sink_settings("bus", batch_size=2))) as dispatcher:
+        await wait_until(lambda: sink.in_flight == 3, timeout=DEADLINE, what="3 batches in hand")
+        sink.gate.set()
+
+        assert await dispatcher.drain(DEADLINE)
+        assert sink.taken == event_ids(*range(1, 9))  # once each, in order
+        assert sink.refused == 2  # the two sent behind the failed one took nothing
+        assert sink.batches[0] == event_ids(1, 2)
+        assert sink.batches[1] == event_ids(2)  # the rest of the failed one, first
+        [status] = dispatcher.statuses()
+        assert status.retries == 1
+
+
+async def test_a_pipelined_sinks_permanent_failure_dead_letters_that_event_only(
+    store: AsyncStore, metrics: Metrics, inspector: Store
+) -> None:
+    def refuses_event_3(ids: list[str]) -> SinkError | None:
+        if "event-3" in ids:
+            return PermanentSinkError("WRONGTYPE", delivered=ids.index("event-3"))
+        return None
+
+    sink = PipelinedFakeSink("bus", refuses_event_3, depth=4)
+    await write(store, *range(1, 11))
+    async with running(store, metrics, (sink, sink_settings("bus", batch_size=2))) as dispatcher:
+        assert await dispatcher.drain(DEADLINE)
+
+        assert sink.taken == event_ids(1, 2, *range(4, 11))
+        assert [d.event_id for d in inspector.list_dead_letters()] == ["event-3"]
 
 
 # -- retryable failures --------
