@@ -141,11 +141,16 @@ class NatsJetStreamSink(Sink):
         acks = self._acks = _BatchAcks(f"{inbox}.{self._batch}.", len(batch))
         headers = {MSG_ID: "", EXPECTED_STREAM: self._stream}
         reply = acks.reply
+        # Formatted once per (account, type) of the batch, not once per event.
+        subjects: dict[tuple[str, str], str] = {}
         try:
             for index, row in enumerate(batch):
                 headers[MSG_ID] = row.event_id
+                subject = subjects.get((row.account, row.type))
+                if subject is None:
+                    subject = subjects[row.account, row.type] = self.subject_of(row)
                 await connection.publish(
-                    self.subject_of(row), row.body, reply=reply + str(index), headers=headers
+                    subject, row.body, reply=reply + str(index), headers=headers
                 )
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._timeout):
