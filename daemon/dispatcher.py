@@ -220,12 +220,20 @@ class Dispatcher:
     # -- one sink ---------------------------------------------------------------------
 
     async def _run(self, worker: SinkWorker) -> None:
+        await self._open(worker)
         while not worker.stop.is_set():
             worker.wake.clear()
             try:
                 await self._step(worker)
             except StoreError as exc:
                 await self._store_failed(worker, exc)
+
+    @staticmethod
+    async def _open(worker: SinkWorker) -> None:
+        try:
+            await worker.sink.open()
+        except SinkError as exc:  # the first delivery tries again, with the usual retries
+            log.warning("sink_open_failed", sink=worker.sink.name, error=str(exc))
 
     async def _step(self, worker: SinkWorker) -> None:
         """One batch: from memory if it follows the cursor, else from the store."""

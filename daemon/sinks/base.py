@@ -1,4 +1,4 @@
-"""The sink interface: a name, `deliver(batch)`, `close()`.
+"""The sink interface: a name, `open()`, `deliver(batch)`, `close()`.
 
 `deliver` takes events in outbox order and either takes them all or raises a
 SinkError whose `delivered` says how many at the head of the batch it took
@@ -34,6 +34,11 @@ class Sink(ABC):
     @abstractmethod
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         """Take every event of `batch`, or raise SinkError (see the module doc)."""
+
+    async def open(self) -> None:  # noqa: B027 - most sinks connect to nothing
+        """Connect ahead of the first batch, so that it does not wait for a connection
+        and a wrong address shows at start. A SinkError here is only reported: the
+        first `deliver` tries again."""
 
     def resume(self) -> None:  # noqa: B027 - only pipelined sinks stop after a failure
         """Take batches again after a failure (see the module doc)."""

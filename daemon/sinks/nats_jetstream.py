@@ -135,6 +135,9 @@ class NatsJetStreamSink(Sink):
     def subject_of(self, row: OutboxRow) -> str:
         return self._subject.format(account=row.account, type=row.type)
 
+    async def open(self) -> None:
+        await self._ready()
+
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         connection, inbox = await self._ready()
         self._batch += 1

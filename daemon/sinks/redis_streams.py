@@ -193,6 +193,9 @@ class RedisStreamSink(Sink):
         args.extend(row.body for row in batch)
         return list(streams), args
 
+    async def open(self) -> None:
+        await self._connected()
+
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
         if self._halted:
             raise self._behind_a_failure()

@@ -25,8 +25,16 @@ class FakeSink(Sink):
         self.batches: list[list[str]] = []
         self.taken: list[str] = []
         self.closed = False
+        self.opened = False
+        self.open_error: SinkError | None = None  # raised by open() when set
+
+    async def open(self) -> None:
+        if self.open_error is not None:
+            raise self.open_error
+        self.opened = True
 
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
+        assert self.opened or self.open_error is not None, "deliver before open"
         ids = [row.event_id for row in batch]
         self.batches.append(ids)
         error = self.verdict(ids) if self.verdict else None

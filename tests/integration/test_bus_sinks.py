@@ -270,6 +270,40 @@ async def _delivers(sink: RedisStreamSink | NatsJetStreamSink, batch: list[Outbo
 # -- NATS JetStream, the sink alone ---------------------------------------------------
 
 
+async def test_jetstream_sink_connects_and_creates_its_stream_when_opened(
+    nats_server: NatsServer,
+) -> None:
+    sink = nats_sink(nats_server)
+    try:
+        await sink.open()  # the dispatcher does at start, before any event
+        connection = await nats.connect(nats_server.url)
+        try:
+            info = await connection.jetstream().stream_info(JS_STREAM)
+        finally:
+            await connection.close()
+        assert info.state.messages == 0
+        await sink.deliver(rows(1, 2))
+    finally:
+        await sink.close()
+    assert await nats_ids(nats_server.url) == ["event-1", "event-2"]
+
+
+async def test_redis_sink_that_cannot_connect_when_opened_says_so_without_the_password() -> None:
+    async with RedisServer(password="s3cret-pass") as server:
+        sink = redis_sink(server, password=Secret("s3cret-pass"))
+        await server.stop()
+        try:
+            with pytest.raises(RetryableSinkError, match="unreachable") as caught:
+                await sink.open()
+            assert "s3cret-pass" not in str(caught.value)
+            await server.start()
+            await sink.open()
+            await sink.deliver(rows(1, 1))
+        finally:
+            await sink.close()
+        assert await redis_ids(f"redis://:s3cret-pass@127.0.0.1:{server.port}/0") == ["event-1"]
+
+
 async def test_jetstream_publishes_each_event_once_and_counts_duplicates(
     nats_server: NatsServer,
 ) -> None:

@@ -108,6 +108,22 @@ async def test_stop_closes_the_sinks(store: AsyncStore, metrics: Metrics) -> Non
     assert sink.closed
 
 
+async def test_a_sink_is_opened_at_start_and_one_that_cannot_open_still_delivers(
+    store: AsyncStore, metrics: Metrics, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ready, unreachable = FakeSink("ready"), FakeSink("unreachable")
+    unreachable.open_error = RetryableSinkError("sink unreachable: connection refused")
+    async with running(store, metrics, ready, unreachable) as dispatcher:
+        await wait_until(lambda: ready.opened, timeout=DEADLINE, what="the sink opened")
+        assert ready.batches == []  # before any event
+
+        dispatcher.notify(await write(store, 1, 2))
+
+        assert await dispatcher.drain(DEADLINE)
+        assert unreachable.taken == event_ids(1, 2)
+    assert "sink_open_failed" in capsys.readouterr().out
+
+
 # -- pipelined sinks --------
 
 
