@@ -38,6 +38,7 @@ import report
 import seeding
 from aiohttp import web
 from basics import EMAILS_CHANNEL, BenchError
+from measure import CpuMeter
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.bus_servers import NatsServer, RedisServer
@@ -130,6 +131,8 @@ class KindResult:
     seconds: float
     correlated_seconds: float | None  # publish -> every notification correlated
     taken_by_then: int | None  # events the sink had taken at that moment
+    daemon_cpu_us: float  # the daemon's CPU per event over the burst (all threads)
+    server_cpu_us: float | None  # the bus server's, for a bus
 
     def drain_rate(self, count: int) -> float | None:
         if self.correlated_seconds is None or self.taken_by_then is None:
@@ -184,6 +187,7 @@ async def _run_kind(
     counter: Counter,
     *,
     profiles: dict[str, dict[str, Any]] | None,
+    server_pid: int | None = None,
 ) -> KindResult:
     """The kind's burst; with `profiles`, the daemon py-spied during it (its summary
     put there under `kind`)."""
@@ -202,11 +206,17 @@ async def _run_kind(
                 )
                 phases = _Phases(daemon, count)
                 await phases.start()
+                meters = [CpuMeter(daemon.pid)]
+                if server_pid is not None:
+                    meters.append(CpuMeter(server_pid))
+                for meter in meters:
+                    meter.start()
                 published_at = time.time()
                 await peer.order_publish(EMAILS_CHANNEL, count, start=1)
                 watching = asyncio.create_task(phases.watch())
                 try:
                     done_at = await _wait_count(counter, count)
+                    cpu = [meter.stop()[0] for meter in meters]
                     # The last look may come after the last event: it then counts all.
                     await asyncio.wait_for(watching, 60)
                 finally:
@@ -222,6 +232,8 @@ async def _run_kind(
         seconds,
         min(correlated, done_at) - published_at if correlated is not None else None,
         phases.taken,
+        cpu[0] / count * 1e6,
+        cpu[1] / count * 1e6 if len(cpu) > 1 else None,
     )
     report.note(
         f"sinks: {kind}: {count:,} events in {seconds:.2f} s = {result.rate:,.0f}/s "
@@ -291,13 +303,17 @@ async def run_all(
         async with RedisServer() as redis:
             sink = {**base, "type": "redis", "url": redis.url, "stream": "gws:{account}:events"}
             async with _redis_length(redis.url) as length:
-                rates["redis"] = await _run_kind("redis", count, sink, length, profiles=profiles)
+                rates["redis"] = await _run_kind(
+                    "redis", count, sink, length, profiles=profiles, server_pid=redis.pid
+                )
     if "nats" in kinds:
         async with NatsServer() as jetstream:
             sink = {**base, "type": "nats", "url": jetstream.url, "subject": "gws.{account}.{type}"}
             sink |= {"stream": "GWS", "create_stream": True, "subjects": ["gws.>"]}
             async with _jetstream_count(jetstream.url) as messages:
-                rates["nats"] = await _run_kind("nats", count, sink, messages, profiles=profiles)
+                rates["nats"] = await _run_kind(
+                    "nats", count, sink, messages, profiles=profiles, server_pid=jetstream.pid
+                )
     return rates
 
 
@@ -326,6 +342,7 @@ async def main() -> None:
             "all correlated",
             "taken then",
             "drain after, events/s",
+            "CPU/event: daemon, server",
         ],
     )
     verdict: dict[str, Any] = {}
@@ -346,6 +363,8 @@ async def main() -> None:
             f"{correlated:.2f} s" if correlated is not None else None,
             result.taken_by_then,
             drain,
+            f"{result.daemon_cpu_us:.0f} µs"
+            + (f", {result.server_cpu_us:.0f} µs" if result.server_cpu_us is not None else ""),
         )
         verdict[kind] = {
             "events_per_s": round(rate),
@@ -353,6 +372,8 @@ async def main() -> None:
             "all_correlated_s": correlated and round(correlated, 2),
             "taken_when_all_correlated": result.taken_by_then,
             "drain_events_per_s": drain and round(drain),
+            "daemon_cpu_us_per_event": round(result.daemon_cpu_us, 1),
+            "server_cpu_us_per_event": result.server_cpu_us and round(result.server_cpu_us, 1),
         }
         if bus:
             verdict[kind] |= {
@@ -374,6 +395,8 @@ async def main() -> None:
                 "phases": "the daemon's /metrics every 0.25 s: when correlations_total first "
                 "reached the count, and sink_deliveries_total{outcome=delivered} then; the "
                 "drain is the events left / the time from then to the last event",
+                "cpu": "user + system seconds (psutil) of the daemon, all threads, and of the "
+                "bus server, from the publish request to the last event, per event",
             },
             "verdict": verdict,
             "profiles": profiles,
