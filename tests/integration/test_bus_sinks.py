@@ -13,6 +13,7 @@ import asyncio
 import itertools
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -233,6 +234,28 @@ async def test_redis_batches_sent_behind_a_failed_one_take_nothing(
     finally:
         await sink.close()
     assert await redis_ids(redis_server.url, "gws:fine:events") == ["event-3", "event-4"]
+
+
+async def test_redis_that_stops_answering_is_retryable_after_the_timeout(
+    redis_server: RedisServer,
+) -> None:
+    sink = redis_sink(redis_server, timeout_seconds=0.5)
+    pid = redis_server.pid
+    assert pid is not None
+    try:
+        await sink.deliver(rows(1, 1))
+        os.kill(pid, signal.SIGSTOP)  # connected, but it answers nothing
+        try:
+            started = time.monotonic()
+            with pytest.raises(RetryableSinkError, match="unreachable: TimeoutError"):
+                await sink.deliver(rows(2, 1))
+            assert time.monotonic() - started < 5
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert await _delivers(sink, rows(2, 2))  # again, on a new connection
+    finally:
+        await sink.close()
+    assert await redis_ids(redis_server.url) == ["event-1", "event-2", "event-3"]
 
 
 async def test_redis_down_is_retryable_and_never_shows_the_password(
