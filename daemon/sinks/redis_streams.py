@@ -224,9 +224,13 @@ class RedisStreamSink(Sink):
         """Send the script for one batch, behind those sent before it."""
         async with self._sending:
             connection = await self._connected()
+            # From here to the send, nothing waits: the batch before this one was
+            # either answered already (taken whole, or failed: then `_halted`), or
+            # is still unanswered and named, so that the script refuses this one
+            # unless that one was taken whole.
+            if self._halted:
+                raise self._behind_a_failure()
             number = self._sent + 1
-            # Named only while unanswered: one answered was taken whole, or its
-            # failure is the caller's to act on before it sends more.
             previous = str(self._sent) if self._unanswered else ""
             command = connection.pack_command(
                 "EVAL",
