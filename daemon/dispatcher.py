@@ -239,25 +239,17 @@ class Dispatcher:
         """One batch: from memory if it follows the cursor, else from the store."""
         if worker.recount:
             await self._recount(worker)
-        rows = worker.take_fresh(worker.status.cursor)
-        if rows:
-            await self._hand_over(worker, rows, None)
-            return
-        if worker.caught_up():
+        batch = await self._next_batch(worker, worker.status.cursor)
+        if batch is None:
             # Whatever else it was told of, it does not take.
             self._advance(worker, worker.fresh_upto)
             await self._idle(worker)
             return
-        rows, horizon = await self._store.read_outbox(
-            worker.sink.name, worker.status.cursor, worker.settings.batch_size, worker.route
-        )
-        self._store_ok(worker)
-        if len(rows) < worker.settings.batch_size:
-            worker.behind = False
-        if not rows:
-            self._advance(worker, horizon)
-        else:
+        rows, horizon = batch
+        if rows:
             await self._hand_over(worker, rows, horizon)
+        elif horizon is not None:
+            self._advance(worker, horizon)
 
     async def _hand_over(
         self, worker: SinkWorker, rows: list[OutboxRow], horizon: int | None
@@ -291,10 +283,12 @@ class Dispatcher:
                 flight.append(_InFlight(rows, horizon, task, time.perf_counter()))
                 after = rows[-1].seq if horizon is None else horizon
                 try:
-                    ready = None if worker.stop.is_set() else await self._ready(worker, after)
+                    ready = None if worker.stop.is_set() else await self._next_batch(worker, after)
                 except StoreError:
                     await self._settle_all(worker, flight)
                     raise
+                if ready is not None and not ready[0]:
+                    ready = None  # the store had nothing more: the next step reads again
                 while flight and (ready is None or len(flight) >= depth):
                     if not await self._settle(worker, flight):
                         if ready is not None:  # taken from memory: only here now
@@ -307,11 +301,12 @@ class Dispatcher:
             for left in flight:  # cancelled (a stop that took too long): never settled
                 left.task.cancel()
 
-    async def _ready(
+    async def _next_batch(
         self, worker: SinkWorker, after: int
     ) -> tuple[list[OutboxRow], int | None] | None:
-        """The batch after seq `after`, if one is ready: from memory, or from the store
-        while the worker is behind; None otherwise."""
+        """The batch after seq `after`: from memory if it follows, else from the store
+        (with the seq its read lets the cursor move to; its rows may be none); None
+        when the worker is caught up."""
         rows = worker.take_fresh(after)
         if rows:
             return rows, None
@@ -323,7 +318,7 @@ class Dispatcher:
         self._store_ok(worker)
         if len(rows) < worker.settings.batch_size:
             worker.behind = False
-        return (rows, horizon) if rows else None
+        return rows, horizon
 
     async def _settle_all(self, worker: SinkWorker, flight: deque[_InFlight]) -> None:
         while flight and await self._settle(worker, flight):
@@ -339,11 +334,11 @@ class Dispatcher:
             await head.task
         except SinkError as exc:
             duration.observe(time.perf_counter() - head.started)
-            await asyncio.wait([f.task for f in flight])
+            # The ones behind it were refused (the sink took none of them) or taken:
+            # either way they go again, after the failed one.
+            await asyncio.gather(*(f.task for f in flight), return_exceptions=True)
             batches = list(flight)
             flight.clear()
-            for batch in batches[1:]:  # refused (the sink took none of them), or taken:
-                batch.task.exception()  # either way they go again, after the failed one
             if await self._deliver(worker, head.rows, exc) and head.horizon is not None:
                 self._advance(worker, head.horizon)
             for batch in batches[1:]:
