@@ -197,8 +197,6 @@ class RedisStreamSink(Sink):
         await self._connected()
 
     async def deliver(self, batch: Sequence[OutboxRow]) -> None:
-        if self._halted:
-            raise self._behind_a_failure()
         try:
             keys, args = self._arguments(batch)
             sent = await self._send(keys, args)
