@@ -47,6 +47,18 @@ class FakeSink(Sink):
         self.closed = True
 
 
+def failing_first(error: SinkError) -> Verdict:
+    """A verdict that fails the first call with `error`, and takes every later one."""
+    calls = 0
+
+    def verdict(ids: list[str]) -> SinkError | None:
+        nonlocal calls
+        calls += 1
+        return error if calls == 1 else None
+
+    return verdict
+
+
 class PipelinedFakeSink(FakeSink):
     """A FakeSink that keeps the pipelined sinks' contract (`daemon.sinks.base`): each
     call is answered once `gate` is open, in the order of the calls; a call made while

@@ -101,6 +101,15 @@ async def nats_ids(url: str, stream: str = JS_STREAM) -> list[str]:
         await connection.close()
 
 
+async def not_a_stream(server: RedisServer, key: str) -> None:
+    """Make `key` a string, so that appending to it fails with WRONGTYPE."""
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        await client.set(key, "not a stream")
+    finally:
+        await client.aclose()
+
+
 def redis_sink(server: RedisServer, **overrides: Any) -> RedisStreamSink:
     settings: dict[str, Any] = {"name": "redis", "url": server.url, "stream": STREAM}
     return RedisStreamSink(**(settings | overrides))
@@ -181,9 +190,7 @@ async def test_redis_streams_by_account_carry_each_events_account_and_subject(
 async def test_redis_wrong_type_is_permanent_and_says_how_many_went_in(
     redis_server: RedisServer,
 ) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.set("gws:default:gws.email.send_rejected", "not a stream")
-    await client.aclose()
+    await not_a_stream(redis_server, "gws:default:gws.email.send_rejected")
     sink = redis_sink(redis_server, stream="gws:{account}:{type}")
     batch = rows(1, 2) + rows(3, 1, kind="gws.email.send_rejected") + rows(4, 1)
     try:
@@ -207,9 +214,7 @@ async def test_redis_wrong_type_is_permanent_and_says_how_many_went_in(
 async def test_redis_batches_sent_behind_a_failed_one_take_nothing(
     redis_server: RedisServer,
 ) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
-    await client.set("gws:broken:events", "not a stream")
-    await client.aclose()
+    await not_a_stream(redis_server, "gws:broken:events")
     sink = redis_sink(redis_server)
     failing = [call_row(1, "broken"), call_row(2, "broken")]
     try:

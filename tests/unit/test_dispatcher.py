@@ -18,6 +18,7 @@ from tests.harness.fake_sink import (
     FakeSink,
     PipelinedFakeSink,
     event_ids,
+    failing_first,
     sink_settings,
     write,
 )
@@ -150,13 +151,7 @@ async def test_a_pipelined_sink_gets_up_to_its_depth_of_batches_at_once_and_take
 async def test_a_pipelined_sinks_failure_has_every_batch_in_hand_delivered_again_in_order(
     store: AsyncStore, metrics: Metrics
 ) -> None:
-    calls = 0
-
-    def first_fails_after_one(ids: list[str]) -> SinkError | None:
-        nonlocal calls
-        calls += 1
-        return RetryableSinkError("connection reset", delivered=1) if calls == 1 else None
-
+    first_fails_after_one = failing_first(RetryableSinkError("connection reset", delivered=1))
     sink = PipelinedFakeSink("bus", first_fails_after_one, depth=3)
     sink.gate.clear()
     await write(store, *range(1, 9))
@@ -241,13 +236,7 @@ async def test_failing_sink_is_retried_while_another_keeps_progressing(
 async def test_partial_delivery_is_not_handed_over_twice(
     store: AsyncStore, metrics: Metrics
 ) -> None:
-    calls = 0
-
-    def two_then_fail_once(ids: list[str]) -> SinkError | None:
-        nonlocal calls
-        calls += 1
-        return RetryableSinkError("connection reset", delivered=2) if calls == 1 else None
-
+    two_then_fail_once = failing_first(RetryableSinkError("connection reset", delivered=2))
     sink = FakeSink("partial", two_then_fail_once)
     await write(store, 1, 2, 3, 4, 5)
     async with running(store, metrics, sink) as dispatcher:
