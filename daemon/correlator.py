@@ -64,7 +64,9 @@ class Correlator:
     def __init__(self, *, send_timeout_seconds: float, recent_capacity: int = 10_000) -> None:
         self._send_timeout = send_timeout_seconds
         self._pending: dict[str, SendRecord] = {}
-        self._by_email: dict[str, list[SendRecord]] = {}
+        # An email's pending send, or a list when there are several (rare): a
+        # list per send would be ~0.12 KB more each with 100k pending.
+        self._by_email: dict[str, SendRecord | list[SendRecord]] = {}
         self._by_reference: dict[int, SendRecord] = {}
         # Pending sends by the referenceId GWS gave them in the current HTTP session.
         self._session_refs: dict[int, list[SendRecord]] = {}
@@ -99,7 +101,13 @@ class Correlator:
     def add(self, send: SendRecord) -> None:
         """Register a send (new, or restored from the store after a restart)."""
         self._pending[send.send_id] = send
-        self._by_email.setdefault(send.email_id, []).append(send)
+        held = self._by_email.get(send.email_id)
+        if held is None:
+            self._by_email[send.email_id] = send
+        elif isinstance(held, list):
+            held.append(send)
+        else:
+            self._by_email[send.email_id] = [held, send]
         if send.reference_id is not None:
             self._by_reference[send.reference_id] = send
         if send.status is not SendStatus.IN_FLIGHT:
@@ -196,14 +204,17 @@ class Correlator:
         self._pending.pop(send.send_id, None)
         self._checking.discard(send.send_id)
         self._bound_deadlines()
-        siblings = self._by_email.get(send.email_id)
-        if siblings is not None:
-            if len(siblings) == 1 and siblings[0] is send:
-                del self._by_email[send.email_id]  # the usual case: one send per email
+        held = self._by_email.get(send.email_id)
+        if held is send:
+            del self._by_email[send.email_id]  # the usual case: one send per email
+        elif isinstance(held, list):
+            others = [s for s in held if s is not send]
+            if len(others) == 1:
+                self._by_email[send.email_id] = others[0]
+            elif others:
+                held[:] = others
             else:
-                siblings[:] = [s for s in siblings if s is not send]
-                if not siblings:
-                    del self._by_email[send.email_id]
+                del self._by_email[send.email_id]
         reference_id = send.reference_id
         if reference_id is not None:
             if self._by_reference.get(reference_id) is send:
@@ -274,7 +285,7 @@ class Correlator:
             send = self._by_reference.get(reference_id)
             if send is not None and send.email_id == change.email_id:
                 return Matched(send, change)
-        for send in self._by_email.get(change.email_id, ()):
+        for send in self._siblings(change.email_id):
             if send.reference_id is not None and reference_id is not None:
                 if send.reference_id != reference_id:
                     continue  # the outcome of another operation on this email
@@ -289,6 +300,12 @@ class Correlator:
         ):
             return Matched(recent, change, repeat=True)
         return Unmatched(change)
+
+    def _siblings(self, email_id: str) -> Iterable[SendRecord]:
+        held = self._by_email.get(email_id)
+        if held is None:
+            return ()
+        return held if isinstance(held, list) else (held,)
 
     def _find_by_reference_alone(self, change: EmailStateChange) -> Decision:
         reference_id = change.reference_id

@@ -127,14 +127,20 @@ def send_update(send: SendRecord) -> SendUpdate:
     )
 
 
-def send_from_row(row: Sequence[Any]) -> SendRecord:
-    # Queues, subjects and addresses repeat across many pending sends; one
-    # string object each keeps 100k restored sends small.
+def send_from_row(row: Sequence[Any], shared: dict[str, str] | None = None) -> SendRecord:
+    """A send from its row. Queues, accounts and addresses repeat across many
+    pending sends and are few: interned, one string object each. Subjects may
+    repeat too, but most are unique, and interning those would grow the
+    interpreter's table for good: a load of many rows passes `shared`, a
+    dictionary for that load only."""
+    subject = row[3]
+    if subject is not None and shared is not None:
+        subject = shared.setdefault(subject, subject)
     return SendRecord(
         send_id=row[0],
         email_id=row[1],
         queue_name=sys.intern(row[2]),
-        subject=sys.intern(row[3]) if row[3] is not None else None,
+        subject=subject,
         to=tuple(sys.intern(a) for a in row[4].split("\x1f")) if row[4] else (),
         requested_at=row[5],
         status=SendStatus(row[6]),

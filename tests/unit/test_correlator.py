@@ -104,6 +104,38 @@ def test_outcome_of_another_reference_on_the_same_email_does_not_match(
     assert send.pending
 
 
+def test_several_pending_sends_of_one_email_are_each_matched_by_reference(
+    correlator: Correlator,
+) -> None:
+    first = sent(correlator, "E1", reference_id=26)
+    second = sent(correlator, "E1", reference_id=27)
+    third = sent(correlator, "E1", reference_id=28)
+
+    for send, reference_id in ((second, 27), (first, 26), (third, 28)):
+        assert correlator.sizes()["byEmail"] == 1
+        decision = correlator.on_notification(change("E1", reference_id=reference_id), 1002.0)
+        assert isinstance(decision, Matched)
+        assert decision.send is send
+        assert not decision.repeat
+
+    assert [s.pending for s in (first, second, third)] == [False] * 3
+    assert correlator.sizes()["byEmail"] == 0
+
+
+def test_the_send_left_of_two_for_one_email_is_found_by_email_alone(
+    correlator: Correlator,
+) -> None:
+    first = sent(correlator, "E1", reference_id=None)
+    second = sent(correlator, "E1", reference_id=None)
+    correlator.time_out(first.send_id, 1002.0)
+
+    decision = correlator.on_notification(change("E1", reference_id=40), now=1003.0)
+
+    assert isinstance(decision, Matched)
+    assert decision.send is second
+    assert correlator.sizes()["byEmail"] == 0
+
+
 def test_reference_match_resolves_whatever_the_state(correlator: Correlator) -> None:
     send = sent(correlator, reference_id=26)
     decision = correlator.on_notification(change(reference_id=26, state="Completed"), now=1002.0)
