@@ -46,6 +46,10 @@ RECHECK_POLICY = BackoffPolicy(initial=5.0, maximum=60.0, floor=1.0)
 # parsed at once (megabytes for a busy agent, and memory the process keeps): worth it
 # only when it saves many round trips.
 LIST_AT_LEAST = 16
+# Sends read back together (their writes share transactions); more are taken a group
+# at a time, so that 100k pending after a restart are not 100k tasks at once (their
+# memory, freed, stays with the process as fragments).
+READ_BACK_GROUP = 1000
 # The deadline loop looks at the clock at least this often.
 MAX_DEADLINE_WAIT = 60.0
 
@@ -195,16 +199,19 @@ class NotificationListener:
     async def _read_back_all(
         self, sends: list[SendRecord], listed: dict[str, dict[str, Any]], *, final: bool
     ) -> list[bool]:
-        """Apply the listing to the sends it shows, GET the others. Together, so that
-        their writes share transactions (group commit)."""
-        return await asyncio.gather(
-            *(
-                self._tracker.read_back(s, listed[s.email_id], final=final)
-                if s.email_id in listed
-                else self._read_back(s, final=final)
-                for s in sends
+        """Apply the listing to the sends it shows, GET the others. A group at a time,
+        together, so that their writes share transactions (group commit)."""
+        results: list[bool] = []
+        for first in range(0, len(sends), READ_BACK_GROUP):
+            results += await asyncio.gather(
+                *(
+                    self._tracker.read_back(s, listed[s.email_id], final=final)
+                    if s.email_id in listed
+                    else self._read_back(s, final=final)
+                    for s in sends[first : first + READ_BACK_GROUP]
+                )
             )
-        )
+        return results
 
     async def _list_workspace(self) -> dict[str, dict[str, Any]]:
         """Every email of the workspace by id; {} when GWS cannot list it now."""

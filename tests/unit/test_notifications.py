@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from daemon import notifications
 from daemon.cometd import ConnectionState
 from daemon.config import GwsSettings
 from daemon.errors import GwsUnreachableError
@@ -344,6 +345,45 @@ async def test_many_sends_due_at_once_are_read_back_with_one_listing_a_few_by_ge
     # A listing is the whole workspace at once: only for many.
     assert metric_value(REQUESTS, operation="ListEmails", result="ok") == listings
     assert metric_value(REQUESTS, operation="GetEmail", result="ok") == gets
+
+
+async def test_many_sends_due_at_once_are_read_back_a_group_at_a_time(
+    listener_with: Callable[..., Awaitable[NotificationListener]],
+    tracker: Tracker,
+    gws_session: GwsSession,
+    simulator: Simulator,
+    committed: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 100k pending after a restart must not be 100k read-backs (tasks) at once.
+    monkeypatch.setattr(notifications, "READ_BACK_GROUP", 4)
+    await listener_with()
+    emails = [f"N-G{i}" for i in range(LIST_AT_LEAST + 2)]
+    simulator.settings.drop_emails.update(emails)
+    records = [await send(tracker, gws_session, e) for e in emails]
+    original = tracker.read_back
+    in_flight = 0
+    most = 0
+
+    async def counting(
+        record: SendRecord, email: Any, *, final: bool, failed: bool = False
+    ) -> bool:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await original(record, email, final=final, failed=failed)
+        finally:
+            in_flight -= 1
+
+    monkeypatch.setattr(tracker, "read_back", counting)
+    tracker.set_send_timeout(0.0)
+
+    await wait_until(
+        lambda: all(events_of(committed, r) for r in records), timeout=DEADLINE, what="outcomes"
+    )
+    assert most == 4  # a whole group together (their writes share a commit), no more
+    assert all(events_of(committed, r)[0]["data"]["state"] == "Sent" for r in records)
 
 
 async def test_read_backs_by_get_are_at_most_read_back_concurrency_at_a_time(
