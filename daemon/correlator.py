@@ -54,7 +54,7 @@ class Correlator:
 
     - pending sends (indexed by id, email, referenceId, session referenceId):
       one per send awaiting its outcome, so at most the Send rate x
-      (send_timeout_seconds + read-back retries); ~0.75 KB each;
+      (send_timeout_seconds + read-back retries); ~0.7 KB each;
     - recently resolved sends (rule 4): `recent_capacity` (10,000), oldest
       dropped first; ~0.7 KB each (its summary kept for a repeat), 7 MB at the bound;
     - the deadline heap: at most 2 x pending + HEAP_SLACK entries, ~80 B each;
