@@ -51,6 +51,8 @@ TARGET_TO_JSONL = 0.7
 POLL_SECONDS = 0.005
 METRICS_SECONDS = 0.25
 Counter = Callable[[], Awaitable[int]]
+# Given the run's scratch directory: the sink's config, and how many events it holds.
+Destination = Callable[[Path], tuple[dict[str, Any], Counter]]
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -183,8 +185,7 @@ def _counts(text: str) -> tuple[int, int]:
 async def _run_kind(
     kind: str,
     count: int,
-    sink: dict[str, Any],
-    counter: Counter,
+    destination: Destination,
     *,
     profiles: dict[str, dict[str, Any]] | None,
     server_pid: int | None = None,
@@ -192,10 +193,7 @@ async def _run_kind(
     """The kind's burst; with `profiles`, the daemon py-spied during it (its summary
     put there under `kind`)."""
     with notifyd.workdir(f"sinks-{kind}") as work:
-        if kind == "jsonl":
-            sink = {**sink, "path": str(work / "events.jsonl")}
-            path = work / "events.jsonl"
-            counter = _LineCounter(path)
+        sink, counter = destination(work)
         seeding.populate_store(work / "state.db", 1, count)
         async with peers.cometd_peer(gws_stub=peers.GwsStub(count, start=1)) as peer:
             config = notifyd.daemon_config(work, gws_url=peer.base_url, sinks=[sink])
@@ -283,9 +281,12 @@ async def run_all(
     rates: dict[str, KindResult] = {}
     base = {"name": "sink", "batch_size": 500}
     if "jsonl" in kinds:
-        rates["jsonl"] = await _run_kind(
-            "jsonl", count, {**base, "type": "jsonl"}, _never, profiles=profiles
-        )
+
+        def events_file(work: Path) -> tuple[dict[str, Any], Counter]:
+            path = work / "events.jsonl"
+            return {**base, "type": "jsonl", "path": str(path)}, _LineCounter(path)
+
+        rates["jsonl"] = await _run_kind("jsonl", count, events_file, profiles=profiles)
     if "webhook" in kinds:
         receiver = _Receiver()
         await receiver.start()
@@ -296,7 +297,9 @@ async def run_all(
             async def received() -> int:
                 return receiver.events
 
-            rates["webhook"] = await _run_kind("webhook", count, sink, received, profiles=profiles)
+            rates["webhook"] = await _run_kind(
+                "webhook", count, lambda _: (sink, received), profiles=profiles
+            )
         finally:
             await receiver.stop()
     if "redis" in kinds:
@@ -304,7 +307,11 @@ async def run_all(
             sink = {**base, "type": "redis", "url": redis.url, "stream": "gws:{account}:events"}
             async with _redis_length(redis.url) as length:
                 rates["redis"] = await _run_kind(
-                    "redis", count, sink, length, profiles=profiles, server_pid=redis.pid
+                    "redis",
+                    count,
+                    lambda _: (sink, length),
+                    profiles=profiles,
+                    server_pid=redis.pid,
                 )
     if "nats" in kinds:
         async with NatsServer() as jetstream:
@@ -312,13 +319,13 @@ async def run_all(
             sink |= {"stream": "GWS", "create_stream": True, "subjects": ["gws.>"]}
             async with _jetstream_count(jetstream.url) as messages:
                 rates["nats"] = await _run_kind(
-                    "nats", count, sink, messages, profiles=profiles, server_pid=jetstream.pid
+                    "nats",
+                    count,
+                    lambda _: (sink, messages),
+                    profiles=profiles,
+                    server_pid=jetstream.pid,
                 )
     return rates
-
-
-async def _never() -> int:
-    raise AssertionError("replaced for jsonl")
 
 
 async def main() -> None:
