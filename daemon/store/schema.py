@@ -127,21 +127,24 @@ def send_update(send: SendRecord) -> SendUpdate:
     )
 
 
+def _same(text: str, _default: str) -> str:
+    return text
+
+
 def send_from_row(row: Sequence[Any], shared: dict[str, str] | None = None) -> SendRecord:
-    """A send from its row. Queues, accounts and addresses repeat across many
-    pending sends and are few: interned, one string object each. Subjects may
+    """A send from its row. Queues and accounts repeat across many pending sends
+    and are few: interned, one string object each. Subjects and addresses may
     repeat too, but most are unique, and interning those would grow the
     interpreter's table for good: a load of many rows passes `shared`, a
     dictionary for that load only."""
+    share = shared.setdefault if shared is not None else _same
     subject = row[3]
-    if subject is not None and shared is not None:
-        subject = shared.setdefault(subject, subject)
     return SendRecord(
         send_id=row[0],
         email_id=row[1],
         queue_name=sys.intern(row[2]),
-        subject=subject,
-        to=tuple(sys.intern(a) for a in row[4].split("\x1f")) if row[4] else (),
+        subject=share(subject, subject) if subject is not None else None,
+        to=tuple(share(a, a) for a in row[4].split("\x1f")) if row[4] else (),
         requested_at=row[5],
         status=SendStatus(row[6]),
         reference_id=row[7],

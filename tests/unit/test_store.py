@@ -141,16 +141,18 @@ def test_load_pending_returns_pending_sends_oldest_first(store: Store) -> None:
     assert len(store.load_pending()) == 3
 
 
-def test_load_pending_shares_one_string_for_a_repeated_subject(store: Store) -> None:
+def test_load_pending_shares_one_string_for_a_repeated_subject_or_address(store: Store) -> None:
     for n, subject in enumerate(["Re: your order"] * 3 + ["Re: another"]):
         send = make_send(f"s{n}", requested_at=float(n))
-        send.subject = subject
+        send.subject, send.to = subject, ("x@example.com", f"y{n}@example.com")
         insert(store, send)
 
     pending = store.load_pending()
 
     assert [s.subject for s in pending] == ["Re: your order"] * 3 + ["Re: another"]
     assert pending[0].subject is pending[1].subject is pending[2].subject
+    assert [s.to for s in pending] == [("x@example.com", f"y{n}@example.com") for n in range(4)]
+    assert len({id(s.to[0]) for s in pending}) == 1
 
 
 def test_update_send_changes_its_outcome_fields(store: Store) -> None:
