@@ -121,9 +121,12 @@ async def cli_output(*args: str) -> str:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The file's complete lines. A line without its newline yet is being written
+    (a read can catch a batch's write half done): it is left for the next look."""
     if not path.exists():
         return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    complete = path.read_bytes().split(b"\n")[:-1]
+    return [orjson.loads(line) for line in complete if line.strip()]
 
 
 def send_body(queue: str = "Outbound", **email: Any) -> dict[str, Any]:
