@@ -91,6 +91,35 @@ def events_of(committed: list[dict[str, Any]], record: SendRecord) -> list[dict[
     ]
 
 
+class InFlight:
+    """How many calls of a patched async method were in progress at once, at most."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.most = 0
+
+    @classmethod
+    def patch(
+        cls, monkeypatch: pytest.MonkeyPatch, target: object, name: str, *, delay: float = 0.0
+    ) -> InFlight:
+        """Count `target.name`'s calls; each first waits `delay` (to make overlaps likely)."""
+        calls = cls()
+        original = getattr(target, name)
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            calls.now += 1
+            calls.most = max(calls.most, calls.now)
+            try:
+                if delay:
+                    await asyncio.sleep(delay)
+                return await original(*args, **kwargs)
+            finally:
+                calls.now -= 1
+
+        monkeypatch.setattr(target, name, counting)
+        return calls
+
+
 async def test_it_subscribes_and_says_so(
     listener: NotificationListener, simulator: Simulator, metric_value: Callable[..., float]
 ) -> None:
@@ -361,28 +390,13 @@ async def test_many_sends_due_at_once_are_read_back_a_group_at_a_time(
     emails = [f"N-G{i}" for i in range(LIST_AT_LEAST + 2)]
     simulator.settings.drop_emails.update(emails)
     records = [await send(tracker, gws_session, e) for e in emails]
-    original = tracker.read_back
-    in_flight = 0
-    most = 0
-
-    async def counting(
-        record: SendRecord, email: Any, *, final: bool, failed: bool = False
-    ) -> bool:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        try:
-            return await original(record, email, final=final, failed=failed)
-        finally:
-            in_flight -= 1
-
-    monkeypatch.setattr(tracker, "read_back", counting)
+    calls = InFlight.patch(monkeypatch, tracker, "read_back")
     tracker.set_send_timeout(0.0)
 
     await wait_until(
         lambda: all(events_of(committed, r) for r in records), timeout=DEADLINE, what="outcomes"
     )
-    assert most == 4  # a whole group together (their writes share a commit), no more
+    assert calls.most == 4  # a whole group together (their writes share a commit), no more
     assert all(events_of(committed, r)[0]["data"]["state"] == "Sent" for r in records)
 
 
@@ -399,27 +413,13 @@ async def test_read_backs_by_get_are_at_most_read_back_concurrency_at_a_time(
     simulator.settings.drop_emails.update(emails)
     simulator.settings.sent_emails_leave = True  # not listed: a GET each
     records = [await send(tracker, gws_session, e) for e in emails]
-    original = gws_session.get_email
-    in_flight = 0
-    most = 0
-
-    async def counting(email_id: str) -> dict[str, Any] | None:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        try:
-            await asyncio.sleep(0.05)
-            return await original(email_id)
-        finally:
-            in_flight -= 1
-
-    monkeypatch.setattr(gws_session, "get_email", counting)
+    calls = InFlight.patch(monkeypatch, gws_session, "get_email", delay=0.05)
     tracker.set_send_timeout(0.01)
 
     await wait_until(
         lambda: all(events_of(committed, r) for r in records), timeout=DEADLINE, what="outcomes"
     )
-    assert most == 2
+    assert calls.most == 2
     assert {events_of(committed, r)[0]["data"]["reason"] for r in records} == {"not_found"}
 
 
