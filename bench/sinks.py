@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -280,13 +281,14 @@ async def run_all(
 ) -> dict[str, KindResult]:
     rates: dict[str, KindResult] = {}
     base = {"name": "sink", "batch_size": 500}
+    run = functools.partial(_run_kind, count=count, profiles=profiles)
     if "jsonl" in kinds:
 
         def events_file(work: Path) -> tuple[dict[str, Any], Counter]:
             path = work / "events.jsonl"
             return {**base, "type": "jsonl", "path": str(path)}, _LineCounter(path)
 
-        rates["jsonl"] = await _run_kind("jsonl", count, events_file, profiles=profiles)
+        rates["jsonl"] = await run("jsonl", destination=events_file)
     if "webhook" in kinds:
         receiver = _Receiver()
         await receiver.start()
@@ -297,33 +299,23 @@ async def run_all(
             async def received() -> int:
                 return receiver.events
 
-            rates["webhook"] = await _run_kind(
-                "webhook", count, lambda _: (sink, received), profiles=profiles
-            )
+            rates["webhook"] = await run("webhook", destination=lambda _: (sink, received))
         finally:
             await receiver.stop()
     if "redis" in kinds:
         async with RedisServer() as redis:
             sink = {**base, "type": "redis", "url": redis.url, "stream": "gws:{account}:events"}
             async with _redis_length(redis.url) as length:
-                rates["redis"] = await _run_kind(
-                    "redis",
-                    count,
-                    lambda _: (sink, length),
-                    profiles=profiles,
-                    server_pid=redis.pid,
+                rates["redis"] = await run(
+                    "redis", destination=lambda _: (sink, length), server_pid=redis.pid
                 )
     if "nats" in kinds:
         async with NatsServer() as jetstream:
             sink = {**base, "type": "nats", "url": jetstream.url, "subject": "gws.{account}.{type}"}
             sink |= {"stream": "GWS", "create_stream": True, "subjects": ["gws.>"]}
             async with _jetstream_count(jetstream.url) as messages:
-                rates["nats"] = await _run_kind(
-                    "nats",
-                    count,
-                    lambda _: (sink, messages),
-                    profiles=profiles,
-                    server_pid=jetstream.pid,
+                rates["nats"] = await run(
+                    "nats", destination=lambda _: (sink, messages), server_pid=jetstream.pid
                 )
     return rates
 
