@@ -310,7 +310,7 @@ class Dispatcher:
         rows = worker.take_fresh(after)
         if rows:
             return rows, None
-        if not worker.behind and after >= worker.fresh_start:
+        if worker.caught_up(after):
             return None
         rows, horizon = await self._store.read_outbox(
             worker.sink.name, after, worker.settings.batch_size, worker.route

@@ -143,11 +143,13 @@ class SinkWorker:
         count = min(len(fresh), self.settings.batch_size)
         return [fresh.popleft() for _ in range(count)]
 
-    def caught_up(self) -> bool:
-        """Nothing it takes lies between its cursor and `fresh_upto`: not in the store
-        (it read up to where `fresh` begins), not in `fresh` (events told but not yet
-        taken: an idle worker woken for them may not have run yet)."""
-        return not self.behind and not self.fresh and self.status.cursor >= self.fresh_start
+    def caught_up(self, after: int | None = None) -> bool:
+        """Nothing it takes lies between `after` (its cursor by default) and
+        `fresh_upto`: not in the store (it read up to where `fresh` begins), not in
+        `fresh` (events told but not yet taken: an idle worker woken for them may not
+        have run yet)."""
+        after = self.status.cursor if after is None else after
+        return not self.behind and not self.fresh and after >= self.fresh_start
 
     def advance(self, seq: int) -> None:
         """Move the cursor on to `seq` (never back): every event up to it that the
