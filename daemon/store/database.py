@@ -19,7 +19,14 @@ from daemon.config import Route
 from daemon.errors import StoreError
 from daemon.sends import PENDING_STATUSES, SendRecord
 from daemon.store.dead_letters import DeadLetters
-from daemon.store.files import check_free_space, check_pages, connect, corrupt, prepare
+from daemon.store.files import (
+    check_free_space,
+    check_pages,
+    connect,
+    corrupt,
+    prepare,
+    wal_backlog,
+)
 from daemon.store.rows import (
     MALFORMED_SINK,
     KeptInput,
@@ -31,10 +38,16 @@ from daemon.store.rows import (
 from daemon.store.schema import SEND_COLUMNS, migrate, send_from_row, send_update
 from daemon.store.transaction import corrupted, sql_errors
 
-# A checkpoint fsyncs; on a busy disk that stalls the commits around it for
-# tens of milliseconds. Fewer, larger ones (measured: 4 MiB gave p99 19 ms at
-# 5,000 notifications/s, 32 MiB 8-10 ms) keep the stalls out of the p99.
+# The daemon's checkpoints (on a thread of their own) copy the WAL into the
+# database once this much of it is not copied yet: each one fsyncs twice.
 CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
+# Under a steady stream those copies never catch up with the writer, so the WAL
+# only starts over from its beginning at SQLite's own checkpoint, which a
+# commit runs past this size: its two fsyncs (tens of ms on a VM's disk) stall
+# that commit. 256 MiB makes it once every ~20 s at 5,000 events/s (measured
+# with 64 MiB: stalls of 30-60 ms every ~5 s). The WAL file keeps that size
+# (truncating it is one more stall) unless it ever grew to twice as much.
+WAL_RESTART_BYTES = 256 * 1024 * 1024
 
 
 class Store(DeadLetters):
@@ -70,9 +83,11 @@ class Store(DeadLetters):
 
     def _open(self, synchronous: str, *, check: bool) -> None:
         db = self._db
-        # 16 KiB pages hold a dozen events each: fewer pages to write, split
-        # and free per batch than with 4 KiB (only takes effect on a new file).
-        db.execute("PRAGMA page_size=16384")
+        # 4 KiB pages (only takes effect on a new file): a commit writes every
+        # page it touches whole into the WAL (the outbox's last leaf, the sends'
+        # leaves, the cursors), half the bytes of 16 KiB pages per event, so the
+        # WAL starts over half as often (see WAL_RESTART_BYTES).
+        db.execute("PRAGMA page_size=4096")
         db.execute("PRAGMA journal_mode=WAL")
         # synchronous: in WAL mode NORMAL makes a commit reach the OS before it
         # returns: it survives kill -9, an OOM kill or a crash of the daemon (what
@@ -80,10 +95,11 @@ class Store(DeadLetters):
         # commits. FULL (an fsync per commit) survives those too.
         db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         # The daemon checkpoints from a thread of its own (`checkpoint`), so
-        # that copying the WAL into the database never holds up a commit;
-        # this automatic one (at 128 MiB of WAL) is only the backstop.
-        db.execute("PRAGMA wal_autocheckpoint=8192")
-        db.execute(f"PRAGMA journal_size_limit={64 * 1024 * 1024}")
+        # that copying the WAL into the database does not hold up a commit;
+        # this automatic one starts the WAL over (see WAL_RESTART_BYTES).
+        page_size = self._scalar("PRAGMA page_size")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_RESTART_BYTES // page_size}")
+        db.execute(f"PRAGMA journal_size_limit={2 * WAL_RESTART_BYTES}")
         if check:
             check_pages(db, self.path)
         migrate(db, self.path)
@@ -92,14 +108,16 @@ class Store(DeadLetters):
     # -- plumbing --------------------------------------------------------------
 
     def checkpoint(self, *, min_wal_bytes: int = CHECKPOINT_WAL_BYTES) -> bool:
-        """Copy the WAL into the database (PASSIVE: never waits for the writer).
+        """Copy the WAL into the database (PASSIVE: never waits for the writer)
+        once `min_wal_bytes` of it are not copied yet. True if it did.
 
         Uses a connection of its own: call it from one thread only, which is
         not the thread of the other methods.
         """
+        backlog = wal_backlog(self.path)
         wal = self.path.with_name(self.path.name + "-wal")
         try:
-            if wal.stat().st_size < min_wal_bytes:
+            if (wal.stat().st_size if backlog is None else backlog) < min_wal_bytes:
                 return False
             if self._checkpointer is None:
                 self._checkpointer = connect(self.path, self._busy_timeout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 import time
 from pathlib import Path
 
@@ -30,9 +31,44 @@ log = structlog.get_logger(logger_name="daemon.store")
 # store that large is far past a healthy one; the check stops there and says so.
 QUICK_CHECK_SECONDS = 5.0
 # Below this much free space a store is not ready: a commit may need a new WAL
-# frame (16 KiB) or a checkpoint may need to grow the database file.
+# frame (a page: 4 KiB; 16 KiB in older stores) or a checkpoint may need to
+# grow the database file.
 MIN_FREE_BYTES = 1024 * 1024
 _PROGRESS_STEPS = 10_000  # SQLite VM steps between two looks at the clock
+
+# The WAL-index header at the start of the `-shm` file, in native byte order
+# (https://www.sqlite.org/walformat.html): its format version, the page size
+# (1 meaning 65536), the last frame committed and the last one copied into the
+# database (`nBackfill`, in the checkpoint information after the header's two copies).
+_WAL_INDEX = struct.Struct("=I10xHI76xI")
+_WAL_INDEX_VERSION = 3007000
+
+
+def wal_backlog(path: Path) -> int | None:
+    """Bytes of WAL frames committed and not yet checkpointed; None if unknown.
+
+    Read from the WAL-index because Python's sqlite3 offers no `wal_hook` and
+    the size of the `-wal` file says nothing once SQLite reuses it from the
+    start after a checkpoint. A torn read (a commit meanwhile) only makes a
+    checkpoint come one look sooner or later.
+    """
+    try:
+        handle = os.open(f"{path}-shm", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        header = os.pread(handle, _WAL_INDEX.size, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(handle)
+    if len(header) < _WAL_INDEX.size:
+        return None
+    version, page_size, last_frame, checkpointed = _WAL_INDEX.unpack(header)
+    if version != _WAL_INDEX_VERSION:
+        return None
+    frames: int = max(0, last_frame - checkpointed)
+    return frames * (65536 if page_size == 1 else page_size)
 
 
 def prepare(path: Path) -> None:

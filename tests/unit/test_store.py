@@ -15,6 +15,7 @@ from daemon.events import Event
 from daemon.gws.messages import Malformed
 from daemon.sends import SendRecord, SendStatus
 from daemon.store import MALFORMED_SINK, SCHEMA_VERSION, OutboxRow, Store, send_row
+from daemon.store.files import wal_backlog
 
 
 @pytest.fixture
@@ -321,6 +322,33 @@ def test_prune_with_a_sink_that_took_nothing_deletes_nothing(store: Store) -> No
     store.set_cursors({"a": 2})
     assert store.prune_outbox() == 0
     assert store.outbox_rows == 2
+
+
+def test_the_wal_backlog_is_what_is_committed_and_not_yet_checkpointed(
+    store: Store, path: Path
+) -> None:
+    write_events(store, *range(1, 200))
+    backlog = wal_backlog(path)
+    assert backlog is not None
+    assert backlog > 4096
+
+    assert store.checkpoint(min_wal_bytes=0)
+
+    assert wal_backlog(path) == 0
+    assert not store.checkpoint(min_wal_bytes=1), "nothing to copy, however large the file"
+    assert (path.parent / "state.db-wal").stat().st_size > 4096
+    write_events(store, 200)
+    assert 0 < (wal_backlog(path) or 0) < backlog
+
+
+def test_no_wal_index_means_no_backlog_known(tmp_path: Path) -> None:
+    assert wal_backlog(tmp_path / "missing.db") is None
+    (tmp_path / "other.db-shm").write_bytes(b"\0" * 200)
+    assert wal_backlog(tmp_path / "other.db") is None
+
+
+def test_a_new_store_has_4_kib_pages(store: Store, path: Path) -> None:
+    assert raw_query(path, "PRAGMA page_size") == [(4096,)]
 
 
 def test_seq_keeps_growing_after_the_outbox_is_emptied(store: Store, path: Path) -> None:
