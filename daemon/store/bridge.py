@@ -22,7 +22,7 @@ from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import Route
 from daemon.errors import StoreError
 from daemon.sends import SendRecord
-from daemon.store.database import Store
+from daemon.store.database import PRUNE_SLICE, Store
 from daemon.store.health import StoreHealth
 from daemon.store.rows import KeptInput, OutboxRow, SendRow, SendUpdate, StoredEvent
 
@@ -87,7 +87,14 @@ class AsyncStore:
         return await self._submit(self._store.sync_sinks, names)
 
     async def prune_outbox(self) -> int:
-        return await self._submit(self._store.prune_outbox)
+        """Delete what every sink has taken, a slice per transaction: the commits
+        queued meanwhile go in between."""
+        total = 0
+        while True:
+            removed = await self._submit(self._store.prune_outbox)
+            total += removed
+            if removed < PRUNE_SLICE:
+                return total
 
     async def dead_letter(
         self, sink: str, row: OutboxRow, *, reason: str, detail: str, attempts: int

@@ -14,7 +14,15 @@ from daemon.errors import StoreError
 from daemon.events import Event
 from daemon.gws.messages import Malformed
 from daemon.sends import SendRecord, SendStatus
-from daemon.store import MALFORMED_SINK, SCHEMA_VERSION, OutboxRow, Store, send_row
+from daemon.store import (
+    MALFORMED_SINK,
+    SCHEMA_VERSION,
+    AsyncStore,
+    OutboxRow,
+    Store,
+    send_row,
+)
+from daemon.store.database import PRUNE_SLICE
 from daemon.store.files import wal_backlog
 
 
@@ -321,6 +329,63 @@ def test_prune_with_a_sink_that_took_nothing_deletes_nothing(store: Store) -> No
     write_events(store, 1, 2)
     store.set_cursors({"a": 2})
     assert store.prune_outbox() == 0
+    assert store.outbox_rows == 2
+
+
+def test_a_prune_deletes_at_most_its_slice_oldest_first(store: Store) -> None:
+    store.sync_sinks(["a"])
+    write_events(store, *range(1, 11))
+    store.set_cursors({"a": 8})
+
+    assert store.prune_outbox(limit=3) == 3
+    assert store.outbox_rows == 7
+    rows, _ = store.read_outbox("a", 0, 20)
+    assert ids(rows)[0] == "event-4"
+    assert store.prune_outbox(limit=3) == 3
+    assert store.prune_outbox(limit=3) == 2  # up to the cursor, no further
+    assert store.prune_outbox(limit=3) == 0
+    rows, _ = store.read_outbox("a", 0, 20)
+    assert ids(rows) == ["event-9", "event-10"]
+
+
+async def test_the_daemon_prunes_a_backlog_longer_than_a_slice_in_one_call(path: Path) -> None:
+    store = AsyncStore(Store(path))
+    try:
+        count = 2 * PRUNE_SLICE + 5
+        await store.sync_sinks(["a"])
+        await store.submit_outcomes(events=[make_event(n) for n in range(1, count + 1)])
+        await store.set_cursors({"a": count - 1})
+
+        assert await store.prune_outbox() == count - 1
+
+        assert store.outbox_rows == 1
+    finally:
+        await store.close()
+
+
+def test_a_commit_that_moves_the_cursors_deletes_what_every_sink_took(store: Store) -> None:
+    store.sync_sinks(["a", "b"])
+    write_events(store, 1, 2, 3, 4)
+
+    store.commit_outcomes(events=[make_event(5)], cursors={"a": 4, "b": 3})
+
+    assert raw_query(store.path, "SELECT seq FROM outbox ORDER BY seq") == [(4,), (5,)]
+    assert store.outbox_rows == 2
+    store.commit_outcomes(cursors={"b": 5})  # a's cursor holds event 5 back
+    assert raw_query(store.path, "SELECT seq FROM outbox ORDER BY seq") == [(5,)]
+    assert store.outbox_rows == 1
+
+
+def test_a_commit_that_fails_keeps_the_rows_it_would_have_pruned(store: Store) -> None:
+    store.sync_sinks(["a"])
+    write_events(store, 1, 2)
+    # Kept after the prune, and NOT NULL: the transaction fails after the prune ran.
+    unkeepable = Malformed("/v2/me/emails", "invalid_json", "no body", None)  # type: ignore[arg-type]
+
+    with pytest.raises(StoreError):
+        store.commit_outcomes(events=[make_event(3)], cursors={"a": 2}, malformed=[unkeepable])
+
+    assert raw_query(store.path, "SELECT COUNT(*) FROM outbox") == [(2,)]
     assert store.outbox_rows == 2
 
 
