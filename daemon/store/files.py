@@ -19,6 +19,7 @@ import sqlite3
 import struct
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import structlog
 
@@ -44,13 +45,26 @@ _WAL_INDEX = struct.Struct("=I10xHI76xI")
 _WAL_INDEX_VERSION = 3007000
 
 
-def wal_backlog(path: Path) -> int | None:
-    """Bytes of WAL frames committed and not yet checkpointed; None if unknown.
+class WalState(NamedTuple):
+    """What the WAL-index says, in bytes: the frames committed since the WAL
+    last started over, and how much of them is copied into the database."""
+
+    written: int
+    copied: int
+
+    @property
+    def backlog(self) -> int:
+        """Committed and not copied yet."""
+        return max(0, self.written - self.copied)
+
+
+def wal_state(path: Path) -> WalState | None:
+    """The WAL of the database at `path`, from its WAL-index; None if unknown.
 
     Read from the WAL-index because Python's sqlite3 offers no `wal_hook` and
     the size of the `-wal` file says nothing once SQLite reuses it from the
-    start after a checkpoint. A torn read (a commit meanwhile) only makes a
-    checkpoint come one look sooner or later.
+    start. A torn read (a commit meanwhile) only makes a checkpoint come one
+    look sooner or later.
     """
     try:
         handle = os.open(f"{path}-shm", os.O_RDONLY)
@@ -64,11 +78,11 @@ def wal_backlog(path: Path) -> int | None:
         os.close(handle)
     if len(header) < _WAL_INDEX.size:
         return None
-    version, page_size, last_frame, checkpointed = _WAL_INDEX.unpack(header)
+    version, page_size, last_frame, copied = _WAL_INDEX.unpack(header)
     if version != _WAL_INDEX_VERSION:
         return None
-    frames: int = max(0, last_frame - checkpointed)
-    return frames * (65536 if page_size == 1 else page_size)
+    page: int = 65536 if page_size == 1 else page_size
+    return WalState(written=last_frame * page, copied=copied * page)
 
 
 def prepare(path: Path) -> None:

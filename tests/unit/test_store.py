@@ -20,10 +20,11 @@ from daemon.store import (
     AsyncStore,
     OutboxRow,
     Store,
+    database,
     send_row,
 )
 from daemon.store.database import PRUNE_SLICE
-from daemon.store.files import wal_backlog
+from daemon.store.files import wal_state
 
 
 @pytest.fixture
@@ -389,27 +390,47 @@ def test_a_commit_that_fails_keeps_the_rows_it_would_have_pruned(store: Store) -
     assert store.outbox_rows == 2
 
 
+def backlog(path: Path) -> int:
+    state = wal_state(path)
+    assert state is not None
+    return state.backlog
+
+
 def test_the_wal_backlog_is_what_is_committed_and_not_yet_checkpointed(
     store: Store, path: Path
 ) -> None:
     write_events(store, *range(1, 200))
-    backlog = wal_backlog(path)
-    assert backlog is not None
-    assert backlog > 4096
+    before = backlog(path)
+    assert before > 4096
 
     assert store.checkpoint(min_wal_bytes=0)
 
-    assert wal_backlog(path) == 0
+    assert backlog(path) == 0
     assert not store.checkpoint(min_wal_bytes=1), "nothing to copy, however large the file"
     assert (path.parent / "state.db-wal").stat().st_size > 4096
     write_events(store, 200)
-    assert 0 < (wal_backlog(path) or 0) < backlog
+    assert 0 < backlog(path) < before
 
 
-def test_no_wal_index_means_no_backlog_known(tmp_path: Path) -> None:
-    assert wal_backlog(tmp_path / "missing.db") is None
+def test_near_the_size_where_the_wal_starts_over_a_checkpoint_copies_whatever_is_new(
+    store: Store, path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_events(store, *range(1, 200))
+    assert store.checkpoint(min_wal_bytes=0)
+    write_events(store, 200)
+    assert not store.checkpoint(min_wal_bytes=1 << 30)
+    written = wal_state(path).written  # type: ignore[union-attr]
+
+    monkeypatch.setattr(database, "WAL_RESTART_BYTES", written + database.RESTART_MARGIN)
+
+    assert store.checkpoint(min_wal_bytes=1 << 30)
+    assert backlog(path) == 0
+
+
+def test_no_wal_index_means_no_wal_state_known(tmp_path: Path) -> None:
+    assert wal_state(tmp_path / "missing.db") is None
     (tmp_path / "other.db-shm").write_bytes(b"\0" * 200)
-    assert wal_backlog(tmp_path / "other.db") is None
+    assert wal_state(tmp_path / "other.db") is None
 
 
 def test_a_new_store_has_4_kib_pages(store: Store, path: Path) -> None:
