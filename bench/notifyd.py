@@ -46,10 +46,16 @@ def sink_path(workdir: Path) -> Path:
 
 
 def daemon_config(
-    workdir: Path, *, gws_url: str, sinks: Sequence[dict[str, Any]] | None = None
+    workdir: Path,
+    *,
+    gws_url: str,
+    sinks: Sequence[dict[str, Any]] | None = None,
+    gws: dict[str, Any] | None = None,
 ) -> Path:
-    """A config with the store in workdir and `sinks` (default: one jsonl sink, `sink_path`)."""
+    """A config with the store in workdir and `sinks` (default: one jsonl sink, `sink_path`);
+    `gws` adds `[gws]` keys."""
     sections = {name: dict(values) for name, values in _BENCH_SECTIONS.items()}
+    sections["gws"].update(gws or {})
     if sinks is None:
         sinks = [{"name": "archive", "type": "jsonl", "path": str(sink_path(workdir))}]
     return write_config(workdir, gws_url=gws_url, sinks=list(sinks), **sections)

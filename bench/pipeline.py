@@ -58,6 +58,12 @@ def _options(parser: argparse.ArgumentParser) -> None:
         help=f"the peer publishes what is due every this many ms ({STEADY_TICK_MS})",
     )
     parser.add_argument(
+        "--batch-window",
+        type=float,
+        metavar="SECONDS",
+        help="the daemon's gws.batch_window_seconds (default: the daemon's, 0.005)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the daemon (slows it a little): bench/results/pipeline-{burst,steady}.folded",
@@ -76,13 +82,34 @@ def _latency_section(seen: list[tuple[float, dict[str, Any]]]) -> dict[str, Any]
     }
 
 
+def _due_latencies_ms(
+    seen: list[tuple[float, dict[str, Any]]], ordered_at: float, first: int, rate: float
+) -> list[float]:
+    """From when each steady message was due at the peer to sink-written, in ms.
+
+    The peer publishes message `first + k` (its referenceId) once `k / rate` seconds
+    have passed since it took the order (cometd-server.js): that, from when the
+    order was sent, is its due time. Unlike receipt -> sink, this also counts the
+    peer's tick, the wait for the daemon's next long-poll (`gws.batch_window_seconds`)
+    and the answer's way to the daemon.
+    """
+    latencies = []
+    for at, event in seen:
+        reference = event.get("data", {}).get("referenceId")
+        if isinstance(reference, int):
+            latencies.append((at - ordered_at - (reference - first) / rate) * 1000)
+    return latencies
+
+
 async def run_pipeline(args: argparse.Namespace, count: int, steady: int) -> dict[str, Any]:
     total = count + steady
     with notifyd.workdir("pipeline") as work:
         seconds = seeding.populate_store(work / "state.db", 1, total)
         report.note(f"pipeline: {total:,} pending sends written in {seconds:.1f} s")
         async with peers.cometd_peer(gws_stub=peers.GwsStub(total, start=1)) as peer:
-            config = notifyd.daemon_config(work, gws_url=peer.base_url)
+            window = args.batch_window
+            gws = {} if window is None else {"batch_window_seconds": window}
+            config = notifyd.daemon_config(work, gws_url=peer.base_url, gws=gws)
             async with notifyd.running_daemon(config, work) as daemon:
                 reconciled = await daemon.wait_log(notifyd.logged("reconciled"), timeout=600)
                 report.note(f"pipeline: daemon reconciled {reconciled}")
@@ -117,6 +144,7 @@ async def run_pipeline(args: argparse.Namespace, count: int, steady: int) -> dic
                     )
                     profiler = profiling.start_profiler(profiled, "pipeline-steady")
                     meter.start()
+                    ordered_at = time.time()
                     await peer.order_publish(
                         EMAILS_CHANNEL,
                         steady,
@@ -158,6 +186,9 @@ async def run_pipeline(args: argparse.Namespace, count: int, steady: int) -> dic
             "daemon_cpu_seconds": round(steady_cpu, 2),
             "daemon_cpu_percent_of_one_core": round(100 * steady_cpu / steady_wall, 1),
             **_latency_section(steady_seen),
+            "due_to_sink_ms": stats.summarize(
+                _due_latencies_ms(steady_seen, ordered_at, 1 + count, args.steady_rate)
+            ),
         },
         "daemon_rss_mb": {
             "reconciled": round(rss_start, 1),
@@ -266,6 +297,17 @@ async def main() -> None:
             lat.get("max"),
             section["daemon_cpu_percent_of_one_core"],
         )
+    due = result["steady"]["due_to_sink_ms"]
+    latency.add(
+        "steady, from due at the peer",
+        due.get("count"),
+        None,
+        due.get("p50"),
+        due.get("p90"),
+        due.get("p99"),
+        due.get("max"),
+        None,
+    )
     cpu = report.Table(
         f"steady {args.steady_rate:,.0f} msg/s: CPU per notification",
         ["who", "cpu % of one core", "us per notification", "daemon / this"],
@@ -291,9 +333,13 @@ async def main() -> None:
                 "event's CloudEvent time (the daemon's receipt time, microseconds); the "
                 "tailer is a thread polling the file every ~1 ms: resolution ~"
                 f"{result['tailer_poll_period_ms']} ms (mean poll period)",
+                "due_to_sink": "steady phase: tailer time minus when the message was due at "
+                "the peer (when the publish order was sent + its index / rate): also counts "
+                "the peer's tick, the wait for the daemon's next long-poll and the way there",
                 "cpu": "psutil user+sys of the daemon process over the phase's wall time",
                 "daemon": "python -m daemon run, logging level info (JSON) to a file, one "
-                "jsonl sink, store synchronous=normal",
+                "jsonl sink, store synchronous=normal, gws.batch_window_seconds "
+                f"{'default' if args.batch_window is None else args.batch_window}",
             },
             "bare": {name: run.as_json() for name, run in bare.items()},
             "bare_steady_aiocometd_noloop": bare_steady.as_json() if bare_steady else None,
