@@ -16,9 +16,10 @@ Rules it keeps:
   (`commit_outcomes`); notifications are written many per transaction, never
   one per message (`OutcomeWriter` groups whatever arrives during a commit;
   the tracker hands over a large Bayeux answer in chunks of 2,000);
-- an outbox row is deleted only once every sink's cursor has passed it
-  (`prune_outbox`); a sink that gives up on an event moves it to dead letters
-  first, in the same transaction that moves its cursor.
+- an outbox row is deleted only once every sink's cursor has passed it (in
+  the commit that moves the cursors, or by `prune_outbox`); a sink that gives
+  up on an event moves it to dead letters first, in the same transaction that
+  moves its cursor.
 """
 
 from daemon.store.bridge import AsyncStore
