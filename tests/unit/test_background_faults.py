@@ -21,7 +21,8 @@ from daemon.dispatcher import Dispatcher
 from daemon.errors import PermanentSinkError, RetryableSinkError, SinkError, StoreError
 from daemon.housekeeping import Housekeeping
 from daemon.metrics import Metrics
-from daemon.store import AsyncStore, OutboxRow, Store
+from daemon.store import AsyncStore, OutboxRow, Store, database
+from daemon.store.files import wal_state
 from tests.harness.fake_sink import FakeSink, event_ids, sink_settings, write
 from tests.harness.log_capture import captured_logs
 from tests.harness.store_faults import ExternalLock, corrupt_page, root_page
@@ -278,6 +279,34 @@ async def test_housekeeping_on_a_locked_store_logs_retries_and_resumes(
         await wait_until(lambda: store.outbox_rows == 0, timeout=DEADLINE, what="the outbox pruned")
         await wait_until(lambda: not store.failing_duties(), timeout=DEADLINE, what="recovery")
         assert events_named(logs, "store_retry")[0]["duty"] == "housekeeping"
+        assert not running.done()
+    finally:
+        running.cancel()
+
+
+async def test_checkpoints_go_on_while_a_housekeeping_round_waits(
+    store: AsyncStore,
+    dispatcher: Dispatcher,
+    metrics: Metrics,
+    path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Any backlog is checkpointed (as near the size where the WAL starts over).
+    monkeypatch.setattr(database, "WAL_RESTART_BYTES", database.RESTART_MARGIN)
+    stuck = asyncio.Event()  # the round's first step never ends (a busy store thread)
+    monkeypatch.setattr(dispatcher, "save_cursors", stuck.wait)
+    await write(store, 1, 2, 3)
+    before = wal_state(path)
+    assert before is not None
+    assert before.backlog > 0
+    running = asyncio.create_task(housekeeping(store, dispatcher, metrics).run())
+    try:
+        await wait_until(
+            lambda: getattr(wal_state(path), "backlog", None) == 0,
+            timeout=DEADLINE,
+            what="the WAL checkpointed",
+        )
+        assert not stuck.is_set()
         assert not running.done()
     finally:
         running.cancel()
