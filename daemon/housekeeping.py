@@ -2,13 +2,12 @@
 
 Owns the periodic work that keeps the store small and its figures current:
 every round it saves the sink cursors that moved, deletes outbox rows every
-sink has taken, refreshes the dead
-letter counts (the CLI changes them from another process), prunes dead letters
-past `store.max_dead_letters` (oldest first) and warns when the outbox nears
-its cap; every hour it deletes sends resolved, and dead letters written, longer
-ago than `store.retention_hours`. Beside the rounds, as often, it checkpoints
-the WAL (on a thread of its own). It never delivers anything and never blocks
-a commit.
+sink has taken, refreshes the dead letter counts (the CLI changes them from
+another process), prunes dead letters past `store.max_dead_letters` (oldest
+first) and warns when the outbox nears its cap; every hour it deletes sends
+resolved, and dead letters written, longer ago than `store.retention_hours`.
+Beside the rounds, as often, it checkpoints the WAL (on a thread of its own).
+It never delivers anything and never blocks a commit.
 
 A failing store never ends it: a round that fails is reported to the store's
 health (`store_retry`; readiness names `store`) and tried again after a
