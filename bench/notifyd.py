@@ -45,20 +45,24 @@ def sink_path(workdir: Path) -> Path:
     return workdir / "events.jsonl"
 
 
+def _sections(gws: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The bench's config sections (a copy), with `gws` added to `[gws]`."""
+    sections = {name: dict(values) for name, values in _BENCH_SECTIONS.items()}
+    sections["gws"].update(gws)
+    return sections
+
+
+def _archive(workdir: Path) -> list[dict[str, Any]]:
+    return [{"name": "archive", "type": "jsonl", "path": str(sink_path(workdir))}]
+
+
 def daemon_config(
-    workdir: Path,
-    *,
-    gws_url: str,
-    sinks: Sequence[dict[str, Any]] | None = None,
-    gws: dict[str, Any] | None = None,
+    workdir: Path, *, gws_url: str, sinks: Sequence[dict[str, Any]] | None = None, **gws: Any
 ) -> Path:
     """A config with the store in workdir and `sinks` (default: one jsonl sink, `sink_path`);
     `gws` adds `[gws]` keys."""
-    sections = {name: dict(values) for name, values in _BENCH_SECTIONS.items()}
-    sections["gws"].update(gws or {})
-    if sinks is None:
-        sinks = [{"name": "archive", "type": "jsonl", "path": str(sink_path(workdir))}]
-    return write_config(workdir, gws_url=gws_url, sinks=list(sinks), **sections)
+    sinks = _archive(workdir) if sinks is None else list(sinks)
+    return write_config(workdir, gws_url=gws_url, sinks=sinks, **_sections(gws))
 
 
 def logged(event: str) -> Callable[[dict[str, Any]], bool]:
@@ -122,10 +126,7 @@ def accounts_config(
     """`daemon_config`'s config (one jsonl sink, `sink_path`), with `[[gws.accounts]]`
     tables (`accounts`: name, username, password_file, ...) instead of `gws.username`;
     `gws` adds shared `[gws]` keys."""
-    sections = {name: dict(values) for name, values in _BENCH_SECTIONS.items()}
-    sections["gws"].update(gws)
-    sinks = [{"name": "archive", "type": "jsonl", "path": str(sink_path(workdir))}]
-    document = config_document(workdir, gws_url=gws_url, sinks=sinks, **sections)
+    document = config_document(workdir, gws_url=gws_url, sinks=_archive(workdir), **_sections(gws))
     del document["gws"]["username"]  # each account has its own
     document["gws.accounts"] = list(accounts)  # [[gws.accounts]] tables, after [gws]
     path = workdir / "gws-notifyd.toml"

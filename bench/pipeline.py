@@ -109,7 +109,7 @@ async def run_pipeline(args: argparse.Namespace, count: int, steady: int) -> dic
         async with peers.cometd_peer(gws_stub=peers.GwsStub(total, start=1)) as peer:
             window = args.batch_window
             gws = {} if window is None else {"batch_window_seconds": window}
-            config = notifyd.daemon_config(work, gws_url=peer.base_url, gws=gws)
+            config = notifyd.daemon_config(work, gws_url=peer.base_url, **gws)
             async with notifyd.running_daemon(config, work) as daemon:
                 reconciled = await daemon.wait_log(notifyd.logged("reconciled"), timeout=600)
                 report.note(f"pipeline: daemon reconciled {reconciled}")
