@@ -19,7 +19,9 @@ Rules it keeps:
 - an outbox row is deleted only once every sink's cursor has passed it (in
   the commit that moves the cursors, or by `prune_outbox`); a sink that gives
   up on an event moves it to dead letters first, in the same transaction that
-  moves its cursor.
+  moves its cursor;
+- every prune (outbox, sends, dead letters) deletes at most `PRUNE_SLICE`
+  rows a transaction, so that the commits go in between.
 """
 
 from daemon.store.bridge import AsyncStore

@@ -78,7 +78,7 @@ class AsyncStore:
         )
 
     async def prune_sends(self, resolved_before: float) -> int:
-        return await self._submit(self._store.prune_sends, resolved_before)
+        return await self._in_slices(lambda limit: self._store.prune_sends(resolved_before, limit))
 
     async def set_cursors(self, cursors: dict[str, int]) -> None:
         await self._submit(self._store.set_cursors, cursors)
@@ -87,11 +87,16 @@ class AsyncStore:
         return await self._submit(self._store.sync_sinks, names)
 
     async def prune_outbox(self) -> int:
-        """Delete what every sink has taken, a slice per transaction: the commits
-        queued meanwhile go in between."""
+        """Delete what every sink has taken."""
+        return await self._in_slices(self._store.prune_outbox)
+
+    async def _in_slices(self, prune: Callable[[int], int]) -> int:
+        """Call `prune(limit)` (which deletes at most `limit` rows) until it
+        deletes fewer: each call on the store's thread in its own transaction,
+        so that the commits queued meanwhile go in between. Returns the total."""
         total = 0
         while True:
-            removed = await self._submit(self._store.prune_outbox)
+            removed = await self._submit(prune, PRUNE_SLICE)
             total += removed
             if removed < PRUNE_SLICE:
                 return total
@@ -104,8 +109,10 @@ class AsyncStore:
         )
 
     async def prune_dead_letters(self, *, failed_before: float, keep: int) -> int:
-        return await self._submit(
-            self._store.prune_dead_letters, failed_before=failed_before, keep=keep
+        return await self._in_slices(
+            lambda limit: self._store.prune_dead_letters(
+                failed_before=failed_before, keep=keep, limit=limit
+            )
         )
 
     async def check_writable(self) -> None:

@@ -53,8 +53,9 @@ WAL_RESTART_BYTES = 256 * 1024 * 1024
 # so that it is a fraction of a second's worth, not up to CHECKPOINT_WAL_BYTES
 # (measured at 5,000 events/s: a 190 ms stall with up to 32 MiB left).
 RESTART_MARGIN = 2 * CHECKPOINT_WAL_BYTES
-# Outbox rows deleted in one transaction at most (~1 ms a hundred): a sink
-# catching up on a long backlog never makes one prune that holds up the commits.
+# Rows any prune (outbox, sends, dead letters) deletes in one transaction at
+# most (~1 ms a hundred): a sink catching up on a long backlog, or a day's sends
+# past their retention, never makes one prune that holds up the commits.
 PRUNE_SLICE = 2000
 
 
@@ -261,12 +262,16 @@ class Store(DeadLetters):
             ).fetchall()
         )
 
-    def prune_sends(self, resolved_before: float) -> int:
+    def prune_sends(self, resolved_before: float, limit: int = PRUNE_SLICE) -> int:
+        """Delete sends resolved before `resolved_before`, oldest requests first,
+        at most `limit` (a call that returns `limit` may have left more)."""
         marks = ",".join("?" * len(PENDING_STATUSES))
         with self._transaction():
             cursor = self._db.execute(
-                f"DELETE FROM sends WHERE status NOT IN ({marks}) AND resolved_at < ?",
-                (*PENDING_STATUSES, resolved_before),
+                "DELETE FROM sends WHERE send_id IN (SELECT send_id FROM sends "
+                f"WHERE status NOT IN ({marks}) AND resolved_at < ? "
+                "ORDER BY requested_at LIMIT ?)",
+                (*PENDING_STATUSES, resolved_before, limit),
             )
         return cursor.rowcount
 

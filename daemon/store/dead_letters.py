@@ -14,10 +14,6 @@ from daemon.config import DEFAULT_ACCOUNT
 from daemon.store.rows import MALFORMED_SINK, DeadLetter, OutboxRow
 from daemon.store.transaction import Connected, sql_errors
 
-# Dead letters deleted per transaction, so that pruning a large backlog never
-# holds the write lock for long.
-PRUNE_CHUNK = 5000
-
 
 class DeadLetters(Connected):
     """The dead-letter methods of `Store`, which keeps `_outbox_rows` (the outbox's size)."""
@@ -113,18 +109,15 @@ class DeadLetters(Connected):
                 cursor = self._db.execute("DELETE FROM dead_letters")
         return cursor.rowcount
 
-    def prune_dead_letters(self, *, failed_before: float, keep: int) -> int:
+    def prune_dead_letters(self, *, failed_before: float, keep: int, limit: int) -> int:
         """Delete dead letters older than `failed_before`, then all but the newest
-        `keep`; oldest first, at most PRUNE_CHUNK per transaction."""
-        removed = 0
-        while True:
-            with self._transaction():
-                cursor = self._db.execute(
-                    "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
-                    "WHERE failed_at < ?1 OR id <= (SELECT id FROM dead_letters "
-                    "ORDER BY id DESC LIMIT 1 OFFSET ?2) ORDER BY id LIMIT ?3)",
-                    (failed_before, keep, PRUNE_CHUNK),
-                )
-            removed += cursor.rowcount
-            if cursor.rowcount < PRUNE_CHUNK:
-                return removed
+        `keep`; oldest first, at most `limit` (a call that returns `limit` may
+        have left more)."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "DELETE FROM dead_letters WHERE id IN (SELECT id FROM dead_letters "
+                "WHERE failed_at < ?1 OR id <= (SELECT id FROM dead_letters "
+                "ORDER BY id DESC LIMIT 1 OFFSET ?2) ORDER BY id LIMIT ?3)",
+                (failed_before, keep, limit),
+            )
+        return cursor.rowcount

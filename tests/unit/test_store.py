@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +22,7 @@ from daemon.store import (
     AsyncStore,
     OutboxRow,
     Store,
+    bridge,
     database,
     send_row,
 )
@@ -202,6 +205,25 @@ def test_prune_sends_keeps_pending_and_recent(store: Store) -> None:
     assert sorted(s.send_id for s in store.list_sends()) == ["new", "pending"]
 
 
+def resolve_sends(store: Store, *numbers: int) -> None:
+    """Sends `s<n>` requested at time n, resolved at time 10."""
+    for n in numbers:
+        send = make_send(f"s{n}", requested_at=float(n), status=SendStatus.RESOLVED)
+        insert(store, send)
+        send.resolved_at = 10.0
+        store.commit_outcomes(sends=[send])
+
+
+def test_a_prune_of_sends_deletes_at_most_its_slice_oldest_requests_first(store: Store) -> None:
+    resolve_sends(store, 5, 1, 4, 2, 3)
+
+    assert store.prune_sends(resolved_before=50.0, limit=2) == 2
+    assert sorted(s.send_id for s in store.list_sends()) == ["s3", "s4", "s5"]
+    assert store.prune_sends(resolved_before=50.0, limit=2) == 2
+    assert store.prune_sends(resolved_before=50.0, limit=2) == 1
+    assert store.prune_sends(resolved_before=50.0, limit=2) == 0
+
+
 # -- commit_outcomes --------
 
 
@@ -360,6 +382,71 @@ async def test_the_daemon_prunes_a_backlog_longer_than_a_slice_in_one_call(path:
         assert await store.prune_outbox() == count - 1
 
         assert store.outbox_rows == 1
+    finally:
+        await store.close()
+
+
+class _CallsInOrder(Store):
+    """A real store that notes which of its prunes and commits ran, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.calls: list[str] = []
+        super().__init__(path)
+
+    def prune_sends(self, resolved_before: float, limit: int = PRUNE_SLICE) -> int:
+        self.calls.append("prune")
+        return super().prune_sends(resolved_before, limit)
+
+    def prune_dead_letters(self, *, failed_before: float, keep: int, limit: int) -> int:
+        self.calls.append("prune")
+        return super().prune_dead_letters(failed_before=failed_before, keep=keep, limit=limit)
+
+    def prune_outbox(self, limit: int = PRUNE_SLICE) -> int:
+        self.calls.append("prune")
+        return super().prune_outbox(limit)
+
+    def commit_outcomes(self, **parts: Any) -> int:
+        self.calls.append("commit")
+        return super().commit_outcomes(**parts)
+
+
+def _fill_to_prune(store: Store, what: str, count: int) -> None:
+    if what == "sends":
+        resolve_sends(store, *range(count))
+    elif what == "dead letters":
+        rows, _ = store.read_outbox("a", 0, count)
+        for row in rows:
+            store.dead_letter("a", row, reason="permanent", detail="x", attempts=1)
+    else:
+        store.set_cursors({"a": count})
+
+
+async def _prune(store: AsyncStore, what: str) -> int:
+    if what == "sends":
+        return await store.prune_sends(50.0)
+    if what == "dead letters":
+        return await store.prune_dead_letters(failed_before=0.0, keep=0)
+    return await store.prune_outbox()
+
+
+@pytest.mark.parametrize("what", ["sends", "dead letters", "outbox"])
+async def test_every_prune_goes_a_slice_per_transaction_with_the_commits_in_between(
+    path: Path, what: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bridge, "PRUNE_SLICE", 3)
+    sync = _CallsInOrder(path)
+    sync.sync_sinks(["a"])
+    write_events(sync, *range(1, 11))
+    _fill_to_prune(sync, what, 10)
+    sync.calls = []
+    store = AsyncStore(sync)
+    try:
+        pruning = asyncio.create_task(_prune(store, what))
+        await asyncio.sleep(0)  # the task's first step: it queues its first slice
+        await store.submit_outcomes(events=[make_event(11)])
+
+        assert await pruning == 10
+        assert sync.calls == ["prune", "commit", "prune", "prune", "prune"]
     finally:
         await store.close()
 
