@@ -127,7 +127,7 @@ def _gws(
         retry_max_seconds=table.number("retry_max_seconds", 15.0, above=True),
         read_back_concurrency=table.integer("read_back_concurrency", 4, minimum=1),
         max_batch_bytes=table.integer("max_batch_bytes", 256 * 1024 * 1024, minimum=64 * 1024),
-        batch_window_seconds=table.number("batch_window_seconds", 0.005),
+        batch_window_seconds=table.number("batch_window_seconds", 0.01),
         handshakes_per_second=table.number("handshakes_per_second", 100.0, above=True),
     )
     accounts = read_accounts(table, shared, base, environ, need_password=need_password)

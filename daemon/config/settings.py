@@ -64,7 +64,7 @@ class GwsSettings:
     # Bound on one CometD answer (servers send their whole queue at once).
     max_batch_bytes: int = 256 * 1024 * 1024
     # Under a steady stream of notifications, gather this long per long-poll.
-    batch_window_seconds: float = 0.005
+    batch_window_seconds: float = 0.01
     # Logins and handshakes of all accounts together, at most (no herd after GWS restarts).
     handshakes_per_second: float = 100.0
 
