@@ -7,6 +7,7 @@ The only package that speaks SQL:
     database.py  `Store`: the synchronous SQL and its transactions (the CLI uses it)
     dead_letters.py  the dead-letter part of `Store`
     bridge.py    `AsyncStore`: `Store` on one thread of its own, for the event loop
+    call_thread.py  `CallThread`: that thread (calls in order, results to the loop)
     writer.py    `OutcomeWriter`: group commit of sends, events and kept input
 
 Rules it keeps:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from daemon.backoff import Backoff, BackoffPolicy
 from daemon.config import Route
 from daemon.errors import StoreError
 from daemon.sends import SendRecord
+from daemon.store.call_thread import CallThread
 from daemon.store.database import PRUNE_SLICE, Store
 from daemon.store.health import StoreHealth
 from daemon.store.rows import KeptInput, OutboxRow, SendRow, SendUpdate, StoredEvent
@@ -40,14 +40,13 @@ RETRY_POLICY = BackoffPolicy(initial=0.1, maximum=5.0, floor=0.05)
 class AsyncStore:
     def __init__(self, store: Store, *, failure_exit_seconds: float = 60.0) -> None:
         self._store = store
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._checkpoints = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._thread = CallThread("store")
+        self._checkpoints = CallThread("checkpoint")
         self._health = StoreHealth(exit_after_seconds=failure_exit_seconds)
         self._heartbeat: asyncio.Future[None] | None = None
 
     def _submit(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> asyncio.Future[R]:
-        loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._thread, lambda: call(*args, **kwargs))
+        return self._thread.submit(lambda: call(*args, **kwargs))
 
     @property
     def outbox_rows(self) -> int:
@@ -173,8 +172,7 @@ class AsyncStore:
         return await self._health.wait_too_long()
 
     async def checkpoint(self) -> bool:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._checkpoints, self._store.checkpoint)
+        return await self._checkpoints.submit(self._store.checkpoint)
 
     # -- reads ---------------------------------------------------------------------
 
@@ -209,6 +207,6 @@ class AsyncStore:
         return await self._submit(self._store.dead_letter_counts)
 
     async def close(self) -> None:
-        self._checkpoints.shutdown(wait=True)
+        self._checkpoints.shutdown()
         await self._submit(self._store.close)
-        self._thread.shutdown(wait=True)
+        self._thread.shutdown()
