@@ -24,6 +24,8 @@ _Item = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoo
 
 
 class CallThread:
+    """A thread of its own; `submit` from any event loop, calls run one at a time."""
+
     def __init__(self, name: str) -> None:
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
