@@ -21,6 +21,7 @@ import contextlib
 import functools
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -63,27 +64,28 @@ class Housekeeping:
     async def run(self) -> None:
         """Until cancelled: the outbox every round, old sends and dead letters every
         hour; the WAL's checkpoints beside them."""
-        checkpoints = asyncio.create_task(self._checkpoint_loop(), name="checkpoints")
+        # The checkpoints are not a step of the round: a round waits for its turn
+        # on the store's thread, behind the commits (for seconds in a burst), and
+        # the WAL must be copied meanwhile, or the commit that starts it over
+        # copies it all (measured: a 1.5 s stall after a 200,000-event burst).
+        # Checkpoints have a thread and a connection of their own.
+        checkpoints = asyncio.create_task(
+            self._every_round(CHECKPOINT_DUTY, lambda _: self._store.checkpoint()),
+            name="checkpoints",
+        )
         try:
-            for round_ in itertools.count():
-                round_once = functools.partial(
-                    self._round, count_dead_letters=round_ % COUNT_EVERY_ROUNDS == 0
-                )
-                await self._store.retrying(DUTY, round_once, until=lambda: False)
-                await asyncio.sleep(ROUND_SECONDS)
+            await self._every_round(
+                DUTY, lambda n: self._round(count_dead_letters=n % COUNT_EVERY_ROUNDS == 0)
+            )
         finally:
             checkpoints.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await checkpoints
 
-    async def _checkpoint_loop(self) -> None:
-        # Not a step of the round: a round waits for its turn on the store's thread,
-        # behind the commits (for seconds in a burst), and the WAL must be copied
-        # meanwhile, or the commit that starts it over copies it all (measured: a
-        # 1.5 s stall after a 200,000-event burst). Checkpoints have a thread and a
-        # connection of their own.
-        while True:
-            await self._store.retrying(CHECKPOINT_DUTY, self._store.checkpoint, until=lambda: False)
+    async def _every_round(self, duty: str, step: Callable[[int], Awaitable[object]]) -> None:
+        """`step(round number)` every ROUND_SECONDS, each retried until it succeeds."""
+        for round_ in itertools.count():
+            await self._store.retrying(duty, functools.partial(step, round_), until=lambda: False)
             await asyncio.sleep(ROUND_SECONDS)
 
     async def _round(self, *, count_dead_letters: bool) -> None:
