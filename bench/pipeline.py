@@ -61,7 +61,7 @@ def _options(parser: argparse.ArgumentParser) -> None:
         "--batch-window",
         type=float,
         metavar="SECONDS",
-        help="the daemon's gws.batch_window_seconds (default: the daemon's, 0.01)",
+        help="the daemon's gws.batch_window_seconds (default: the daemon's own)",
     )
     parser.add_argument(
         "--profile",

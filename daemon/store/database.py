@@ -49,7 +49,7 @@ CHECKPOINT_WAL_BYTES = 32 * 1024 * 1024
 # (truncating it is one more stall) unless it ever grew to twice as much.
 WAL_RESTART_BYTES = 256 * 1024 * 1024
 # What that commit copies and fsyncs is what the daemon's checkpoints left: within
-# this margin of the size they copy whatever there is (every housekeeping round),
+# this margin of the size they copy whatever there is (each look, 4 a second),
 # so that it is a fraction of a second's worth, not up to CHECKPOINT_WAL_BYTES
 # (measured at 5,000 events/s: a 190 ms stall with up to 32 MiB left).
 RESTART_MARGIN = 2 * CHECKPOINT_WAL_BYTES
