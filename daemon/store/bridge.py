@@ -22,9 +22,10 @@ from daemon.config import Route
 from daemon.errors import StoreError
 from daemon.sends import SendRecord
 from daemon.store.call_thread import CallThread
-from daemon.store.database import PRUNE_SLICE, Store
+from daemon.store.database import Store
 from daemon.store.health import StoreHealth
 from daemon.store.rows import KeptInput, OutboxRow, SendRow, SendUpdate, StoredEvent
+from daemon.store.transaction import PRUNE_SLICE
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -36,7 +36,7 @@ from daemon.store.rows import (
     StoredEvent,
 )
 from daemon.store.schema import SEND_COLUMNS, migrate, send_from_row, send_update
-from daemon.store.transaction import corrupted, sql_errors
+from daemon.store.transaction import PRUNE_SLICE, corrupted, sql_errors
 
 # The daemon's checkpoints (on a thread of their own) copy the WAL into the
 # database once this much of it is not copied yet: each one fsyncs twice.
@@ -53,10 +53,6 @@ WAL_RESTART_BYTES = 256 * 1024 * 1024
 # so that it is a fraction of a second's worth, not up to CHECKPOINT_WAL_BYTES
 # (measured at 5,000 events/s: a 190 ms stall with up to 32 MiB left).
 RESTART_MARGIN = 2 * CHECKPOINT_WAL_BYTES
-# Rows any prune (outbox, sends, dead letters) deletes in one transaction at
-# most (~1 ms a hundred): a sink catching up on a long backlog, or a day's sends
-# past their retention, never makes one prune that holds up the commits.
-PRUNE_SLICE = 2000
 
 
 class Store(DeadLetters):

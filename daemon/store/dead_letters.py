@@ -12,7 +12,7 @@ from typing import Any
 
 from daemon.config import DEFAULT_ACCOUNT
 from daemon.store.rows import MALFORMED_SINK, DeadLetter, OutboxRow
-from daemon.store.transaction import Connected, sql_errors
+from daemon.store.transaction import PRUNE_SLICE, Connected, sql_errors
 
 
 class DeadLetters(Connected):
@@ -109,7 +109,9 @@ class DeadLetters(Connected):
                 cursor = self._db.execute("DELETE FROM dead_letters")
         return cursor.rowcount
 
-    def prune_dead_letters(self, *, failed_before: float, keep: int, limit: int) -> int:
+    def prune_dead_letters(
+        self, *, failed_before: float, keep: int, limit: int = PRUNE_SLICE
+    ) -> int:
         """Delete dead letters older than `failed_before`, then all but the newest
         `keep`; oldest first, at most `limit` (a call that returns `limit` may
         have left more)."""

@@ -1,7 +1,8 @@
 """One SQLite transaction, and how sqlite3's errors become the project's own.
 
 `Connected` is what the store's parts share (`Store`, `DeadLetters`): one
-connection, and transactions on it.
+connection, and transactions on it; `PRUNE_SLICE`, the most rows any of their
+prunes deletes in one transaction.
 
 `Transaction` is BEGIN [IMMEDIATE] ... COMMIT, or ROLLBACK on error; it rolls
 back only a transaction that is still open (SQLite ends some on its own, and a
@@ -21,6 +22,11 @@ from daemon.errors import StoreError
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+# Rows any prune (outbox, sends, dead letters) deletes in one transaction at
+# most (~1 ms a hundred): a sink catching up on a long backlog, or a day's sends
+# past their retention, never makes one prune that holds up the commits.
+PRUNE_SLICE = 2000
 
 
 def sql_errors(method: Callable[P, R]) -> Callable[P, R]:

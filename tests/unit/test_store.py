@@ -26,8 +26,8 @@ from daemon.store import (
     database,
     send_row,
 )
-from daemon.store.database import PRUNE_SLICE
 from daemon.store.files import wal_state
+from daemon.store.transaction import PRUNE_SLICE
 
 
 @pytest.fixture
@@ -397,7 +397,9 @@ class _CallsInOrder(Store):
         self.calls.append("prune")
         return super().prune_sends(resolved_before, limit)
 
-    def prune_dead_letters(self, *, failed_before: float, keep: int, limit: int) -> int:
+    def prune_dead_letters(
+        self, *, failed_before: float, keep: int, limit: int = PRUNE_SLICE
+    ) -> int:
         self.calls.append("prune")
         return super().prune_dead_letters(failed_before=failed_before, keep=keep, limit=limit)
 

@@ -227,7 +227,7 @@ def test_dead_letters_older_than_the_cutoff_are_pruned(store: Store) -> None:
     letters = store.list_dead_letters()
     cutoff = letters[2].failed_at  # the first two are older
 
-    removed = store.prune_dead_letters(failed_before=cutoff, keep=1000, limit=100)
+    removed = store.prune_dead_letters(failed_before=cutoff, keep=1000)
 
     assert removed == 2
     assert [d.event_id for d in store.list_dead_letters()] == [f"event-{n}" for n in (3, 4, 5)]
@@ -238,7 +238,7 @@ def test_dead_letters_beyond_the_cap_are_pruned_oldest_first(store: Store) -> No
         store.dead_letter("crm", row(n), reason="permanent", detail="HTTP 400", attempts=1)
     store.commit_outcomes(malformed=[_Kept()])
 
-    removed = store.prune_dead_letters(failed_before=0.0, keep=3, limit=100)
+    removed = store.prune_dead_letters(failed_before=0.0, keep=3)
 
     assert removed == 5
     kept = store.list_dead_letters()
