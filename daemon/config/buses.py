@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.config.reader import Table
+from daemon.config.settings import SINK_DEFAULTS
 from daemon.config.values import resolve, secret
 from daemon.errors import ConfigError
 
@@ -66,14 +67,17 @@ def _bus_url(key: str, value: str, schemes: tuple[str, ...]) -> str:
 
 
 def redis_fields(table: Table, base: Path) -> dict[str, Any]:
+    default = SINK_DEFAULTS
     require_client(table, "redis")
     return {
         "url": _bus_url(table.key("url"), table.string("url"), ("redis", "rediss")),
         "password": secret(table, base, value_key="password", file_key="password_file"),
         "stream": template(table, "stream"),
-        "maxlen": table.integer("maxlen", 1_000_000),
-        "dedup_window_seconds": table.integer("dedup_window_seconds", 86_400, minimum=1),
-        "timeout_seconds": table.number("timeout_seconds", 10.0, above=True),
+        "maxlen": table.integer("maxlen", default.maxlen),
+        "dedup_window_seconds": table.integer(
+            "dedup_window_seconds", default.dedup_window_seconds, minimum=1
+        ),
+        "timeout_seconds": table.number("timeout_seconds", default.timeout_seconds, above=True),
     }
 
 
@@ -109,8 +113,9 @@ def _nats_credentials(table: Table, base: Path) -> dict[str, Any]:
 
 
 def nats_fields(table: Table, base: Path) -> dict[str, Any]:
+    default = SINK_DEFAULTS
     require_client(table, "nats")
-    create = table.boolean("create_stream", False)
+    create = table.boolean("create_stream", default.create_stream)
     subjects = table.string_list("subjects", ())
     if create and not subjects:
         raise ConfigError(table.key("subjects"), "is required with create_stream = true")
@@ -120,7 +125,9 @@ def nats_fields(table: Table, base: Path) -> dict[str, Any]:
         "stream": table.string("stream"),
         "create_stream": create,
         "subjects": subjects,
-        "duplicate_window_seconds": table.number("duplicate_window_seconds", 120.0, above=True),
-        "timeout_seconds": table.number("timeout_seconds", 10.0, above=True),
+        "duplicate_window_seconds": table.number(
+            "duplicate_window_seconds", default.duplicate_window_seconds, above=True
+        ),
+        "timeout_seconds": table.number("timeout_seconds", default.timeout_seconds, above=True),
         **_nats_credentials(table, base),
     }

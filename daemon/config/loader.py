@@ -19,7 +19,14 @@ from daemon.config.exposure import exposure_warnings
 from daemon.config.reader import Table
 from daemon.config.routing import route_fields
 from daemon.config.settings import (
+    CORRELATION_DEFAULTS,
+    GWS_DEFAULTS,
+    HTTP_DEFAULTS,
+    LOGGING_DEFAULTS,
+    SERVICE_DEFAULTS,
+    SINK_DEFAULTS,
     SINK_TYPES,
+    STORE_DEFAULTS,
     AccountSettings,
     CorrelationSettings,
     GwsSettings,
@@ -106,8 +113,9 @@ def _gws(
     table: Table, base: Path, environ: Mapping[str, str], *, need_password: bool
 ) -> tuple[GwsSettings, tuple[AccountSettings, ...]]:
     """What `[gws]` shares, and its accounts (`daemon.config.accounts`)."""
+    default = GWS_DEFAULTS
     base_url = http_url(table, "base_url")
-    path = table.string("notifications_path", "/api/v2/notifications")
+    path = table.string("notifications_path", default.notifications_path)
     if not path.startswith("/"):
         raise ConfigError(table.key("notifications_path"), "must start with /")
     ca_file = _ca_file(table, base)
@@ -116,19 +124,29 @@ def _gws(
         username="",
         password=Secret(""),
         notifications_path=path.rstrip("/") or "/",
-        channels=channels(table, ("/v2/me/emails",)),
-        start_session=table.boolean("start_session", True),
-        request_timeout_seconds=table.number("request_timeout_seconds", 10.0, above=True),
-        verify_tls=table.boolean("verify_tls", True),
+        channels=channels(table, default.channels),
+        start_session=table.boolean("start_session", default.start_session),
+        request_timeout_seconds=table.number(
+            "request_timeout_seconds", default.request_timeout_seconds, above=True
+        ),
+        verify_tls=table.boolean("verify_tls", default.verify_tls),
         ca_file=ca_file,
-        allow_websocket=table.boolean("allow_websocket", False),
-        wait_at_start=table.boolean("wait_at_start", True),
-        auth_retry_seconds=table.number("auth_retry_seconds", 60.0, above=True),
-        retry_max_seconds=table.number("retry_max_seconds", 15.0, above=True),
-        read_back_concurrency=table.integer("read_back_concurrency", 4, minimum=1),
-        max_batch_bytes=table.integer("max_batch_bytes", 256 * 1024 * 1024, minimum=64 * 1024),
-        batch_window_seconds=table.number("batch_window_seconds", 0.01),
-        handshakes_per_second=table.number("handshakes_per_second", 100.0, above=True),
+        allow_websocket=table.boolean("allow_websocket", default.allow_websocket),
+        wait_at_start=table.boolean("wait_at_start", default.wait_at_start),
+        auth_retry_seconds=table.number(
+            "auth_retry_seconds", default.auth_retry_seconds, above=True
+        ),
+        retry_max_seconds=table.number("retry_max_seconds", default.retry_max_seconds, above=True),
+        read_back_concurrency=table.integer(
+            "read_back_concurrency", default.read_back_concurrency, minimum=1
+        ),
+        max_batch_bytes=table.integer(
+            "max_batch_bytes", default.max_batch_bytes, minimum=64 * 1024
+        ),
+        batch_window_seconds=table.number("batch_window_seconds", default.batch_window_seconds),
+        handshakes_per_second=table.number(
+            "handshakes_per_second", default.handshakes_per_second, above=True
+        ),
     )
     accounts = read_accounts(table, shared, base, environ, need_password=need_password)
     table.finish()
@@ -149,17 +167,20 @@ def _ca_file(table: Table, base: Path) -> Path | None:
 
 
 def _http(table: Table, base: Path) -> HttpSettings:
-    host, port = listen_address(table, "listen", "127.0.0.1:9410")
+    default = HTTP_DEFAULTS
+    host, port = listen_address(table, "listen", f"{default.host}:{default.port}")
     token_file = table.optional_string("token_file")
     token = read_secret_file(table.key("token_file"), token_file, base) if token_file else None
     settings = HttpSettings(
         host=host,
         port=port,
         token=token,
-        max_body_bytes=table.integer("max_body_bytes", 1024 * 1024, minimum=1024),
-        allow_unauthenticated=table.boolean("allow_unauthenticated", False),
-        read_timeout_seconds=table.number("read_timeout_seconds", 30.0, above=True),
-        max_connections=table.integer("max_connections", 256, minimum=8),
+        max_body_bytes=table.integer("max_body_bytes", default.max_body_bytes, minimum=1024),
+        allow_unauthenticated=table.boolean("allow_unauthenticated", default.allow_unauthenticated),
+        read_timeout_seconds=table.number(
+            "read_timeout_seconds", default.read_timeout_seconds, above=True
+        ),
+        max_connections=table.integer("max_connections", default.max_connections, minimum=8),
     )
     if token is None and not settings.on_loopback and not settings.allow_unauthenticated:
         # Anyone who can reach the port could send email as the agent.
@@ -173,46 +194,62 @@ def _http(table: Table, base: Path) -> HttpSettings:
 
 
 def _store(table: Table, base: Path) -> StoreSettings:
+    default = STORE_DEFAULTS
     path = resolve(table.string("path"), base)
     if path.exists() and path.is_dir():
         raise ConfigError(table.key("path"), f"{path} is a directory, expected a file path")
     settings = StoreSettings(
         path=path,
-        synchronous=table.choice("synchronous", "normal", ("normal", "full")),  # type: ignore[arg-type]
-        max_outbox_events=table.integer("max_outbox_events", 1_000_000, minimum=100),
-        retention_hours=table.number("retention_hours", 168.0, above=True),
-        max_dead_letters=table.integer("max_dead_letters", 100_000, minimum=100),
-        failure_exit_seconds=table.number("failure_exit_seconds", 60.0, above=True),
-        busy_timeout_seconds=table.number("busy_timeout_seconds", 10.0, above=True),
+        synchronous=table.choice("synchronous", default.synchronous, ("normal", "full")),  # type: ignore[arg-type]
+        max_outbox_events=table.integer(
+            "max_outbox_events", default.max_outbox_events, minimum=100
+        ),
+        retention_hours=table.number("retention_hours", default.retention_hours, above=True),
+        max_dead_letters=table.integer("max_dead_letters", default.max_dead_letters, minimum=100),
+        failure_exit_seconds=table.number(
+            "failure_exit_seconds", default.failure_exit_seconds, above=True
+        ),
+        busy_timeout_seconds=table.number(
+            "busy_timeout_seconds", default.busy_timeout_seconds, above=True
+        ),
     )
     table.finish()
     return settings
 
 
 def _correlation(table: Table) -> CorrelationSettings:
+    default = CORRELATION_DEFAULTS
     settings = CorrelationSettings(
-        send_timeout_seconds=table.number("send_timeout_seconds", 120.0, above=True),
-        read_back_give_up_seconds=table.number("read_back_give_up_seconds", 3600.0, above=True),
+        send_timeout_seconds=table.number(
+            "send_timeout_seconds", default.send_timeout_seconds, above=True
+        ),
+        read_back_give_up_seconds=table.number(
+            "read_back_give_up_seconds", default.read_back_give_up_seconds, above=True
+        ),
     )
     table.finish()
     return settings
 
 
 def _service(table: Table) -> ServiceSettings:
+    default = SERVICE_DEFAULTS
     settings = ServiceSettings(
-        shutdown_timeout_seconds=table.number("shutdown_timeout_seconds", 20.0),
+        shutdown_timeout_seconds=table.number(
+            "shutdown_timeout_seconds", default.shutdown_timeout_seconds
+        ),
     )
     table.finish()
     return settings
 
 
 def _logging(table: Table) -> LoggingSettings:
+    default = LOGGING_DEFAULTS
     settings = LoggingSettings(
         level=table.choice(  # type: ignore[arg-type]
-            "level", "info", ("debug", "info", "warning", "error")
+            "level", default.level, ("debug", "info", "warning", "error")
         ),
         format=table.choice(  # type: ignore[arg-type]
-            "format", "auto", ("auto", "json", "console")
+            "format", default.format, ("auto", "json", "console")
         ),
     )
     table.finish()
@@ -223,6 +260,7 @@ def _logging(table: Table) -> LoggingSettings:
 
 
 def _sink(table: Table, base: Path, names: set[str]) -> SinkSettings:
+    default = SINK_DEFAULTS
     name = _sink_name(table, names)
     if not table.has("type"):
         raise ConfigError(table.key("type"), f"is required (one of {', '.join(SINK_TYPES)})")
@@ -230,9 +268,13 @@ def _sink(table: Table, base: Path, names: set[str]) -> SinkSettings:
     fields: dict[str, Any] = {
         "name": name,
         "type": kind,
-        "batch_size": table.integer("batch_size", 500, minimum=1),
-        "backoff_max_seconds": table.number("backoff_max_seconds", 30.0, above=True),
-        "give_up_after_seconds": table.number("give_up_after_seconds", 0.0),
+        "batch_size": table.integer("batch_size", default.batch_size, minimum=1),
+        "backoff_max_seconds": table.number(
+            "backoff_max_seconds", default.backoff_max_seconds, above=True
+        ),
+        "give_up_after_seconds": table.number(
+            "give_up_after_seconds", default.give_up_after_seconds
+        ),
         **route_fields(table),
     }
     if kind == "jsonl":
@@ -259,18 +301,20 @@ def _sink_name(table: Table, names: set[str]) -> str:
 
 
 def _jsonl_fields(table: Table, base: Path) -> dict[str, Any]:
+    default = SINK_DEFAULTS
     return {
         "path": resolve(table.string("path"), base),
-        "fsync": table.boolean("fsync", False),
+        "fsync": table.boolean("fsync", default.fsync),
     }
 
 
 def _webhook_fields(table: Table, base: Path) -> dict[str, Any]:
+    default = SINK_DEFAULTS
     return {
         "url": http_url(table, "url"),
         "secret": secret(table, base, value_key="secret", file_key="secret_file"),
-        "timeout_seconds": table.number("timeout_seconds", 10.0, above=True),
+        "timeout_seconds": table.number("timeout_seconds", default.timeout_seconds, above=True),
         "headers": table.string_table("headers"),
-        "verify_tls": table.boolean("verify_tls", True),
-        "batch_mode": table.choice("batch_mode", "single", ("single", "array")),
+        "verify_tls": table.boolean("verify_tls", default.verify_tls),
+        "batch_mode": table.choice("batch_mode", default.batch_mode, ("single", "array")),
     }

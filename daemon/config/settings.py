@@ -1,7 +1,9 @@
 """The settings themselves: frozen dataclasses with every default, and `Secret`.
 
-Owns the shape of a valid configuration. Nothing here reads a file or checks
-a value: `loader` builds these only from input it has validated.
+Owns the shape of a valid configuration and every default, written once here:
+the loader reads a missing key's default from the instances at the end
+(`GWS_DEFAULTS`, ...). Nothing here reads a file or checks a value: `loader`
+builds these only from input it has validated.
 """
 
 from __future__ import annotations
@@ -193,3 +195,14 @@ class Settings:
 
     def account(self, name: str) -> AccountSettings | None:
         return next((a for a in self.accounts if a.name == name), None)
+
+
+# Every default above as a value, for the loader. The placeholders stand for
+# required keys (they have no default, and the loader never reads them here).
+GWS_DEFAULTS = GwsSettings(base_url="", username="", password=Secret(""))
+HTTP_DEFAULTS = HttpSettings()
+STORE_DEFAULTS = StoreSettings(path=Path())
+CORRELATION_DEFAULTS = CorrelationSettings()
+SINK_DEFAULTS = SinkSettings(name="", type="jsonl")
+SERVICE_DEFAULTS = ServiceSettings()
+LOGGING_DEFAULTS = LoggingSettings()
