@@ -16,6 +16,9 @@ The webhook sink posts one JSON array per batch (`batch_mode = "array"`): one PO
 event measures the receiver, not the daemon. redis-server and nats-server (Debian
 packages) run on free loopback ports, with their data in a temporary directory.
 Targets: each bus >= 15,000 events/s and >= 0.7x the jsonl sink's rate in the same run.
+Every process of a run shares the machine's cores, so each kind's busy CPU of the whole
+machine per event (the peer, the daemon, the bus server) is measured too, and with it the
+rate the cores would allow at that cost ("CPU-bound rate"): a bus's ceiling beside jsonl's.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import report
 import seeding
 from aiohttp import web
 from basics import EMAILS_CHANNEL, BenchError
-from measure import CpuMeter
+from measure import CpuMeter, MachineCpuMeter
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.bus_servers import NatsServer, RedisServer
@@ -136,6 +139,13 @@ class KindResult:
     taken_by_then: int | None  # events the sink had taken at that moment
     daemon_cpu_us: float  # the daemon's CPU per event over the burst (all threads)
     server_cpu_us: float | None  # the bus server's, for a bus
+    machine_cpu_us: float  # every process's (the peer publishing, the bench too)
+    cores: int
+
+    @property
+    def cpu_bound_rate(self) -> float:
+        """Events/s with every core busy all the time at this CPU per event."""
+        return self.cores / self.machine_cpu_us * 1e6
 
     def drain_rate(self, count: int) -> float | None:
         if self.correlated_seconds is None or self.taken_by_then is None:
@@ -208,14 +218,17 @@ async def _run_kind(
                 meters = [CpuMeter(daemon.pid)]
                 if server_pid is not None:
                     meters.append(CpuMeter(server_pid))
+                machine = MachineCpuMeter()
                 for meter in meters:
                     meter.start()
+                machine.start()
                 published_at = time.time()
                 await peer.order_publish(EMAILS_CHANNEL, count, start=1)
                 watching = asyncio.create_task(phases.watch())
                 try:
                     done_at = await _wait_count(counter, count)
                     cpu = [meter.stop()[0] for meter in meters]
+                    busy = machine.stop()
                     # The last look may come after the last event: it then counts all.
                     await asyncio.wait_for(watching, 60)
                 finally:
@@ -233,6 +246,8 @@ async def _run_kind(
         phases.taken,
         cpu[0] / count * 1e6,
         cpu[1] / count * 1e6 if len(cpu) > 1 else None,
+        busy / count * 1e6,
+        machine.cores,
     )
     report.note(
         f"sinks: {kind}: {count:,} events in {seconds:.2f} s = {result.rate:,.0f}/s "
@@ -342,6 +357,8 @@ async def main() -> None:
             "taken then",
             "drain after, events/s",
             "CPU/event: daemon, server",
+            "CPU/event: machine",
+            "CPU-bound rate",
         ],
     )
     verdict: dict[str, Any] = {}
@@ -364,6 +381,9 @@ async def main() -> None:
             drain,
             f"{result.daemon_cpu_us:.0f} µs"
             + (f", {result.server_cpu_us:.0f} µs" if result.server_cpu_us is not None else ""),
+            f"{result.machine_cpu_us:.0f} µs",
+            f"{result.cpu_bound_rate:,.0f}/s"
+            + (f" = {result.cpu_bound_rate / jsonl:.2f}x jsonl" if jsonl and bus else ""),
         )
         verdict[kind] = {
             "events_per_s": round(rate),
@@ -373,6 +393,8 @@ async def main() -> None:
             "drain_events_per_s": drain and round(drain),
             "daemon_cpu_us_per_event": round(result.daemon_cpu_us, 1),
             "server_cpu_us_per_event": result.server_cpu_us and round(result.server_cpu_us, 1),
+            "machine_cpu_us_per_event": round(result.machine_cpu_us, 1),
+            "cpu_bound_events_per_s": round(result.cpu_bound_rate),
         }
         if bus:
             verdict[kind] |= {
@@ -396,6 +418,12 @@ async def main() -> None:
                 "drain is the events left / the time from then to the last event",
                 "cpu": "user + system seconds (psutil) of the daemon, all threads, and of the "
                 "bus server, from the publish request to the last event, per event",
+                "machine_cpu": "busy seconds of every core (psutil.cpu_times: all but idle and "
+                "iowait) over the same span, per event: the peer publishing, the daemon, the "
+                "bus server, the bench's looks",
+                "cpu_bound_rate": "cores / machine CPU per event: the most events/s the "
+                "machine's cores could give that sink at that cost; for a bus also as a "
+                "ratio to the jsonl sink's measured rate",
             },
             "verdict": verdict,
             "profiles": profiles,
