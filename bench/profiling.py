@@ -12,8 +12,16 @@ from basics import PYTHON, RESULTS_DIR, ROOT
 from report import note
 
 Profiler = tuple[subprocess.Popen[bytes], Path]
-# py-spy --nonblocking cannot always tell a waiting thread: leaves that are waits.
-_IDLE_LEAVES = ("EpollSelector.select ", "_worker (concurrent/futures/thread.py")
+# py-spy --nonblocking cannot always tell a waiting thread: leaves that are waits. The
+# store's threads wait in `CallThread._run` (its own lines are a loop around the calls);
+# on uvloop the event loop waits in C, so the leaf is `Runner.run` (uvloop's own C work,
+# 3-4 % of the daemon's CPU by `perf`, is dropped with it).
+_IDLE_LEAVES = (
+    "EpollSelector.select ",
+    "_worker (concurrent/futures/thread.py",
+    "CallThread._run (daemon/store/call_thread.py",
+    "Runner.run (asyncio/runners.py",
+)
 
 
 def start_profiler(pid: int | None, name: str) -> Profiler | None:
@@ -73,7 +81,7 @@ def stop_profiler(profiler: Profiler | None) -> dict[str, Any] | None:
         "samples": total,
         "idle_samples": idle,
         "note": "percent of the non-idle samples (all threads); idle = a thread waiting "
-        "in epoll or on the store's work queue",
+        "in epoll (asyncio's loop; uvloop's, with its own C work) or on the store's queue",
         "top_self": top(own, 20),
         "top_inclusive": top(inclusive, 40),
     }
