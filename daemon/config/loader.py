@@ -1,8 +1,10 @@
-"""The config file into `Settings`: which keys each section has, and their defaults.
+"""The config file into `Settings`: which keys each section has, and their checks.
 
-Sections are read in a fixed order (gws, http, store, correlation, sinks,
-service, logging), so of several mistakes the same one is always reported.
-Every section ends with `Table.finish()`: an unknown key is an error.
+A missing key takes the default its settings class declares (read from
+`GWS_DEFAULTS` and the like, so that each default is written once). Sections
+are read in a fixed order (gws, http, store, correlation, sinks, service,
+logging), so of several mistakes the same one is always reported. Every
+section ends with `Table.finish()`: an unknown key is an error.
 """
 
 from __future__ import annotations
