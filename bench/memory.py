@@ -202,7 +202,7 @@ async def main() -> None:
                 "warm_up": f"the {pending:,} outcomes of the pending sends (all resolved), then "
                 f"{size:,} unmatched notifications",
                 "peaks": "each burst's highest RSS sampled every 0.25 s; their change: the "
-                "highest of the first three bursts to the highest of the last three",
+                f"highest of the first {ends} bursts to the highest of the last {ends}",
                 "run": f"{bursts} bursts of {size:,} unmatched notifications (SEQ ids from "
                 f"{UNMATCHED_START:,}), each published as fast as the peer can and waited "
                 "for in the jsonl sink",

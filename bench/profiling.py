@@ -5,13 +5,16 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import orjson
 from basics import PYTHON, RESULTS_DIR, ROOT
 from report import note
 
 Profiler = tuple[subprocess.Popen[bytes], Path]
+_STORE_THREAD = "daemon/store/call_thread.py"  # where the store's threads run their calls
 # py-spy --nonblocking cannot always tell a waiting thread: leaves that are waits. The
 # store's threads wait in `CallThread._run` (its own lines are a loop around the calls);
 # on uvloop the event loop waits in C, so the leaf is `Runner.run` (uvloop's own C work,
@@ -19,7 +22,7 @@ Profiler = tuple[subprocess.Popen[bytes], Path]
 _IDLE_LEAVES = (
     "EpollSelector.select ",
     "_worker (concurrent/futures/thread.py",
-    "CallThread._run (daemon/store/call_thread.py",
+    f"CallThread._run ({_STORE_THREAD}",
     "Runner.run (asyncio/runners.py",
 )
 
@@ -59,8 +62,8 @@ def stop_profiler(profiler: Profiler | None) -> dict[str, Any] | None:
 
 
 def summarise(path: Path) -> dict[str, Any]:
-    """The top frames and modules of a folded-stacks file (`python bench/profiling.py F`
-    prints them for one recorded before)."""
+    """The top frames and modules of a folded-stacks file (`.venv/bin/python
+    bench/profiling.py FILE.folded` prints them for one recorded before)."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     modules: dict[str, int] = {}
@@ -102,7 +105,7 @@ def _module_of(frames: list[str]) -> str:
     daemon's module nearest the leaf, with "-> <library>" when the leaf is in a
     library (aiohttp's requests, nats' parsing); else the leaf's library."""
     if frames[0].startswith("Thread._bootstrap"):
-        in_store = any("daemon/store/call_thread.py" in f for f in frames)
+        in_store = any(_STORE_THREAD in f for f in frames)
         return "the store's threads" if in_store else f"thread {frames[-1]}"
     files = [_file_of(f) for f in frames]
     own = [i for i, name in enumerate(files) if name.startswith("daemon/")]
@@ -120,9 +123,5 @@ def _file_of(frame: str) -> str:
 
 
 if __name__ == "__main__":
-    import sys
-
-    import orjson
-
     for name in sys.argv[1:]:
         print(orjson.dumps(summarise(Path(name)), option=orjson.OPT_INDENT_2).decode())
